@@ -1,0 +1,62 @@
+//! # tower-account-pool
+//!
+//! Turn a pool of upstream accounts — OAuth tokens, API keys — into one reliable service.
+//!
+//! For every request the pool **chooses an account**, the caller injects its credential and
+//! sends the request, and the outcome it reports **updates the account's health**: rate limits
+//! cool down the (account, model) pair, exhausted quota waits for its reset, expired tokens are
+//! refreshed, repeated transient failures eject the account and a single half-open probe brings
+//! it back.
+//!
+//! ```
+//! use tower_account_pool::{Account, Outcome, Pool, SelectRequest, Strategy};
+//! use tower_account_pool::credential::BearerToken;
+//!
+//! let pool = Pool::builder()
+//!     .account(Account::new("primary", BearerToken::new("token-a")).priority(0))
+//!     .account(Account::new("spare", BearerToken::new("token-b")).priority(1))
+//!     .strategy(Strategy::RoundRobin)
+//!     .build()?;
+//!
+//! let lease = pool.select(&SelectRequest::for_model("claude-sonnet-4-5"))?;
+//! assert_eq!(lease.id().as_str(), "primary"); // tier 0 first
+//! let mut headers = http::HeaderMap::new();
+//! lease.credential().apply(&mut headers)?;
+//! // ... send the request ...
+//! lease.report(Outcome::rate_limited(None));
+//!
+//! // The primary is cooling down on that model: the spare takes the next request.
+//! let lease = pool.select(&SelectRequest::for_model("claude-sonnet-4-5"))?;
+//! assert_eq!(lease.id().as_str(), "spare");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Modules
+//!
+//! - [`pool`]: the [`Pool`], its builder, [`Lease`]s and [`PoolSnapshot`]s.
+//! - [`select`]: [`Strategy`], [`SelectRequest`] and the typed [`Exhausted`] error.
+//! - [`health`]: [`Outcome`]s, the [`HealthPolicy`] and the state machine.
+//! - [`account`]: [`Account`]s and their settings.
+//! - [`credential`]: the [`Credential`](credential::Credential) trait, bearer tokens and API keys.
+//!
+//! ## Cargo features
+//!
+//! The default build is lean. Optional parts: `kiro`, `sqlite`, `redis`, `admin`, `test-util`
+//! (reserved; they arrive with their modules).
+#![deny(missing_docs, unsafe_code)]
+#![warn(missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod account;
+pub mod credential;
+pub mod health;
+pub mod pool;
+pub mod select;
+
+pub use account::{Account, AccountId, AccountSettings};
+pub use health::{HealthPolicy, HealthState, Outcome, OutcomeClass, RateLimitScope};
+pub use pool::{
+    AccountSnapshot, BuildError, Counters, Lease, Pool, PoolBuilder, PoolError, PoolSnapshot,
+    StateChange, SyncReport,
+};
+pub use select::{Exhausted, SelectRequest, Strategy, Unavailable};

@@ -1,0 +1,1711 @@
+//! The account pool: accounts, their runtime state, selection and leases.
+//!
+//! ```
+//! use tower_account_pool::{Account, Outcome, Pool, SelectRequest};
+//! use tower_account_pool::credential::BearerToken;
+//!
+//! let pool = Pool::builder()
+//!     .account(Account::new("acct-1", BearerToken::new("token-one")))
+//!     .account(Account::new("acct-2", BearerToken::new("token-two")))
+//!     .build()
+//!     .expect("a valid pool");
+//!
+//! // One lease per request: it names the account and holds an in-flight slot.
+//! let lease = pool.select(&SelectRequest::for_model("claude-sonnet-4-5")).unwrap();
+//! println!("serving with {}", lease.id());
+//! lease.report(Outcome::Success);
+//!
+//! let snapshot = pool.snapshot();
+//! assert_eq!(snapshot.accounts.len(), 2);
+//! assert_eq!(snapshot.accounts.iter().map(|a| a.counters.successes).sum::<u64>(), 1);
+//! ```
+//!
+//! `Pool` is a cheap handle (`Arc` inside): clone it into every service and task.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::account::{Account, AccountId, AccountSettings};
+use crate::credential::{CredentialError, MaskedCredential, RefreshMode, SharedCredential};
+use crate::health::{
+    HealthPolicy, HealthState, LastError, ModelBlock, ModelBlockKind, Outcome, OutcomeClass,
+    RateLimitScope, Runtime, NEVER,
+};
+use crate::select::{Exhausted, SelectRequest, Strategy, Unavailable};
+
+/// Default time a sticky session stays pinned to its account after its last request.
+pub const DEFAULT_AFFINITY_TTL: Duration = Duration::from_secs(60 * 60);
+
+/// How many distinct model names get their own round-robin cursor.
+const MAX_INTERNED_MODELS: usize = 64;
+
+const STICKY_SHARDS: usize = 64;
+
+// ===== errors =====
+
+/// An invalid pool, account or policy, found when building or changing the pool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The pool has no accounts.
+    #[error("the account pool is empty: add at least one account")]
+    Empty,
+    /// An account has an empty id.
+    #[error("account at index {index} has an empty id")]
+    EmptyId {
+        /// Position of the account in the list given.
+        index: usize,
+    },
+    /// Two accounts share an id.
+    #[error("duplicate account id `{id}` at index {index} (first seen at index {first})")]
+    DuplicateId {
+        /// The repeated id.
+        id: AccountId,
+        /// Position of the repeat.
+        index: usize,
+        /// Position of the first account with this id.
+        first: usize,
+    },
+    /// An account has weight 0.
+    #[error("account `{id}` (index {index}): weight must be at least 1")]
+    ZeroWeight {
+        /// The account.
+        id: AccountId,
+        /// Its position.
+        index: usize,
+    },
+    /// An account has a max in-flight of 0.
+    #[error(
+        "account `{id}` (index {index}): max in-flight must be at least 1 (leave it unset for no limit)"
+    )]
+    ZeroMaxInFlight {
+        /// The account.
+        id: AccountId,
+        /// Its position.
+        index: usize,
+    },
+    /// The health policy is inconsistent.
+    #[error("{0}")]
+    InvalidPolicy(String),
+    /// The affinity TTL is zero.
+    #[error("the sticky-session TTL must be greater than zero")]
+    ZeroAffinityTtl,
+}
+
+/// An error from a manual action on the pool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// No account has this id.
+    #[error("unknown account `{0}`")]
+    UnknownAccount(AccountId),
+    /// The change would make the pool invalid.
+    #[error(transparent)]
+    Invalid(#[from] BuildError),
+    /// The credential could not be refreshed.
+    #[error("account `{id}`: {source}")]
+    Credential {
+        /// The account.
+        id: AccountId,
+        /// What went wrong.
+        source: CredentialError,
+    },
+}
+
+// ===== internals =====
+
+/// Monotonic pool time in milliseconds (tokio's clock, so `tokio::time::pause` applies).
+#[derive(Debug)]
+pub(crate) struct Clock {
+    epoch: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The wall-clock time of a pool deadline.
+    pub(crate) fn wall(&self, ms: u64, now_ms: u64) -> Option<SystemTime> {
+        match ms {
+            0 | NEVER => None,
+            ms if ms >= now_ms => SystemTime::now().checked_add(Duration::from_millis(ms - now_ms)),
+            ms => SystemTime::now().checked_sub(Duration::from_millis(now_ms - ms)),
+        }
+    }
+
+    /// The pool deadline of a wall-clock time.
+    pub(crate) fn deadline(&self, at: SystemTime, now_ms: u64) -> u64 {
+        match at.duration_since(SystemTime::now()) {
+            Ok(ahead) => now_ms.saturating_add(ahead.as_millis() as u64),
+            Err(_) => now_ms,
+        }
+    }
+}
+
+/// One account as the roster holds it: settings are immutable here (a change swaps in a new
+/// slot); the runtime state is shared across such swaps.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) id: AccountId,
+    pub(crate) credential: SharedCredential,
+    pub(crate) settings: AccountSettings,
+    pub(crate) runtime: Arc<Runtime>,
+}
+
+/// The atomically swapped list of accounts, ordered by priority tier.
+#[derive(Debug, Default)]
+pub(crate) struct Roster {
+    pub(crate) slots: Vec<Arc<Slot>>,
+    pub(crate) tiers: Vec<Range<usize>>,
+    pub(crate) index: HashMap<AccountId, usize>,
+}
+
+impl Roster {
+    fn new(mut slots: Vec<Arc<Slot>>) -> Roster {
+        slots.sort_by_key(|s| s.settings.priority);
+        let mut tiers: Vec<Range<usize>> = Vec::new();
+        for (i, slot) in slots.iter().enumerate() {
+            match tiers.last_mut() {
+                Some(t) if slots[t.start].settings.priority == slot.settings.priority => t.end += 1,
+                _ => tiers.push(i..i + 1),
+            }
+        }
+        let index = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
+        Roster {
+            slots,
+            tiers,
+            index,
+        }
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<&Arc<Slot>> {
+        self.index.get(id).map(|&i| &self.slots[i])
+    }
+}
+
+#[repr(align(64))]
+#[derive(Debug, Default)]
+pub(crate) struct Cursor(pub(crate) AtomicU64);
+
+/// Interned model names, each with its own round-robin cursor.
+#[derive(Debug)]
+pub(crate) struct Models {
+    names: ArcSwap<Vec<Arc<str>>>,
+    adding: Mutex<()>,
+    cursors: Box<[Cursor]>,
+}
+
+/// A model as a lease carries it: its cursor and its (shared) name.
+#[derive(Debug, Clone)]
+pub(crate) struct ModelKey {
+    pub(crate) cursor: usize,
+    pub(crate) name: Option<Arc<str>>,
+}
+
+impl Models {
+    fn new() -> Self {
+        Models {
+            names: ArcSwap::from_pointee(Vec::new()),
+            adding: Mutex::new(()),
+            cursors: (0..MAX_INTERNED_MODELS + 2)
+                .map(|_| Cursor::default())
+                .collect(),
+        }
+    }
+
+    /// Cursor 0 is for requests without a model, the last one is shared by models past the
+    /// interning limit (whose names are then allocated per lease).
+    pub(crate) fn key(&self, model: Option<&str>) -> ModelKey {
+        let Some(model) = model else {
+            return ModelKey {
+                cursor: 0,
+                name: None,
+            };
+        };
+        if let Some(key) = Self::find(&self.names.load(), model) {
+            return key;
+        }
+        let _adding = self.adding.lock().unwrap_or_else(|e| e.into_inner());
+        let names = self.names.load_full();
+        if let Some(key) = Self::find(&names, model) {
+            return key;
+        }
+        let name: Arc<str> = Arc::from(model);
+        if names.len() >= MAX_INTERNED_MODELS {
+            return ModelKey {
+                cursor: MAX_INTERNED_MODELS + 1,
+                name: Some(name),
+            };
+        }
+        let mut grown = Vec::clone(&names);
+        grown.push(name.clone());
+        self.names.store(Arc::new(grown));
+        ModelKey {
+            cursor: names.len() + 1,
+            name: Some(name),
+        }
+    }
+
+    fn find(names: &[Arc<str>], model: &str) -> Option<ModelKey> {
+        names.iter().position(|n| &**n == model).map(|i| ModelKey {
+            cursor: i + 1,
+            name: Some(names[i].clone()),
+        })
+    }
+
+    pub(crate) fn cursor(&self, key: &ModelKey) -> &AtomicU64 {
+        &self.cursors[key.cursor].0
+    }
+}
+
+#[derive(Debug)]
+struct Pin {
+    id: AccountId,
+    expires_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct StickyShard {
+    pins: HashMap<u64, Pin>,
+    prune_at: usize,
+}
+
+/// Sticky sessions: affinity-key hash → account, sharded so no lock is pool-wide.
+#[derive(Debug)]
+pub(crate) struct Sticky {
+    shards: Box<[Mutex<StickyShard>]>,
+    hasher: RandomState,
+    ttl_ms: u64,
+}
+
+impl Sticky {
+    fn new(ttl: Duration) -> Self {
+        Sticky {
+            shards: (0..STICKY_SHARDS)
+                .map(|_| Mutex::new(StickyShard::default()))
+                .collect(),
+            hasher: RandomState::new(),
+            ttl_ms: ttl.as_millis() as u64,
+        }
+    }
+
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, StickyShard> {
+        self.shards[(hash as usize) % STICKY_SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The account `key` is pinned to, if the pin is still alive.
+    pub(crate) fn get(&self, hash: u64, now_ms: u64) -> Option<AccountId> {
+        let shard = self.shard(hash);
+        shard
+            .pins
+            .get(&hash)
+            .filter(|p| p.expires_ms > now_ms)
+            .map(|p| p.id.clone())
+    }
+
+    /// Pins (or re-pins, or refreshes) `key` to `id`.
+    pub(crate) fn pin(&self, hash: u64, id: &AccountId, now_ms: u64) {
+        let expires_ms = now_ms.saturating_add(self.ttl_ms);
+        let mut shard = self.shard(hash);
+        match shard.pins.get_mut(&hash) {
+            Some(pin) if pin.id == *id => pin.expires_ms = expires_ms,
+            _ => {
+                shard.pins.insert(
+                    hash,
+                    Pin {
+                        id: id.clone(),
+                        expires_ms,
+                    },
+                );
+                if shard.pins.len() >= shard.prune_at {
+                    shard.pins.retain(|_, p| p.expires_ms > now_ms);
+                    shard.prune_at = (shard.pins.len() * 2).max(1024);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn len(&self, now_ms: u64) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.pins.values().filter(|p| p.expires_ms > now_ms).count()
+            })
+            .sum()
+    }
+}
+
+/// Everything a pool handle shares.
+pub(crate) struct Shared {
+    pub(crate) roster: ArcSwap<Roster>,
+    /// Serialises roster changes (admin, reload); never taken by selection.
+    changing: Mutex<()>,
+    /// Serialises ejection decisions so the panic threshold holds under concurrency.
+    ejecting: Mutex<()>,
+    pub(crate) strategy: Strategy,
+    pub(crate) policy: HealthPolicy,
+    pub(crate) clock: Clock,
+    pub(crate) models: Models,
+    pub(crate) sticky: Sticky,
+    events: broadcast::Sender<StateChange>,
+}
+
+// ===== Pool =====
+
+/// A pool of upstream accounts. Cheap to clone: every clone shares the same accounts and state.
+#[derive(Clone)]
+pub struct Pool {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("accounts", &self.shared.roster.load().slots.len())
+            .field("strategy", &self.shared.strategy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Pool`].
+#[derive(Debug, Default)]
+pub struct PoolBuilder {
+    accounts: Vec<Account>,
+    strategy: Strategy,
+    policy: HealthPolicy,
+    affinity_ttl: Option<Duration>,
+}
+
+impl PoolBuilder {
+    /// Adds one account.
+    pub fn account(mut self, account: Account) -> Self {
+        self.accounts.push(account);
+        self
+    }
+
+    /// Adds several accounts.
+    pub fn accounts(mut self, accounts: impl IntoIterator<Item = Account>) -> Self {
+        self.accounts.extend(accounts);
+        self
+    }
+
+    /// Sets the selection strategy (default: round-robin).
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Sets the health policy (default: [`HealthPolicy::default`]).
+    pub fn health(mut self, policy: HealthPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets how long a sticky session stays pinned after its last request (default 1 h).
+    pub fn affinity_ttl(mut self, ttl: Duration) -> Self {
+        self.affinity_ttl = Some(ttl);
+        self
+    }
+
+    /// Validates everything and builds the pool.
+    ///
+    /// Fails on an empty pool, an empty or duplicate id, a weight of 0, a max in-flight of 0 or
+    /// an inconsistent health policy.
+    pub fn build(self) -> Result<Pool, BuildError> {
+        if self.accounts.is_empty() {
+            return Err(BuildError::Empty);
+        }
+        self.policy.validate().map_err(BuildError::InvalidPolicy)?;
+        let ttl = self.affinity_ttl.unwrap_or(DEFAULT_AFFINITY_TTL);
+        if ttl.is_zero() {
+            return Err(BuildError::ZeroAffinityTtl);
+        }
+        validate_accounts(&self.accounts)?;
+        let slots = self
+            .accounts
+            .into_iter()
+            .map(|a| new_slot(a, Arc::default()))
+            .collect();
+        let (events, _) = broadcast::channel(1024);
+        Ok(Pool {
+            shared: Arc::new(Shared {
+                roster: ArcSwap::from_pointee(Roster::new(slots)),
+                changing: Mutex::new(()),
+                ejecting: Mutex::new(()),
+                strategy: self.strategy,
+                policy: self.policy,
+                clock: Clock::new(),
+                models: Models::new(),
+                sticky: Sticky::new(ttl),
+                events,
+            }),
+        })
+    }
+}
+
+fn new_slot(account: Account, runtime: Arc<Runtime>) -> Arc<Slot> {
+    Arc::new(Slot {
+        id: account.id,
+        credential: account.credential,
+        settings: account.settings,
+        runtime,
+    })
+}
+
+fn validate_settings(id: &AccountId, index: usize, s: &AccountSettings) -> Result<(), BuildError> {
+    if id.as_str().is_empty() {
+        return Err(BuildError::EmptyId { index });
+    }
+    if s.weight == 0 {
+        return Err(BuildError::ZeroWeight {
+            id: id.clone(),
+            index,
+        });
+    }
+    if s.max_in_flight == Some(0) {
+        return Err(BuildError::ZeroMaxInFlight {
+            id: id.clone(),
+            index,
+        });
+    }
+    Ok(())
+}
+
+fn validate_accounts(accounts: &[Account]) -> Result<(), BuildError> {
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(accounts.len());
+    for (index, account) in accounts.iter().enumerate() {
+        validate_settings(&account.id, index, &account.settings)?;
+        if let Some(&first) = seen.get(account.id.as_str()) {
+            return Err(BuildError::DuplicateId {
+                id: account.id.clone(),
+                index,
+                first,
+            });
+        }
+        seen.insert(account.id.as_str(), index);
+    }
+    Ok(())
+}
+
+/// What [`Pool::sync`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Accounts that were not in the pool.
+    pub added: Vec<AccountId>,
+    /// Accounts that are no longer in the pool.
+    pub removed: Vec<AccountId>,
+    /// Accounts whose settings or credential changed; their runtime state is kept.
+    pub changed: Vec<AccountId>,
+    /// Accounts left exactly as they were.
+    pub unchanged: usize,
+}
+
+impl Pool {
+    /// Starts building a pool.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// Chooses an account for a request, or says why none can take it.
+    ///
+    /// The returned [`Lease`] holds an in-flight slot on the account until it is reported or
+    /// dropped.
+    pub fn select(&self, request: &SelectRequest<'_>) -> Result<Lease, Exhausted> {
+        self.shared.select(request).map(|grant| Lease {
+            shared: self.shared.clone(),
+            slot: grant.slot,
+            model: grant.model,
+            probe: grant.probe,
+            reported: false,
+        })
+    }
+
+    /// The selection strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.shared.strategy
+    }
+
+    /// The health policy.
+    pub fn health_policy(&self) -> &HealthPolicy {
+        &self.shared.policy
+    }
+
+    /// Number of accounts.
+    pub fn len(&self) -> usize {
+        self.shared.roster.load().slots.len()
+    }
+
+    /// True when the pool has no accounts.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The ids of all accounts, in priority order.
+    pub fn ids(&self) -> Vec<AccountId> {
+        self.shared
+            .roster
+            .load()
+            .slots
+            .iter()
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    /// Receives every state change from now on (what the tracing events say, as data).
+    pub fn subscribe(&self) -> broadcast::Receiver<StateChange> {
+        self.shared.events.subscribe()
+    }
+
+    /// Number of live sticky sessions.
+    pub fn sticky_sessions(&self) -> usize {
+        self.shared.sticky.len(self.shared.clock.now_ms())
+    }
+
+    /// Reports an outcome for an account outside a lease: an active probe's result, or an
+    /// outcome learnt elsewhere. A `Success` here also clears `Suspended`, `AuthInvalid` and
+    /// ejections, as a successful probe does.
+    pub fn report_probe(&self, id: &str, outcome: Outcome) -> Result<(), PoolError> {
+        let slot = self.slot(id)?;
+        if outcome == Outcome::Success {
+            self.shared.force_healthy(&slot, "probe succeeded");
+        }
+        self.shared.apply(&slot, None, false, outcome, None);
+        Ok(())
+    }
+
+    /// Enables an account.
+    pub fn enable(&self, id: &str) -> Result<(), PoolError> {
+        self.set_enabled(id, true)
+    }
+
+    /// Disables an account: it takes no new requests until enabled.
+    pub fn disable(&self, id: &str) -> Result<(), PoolError> {
+        self.set_enabled(id, false)
+    }
+
+    fn set_enabled(&self, id: &str, enabled: bool) -> Result<(), PoolError> {
+        let mut changed = None;
+        self.update_settings(id, |s| {
+            if s.enabled != enabled {
+                s.enabled = enabled;
+                changed = Some(s.clone());
+            }
+        })?;
+        if changed.is_some() {
+            let slot = self.slot(id)?;
+            let (from, to) = if enabled {
+                (HealthState::Disabled, slot.runtime.state())
+            } else {
+                (slot.runtime.state(), HealthState::Disabled)
+            };
+            let reason = if enabled {
+                "enabled by operator"
+            } else {
+                "disabled by operator"
+            };
+            self.shared
+                .emit(&slot, from, to, None, reason.to_owned(), None);
+        }
+        Ok(())
+    }
+
+    /// Clears an account's health state: healthy, no cooldowns, no failures counted against it.
+    /// Its lifetime counters are kept.
+    pub fn reset(&self, id: &str) -> Result<(), PoolError> {
+        let slot = self.slot(id)?;
+        self.shared.reset_slot(&slot);
+        Ok(())
+    }
+
+    /// Resets every account.
+    pub fn reset_all(&self) {
+        let roster = self.shared.roster.load_full();
+        for slot in &roster.slots {
+            self.shared.reset_slot(slot);
+        }
+    }
+
+    /// Refreshes an account's credential now (forced). On success an account waiting on its
+    /// credential becomes healthy; a rejection marks it `AuthInvalid`.
+    pub async fn refresh_credential(&self, id: &str) -> Result<(), PoolError> {
+        let slot = self.slot(id)?;
+        let generation = slot.runtime.generation.load(Ordering::Acquire);
+        let result = slot.credential.refresh(RefreshMode::Forced).await;
+        self.shared.after_refresh(&slot, generation, &result, false);
+        result.map_err(|source| PoolError::Credential {
+            id: slot.id.clone(),
+            source,
+        })
+    }
+
+    /// Adds an account. Fails on a duplicate id or invalid settings.
+    pub fn add(&self, account: Account) -> Result<(), PoolError> {
+        let _changing = self.lock_changes();
+        let roster = self.shared.roster.load_full();
+        if let Some(&first) = roster.index.get(account.id.as_str()) {
+            return Err(BuildError::DuplicateId {
+                id: account.id.clone(),
+                index: roster.slots.len(),
+                first,
+            }
+            .into());
+        }
+        validate_settings(&account.id, roster.slots.len(), &account.settings)?;
+        let mut slots = roster.slots.clone();
+        slots.push(new_slot(account, Arc::default()));
+        self.shared.roster.store(Arc::new(Roster::new(slots)));
+        Ok(())
+    }
+
+    /// Removes an account. Leases already handed out finish normally.
+    pub fn remove(&self, id: &str) -> Result<(), PoolError> {
+        let _changing = self.lock_changes();
+        let roster = self.shared.roster.load_full();
+        if !roster.index.contains_key(id) {
+            return Err(PoolError::UnknownAccount(AccountId::new(id)));
+        }
+        let slots = roster
+            .slots
+            .iter()
+            .filter(|s| s.id.as_str() != id)
+            .cloned()
+            .collect();
+        self.shared.roster.store(Arc::new(Roster::new(slots)));
+        Ok(())
+    }
+
+    /// Changes an account's settings; its runtime state is kept.
+    pub fn update_settings(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut AccountSettings),
+    ) -> Result<(), PoolError> {
+        let _changing = self.lock_changes();
+        let roster = self.shared.roster.load_full();
+        let Some(&index) = roster.index.get(id) else {
+            return Err(PoolError::UnknownAccount(AccountId::new(id)));
+        };
+        let old = &roster.slots[index];
+        let mut settings = old.settings.clone();
+        change(&mut settings);
+        if settings == old.settings {
+            return Ok(());
+        }
+        validate_settings(&old.id, index, &settings)?;
+        let mut slots = roster.slots.clone();
+        slots[index] = Arc::new(Slot {
+            id: old.id.clone(),
+            credential: old.credential.clone(),
+            settings,
+            runtime: old.runtime.clone(),
+        });
+        self.shared.roster.store(Arc::new(Roster::new(slots)));
+        Ok(())
+    }
+
+    /// Makes the pool hold exactly `accounts` (a reloaded configuration): new ids are added,
+    /// missing ones removed, and accounts that stay keep their runtime state even when their
+    /// settings or credential changed. Nothing changes if the list is invalid.
+    pub fn sync(&self, accounts: Vec<Account>) -> Result<SyncReport, PoolError> {
+        validate_accounts(&accounts)?;
+        let _changing = self.lock_changes();
+        let roster = self.shared.roster.load_full();
+        let mut report = SyncReport::default();
+        let mut slots = Vec::with_capacity(accounts.len());
+        for account in accounts {
+            match roster.get(account.id.as_str()) {
+                Some(old)
+                    if old.settings == account.settings
+                        && Arc::ptr_eq(&old.credential, &account.credential) =>
+                {
+                    report.unchanged += 1;
+                    slots.push(old.clone());
+                }
+                Some(old) => {
+                    report.changed.push(account.id.clone());
+                    slots.push(new_slot(account, old.runtime.clone()));
+                }
+                None => {
+                    report.added.push(account.id.clone());
+                    slots.push(new_slot(account, Arc::default()));
+                }
+            }
+        }
+        let kept: std::collections::HashSet<&str> = slots.iter().map(|s| s.id.as_str()).collect();
+        report.removed = roster
+            .slots
+            .iter()
+            .filter(|s| !kept.contains(s.id.as_str()))
+            .map(|s| s.id.clone())
+            .collect();
+        drop(kept);
+        self.shared.roster.store(Arc::new(Roster::new(slots)));
+        Ok(report)
+    }
+
+    /// Every account's settings, state, reason, next retry time and counters, as of now.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let shared = &self.shared;
+        let roster = shared.roster.load_full();
+        let now = shared.clock.now_ms();
+        let accounts = roster
+            .slots
+            .iter()
+            .map(|slot| shared.account_snapshot(slot, now))
+            .collect();
+        PoolSnapshot {
+            strategy: shared.strategy,
+            taken_at: SystemTime::now(),
+            accounts,
+        }
+    }
+
+    fn slot(&self, id: &str) -> Result<Arc<Slot>, PoolError> {
+        self.shared
+            .roster
+            .load()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| PoolError::UnknownAccount(AccountId::new(id)))
+    }
+
+    fn lock_changes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared
+            .changing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+// ===== Lease =====
+
+/// One request's hold on one account.
+///
+/// It names the account, holds an in-flight slot, and takes exactly one
+/// [`report`](Lease::report). Dropped without a report it counts as
+/// [`Outcome::Cancelled`]: no health penalty.
+pub struct Lease {
+    shared: Arc<Shared>,
+    slot: Arc<Slot>,
+    model: Option<Arc<str>>,
+    probe: bool,
+    reported: bool,
+}
+
+impl Lease {
+    /// The account's id.
+    pub fn id(&self) -> &AccountId {
+        &self.slot.id
+    }
+
+    /// The account's credential.
+    pub fn credential(&self) -> &SharedCredential {
+        &self.slot.credential
+    }
+
+    /// The account's settings when it was selected.
+    pub fn settings(&self) -> &AccountSettings {
+        &self.slot.settings
+    }
+
+    /// The model the lease was taken for.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// True when this request is the one probe let through a half-open account.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Reports how the request went and releases the in-flight slot.
+    pub fn report(mut self, outcome: Outcome) {
+        self.finish(outcome, None);
+    }
+
+    /// Reports an outcome with a short description for the account's last error (it must not
+    /// contain secrets).
+    pub fn report_with_message(mut self, outcome: Outcome, message: &str) {
+        self.finish(outcome, Some(message));
+    }
+
+    fn finish(&mut self, outcome: Outcome, message: Option<&str>) {
+        self.reported = true;
+        self.slot.runtime.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.shared.apply(
+            &self.slot,
+            self.model.as_ref(),
+            self.probe,
+            outcome,
+            message,
+        );
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.finish(Outcome::Cancelled, None);
+        }
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("account", &self.slot.id)
+            .field("model", &self.model)
+            .field("probe", &self.probe)
+            .finish()
+    }
+}
+
+/// What the selection code hands the pool to wrap in a [`Lease`].
+pub(crate) struct Grant {
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) model: Option<Arc<str>>,
+    pub(crate) probe: bool,
+}
+
+// ===== health transitions =====
+
+/// A change of an account's state, as sent to [`Pool::subscribe`] receivers and logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateChange {
+    /// The account.
+    pub account: AccountId,
+    /// The model, for changes scoped to one (account, model) pair.
+    pub model: Option<String>,
+    /// State before.
+    pub from: HealthState,
+    /// State after.
+    pub to: HealthState,
+    /// Why.
+    pub reason: String,
+    /// When the new state ends by itself, if it does.
+    #[serde(with = "epoch_ms::option")]
+    pub until: Option<SystemTime>,
+    /// When it happened.
+    #[serde(with = "epoch_ms")]
+    pub at: SystemTime,
+}
+
+impl Shared {
+    /// The one eligibility predicate, minus per-request parts (exclusion, in-flight limit):
+    /// `Ok(probe)` when the account may be used now, else why not and until when.
+    pub(crate) fn health_verdict(
+        slot: &Slot,
+        model: Option<&str>,
+        now: u64,
+    ) -> Result<bool, (Unavailable, u64)> {
+        if !slot.settings.enabled {
+            return Err((Unavailable::Disabled, 0));
+        }
+        if !slot.settings.allows_model(model) {
+            return Err((Unavailable::ModelNotAllowed, 0));
+        }
+        let rt = &slot.runtime;
+        let until = rt.until_ms.load(Ordering::Acquire);
+        let probe = match rt.state() {
+            HealthState::Healthy => false,
+            HealthState::RateLimited if until <= now => false,
+            HealthState::QuotaExhausted if until <= now => false,
+            HealthState::Ejected if until <= now => true,
+            HealthState::RateLimited => return Err((Unavailable::RateLimited, until)),
+            HealthState::QuotaExhausted => return Err((Unavailable::QuotaExhausted, until)),
+            HealthState::Ejected => return Err((Unavailable::Ejected, until)),
+            HealthState::AuthExpired => return Err((Unavailable::AuthExpired, 0)),
+            HealthState::AuthInvalid => return Err((Unavailable::AuthInvalid, 0)),
+            HealthState::Suspended => return Err((Unavailable::Suspended, 0)),
+            HealthState::HalfOpen => return Err((Unavailable::ProbeInFlight, 0)),
+            HealthState::Disabled | HealthState::ModelUnsupported => {
+                return Err((Unavailable::Disabled, 0))
+            }
+        };
+        if let Some(model) = model {
+            if let Some((kind, until)) = rt.model_block(model, now) {
+                let reason = match kind {
+                    ModelBlockKind::RateLimited => Unavailable::RateLimited,
+                    ModelBlockKind::Unsupported => Unavailable::ModelUnsupported,
+                };
+                return Err((reason, until));
+            }
+        }
+        Ok(probe)
+    }
+
+    /// Takes an in-flight slot (and the probe permit, for a half-open account).
+    pub(crate) fn try_acquire(
+        &self,
+        slot: &Arc<Slot>,
+        probe: bool,
+        now: u64,
+    ) -> Result<(), Unavailable> {
+        let rt = &slot.runtime;
+        let before = rt.in_flight.fetch_add(1, Ordering::AcqRel);
+        if slot.settings.max_in_flight.is_some_and(|max| before >= max) {
+            rt.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Unavailable::AtCapacity);
+        }
+        if probe {
+            let _details = rt.lock_details();
+            let still_due =
+                rt.state() == HealthState::Ejected && rt.until_ms.load(Ordering::Acquire) <= now;
+            if !still_due {
+                drop(_details);
+                rt.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Err(Unavailable::ProbeInFlight);
+            }
+            rt.state
+                .store(HealthState::HalfOpen as u8, Ordering::Release);
+            rt.generation.fetch_add(1, Ordering::AcqRel);
+            drop(_details);
+            self.emit(
+                slot,
+                HealthState::Ejected,
+                HealthState::HalfOpen,
+                None,
+                "ejection over; one probe request admitted".into(),
+                None,
+            );
+        } else {
+            // The state may have changed since the verdict: re-check after taking the slot.
+            let state = rt.state();
+            let until = rt.until_ms.load(Ordering::Acquire);
+            let usable = match state {
+                HealthState::Healthy => true,
+                HealthState::RateLimited | HealthState::QuotaExhausted => until <= now,
+                _ => false,
+            };
+            if !usable {
+                rt.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Err(Unavailable::Ejected);
+            }
+        }
+        rt.requests.fetch_add(1, Ordering::Relaxed);
+        rt.last_used_ms.store(now.max(1), Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn emit(
+        &self,
+        slot: &Slot,
+        from: HealthState,
+        to: HealthState,
+        model: Option<&str>,
+        reason: String,
+        until: Option<SystemTime>,
+    ) {
+        match model {
+            Some(model) => tracing::info!(
+                account = %slot.id, model, from = %from, to = %to, reason = %reason,
+                "account state changed for model"
+            ),
+            None => tracing::info!(
+                account = %slot.id, from = %from, to = %to, reason = %reason,
+                "account state changed"
+            ),
+        }
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(StateChange {
+                account: slot.id.clone(),
+                model: model.map(str::to_owned),
+                from,
+                to,
+                reason,
+                until,
+                at: SystemTime::now(),
+            });
+        }
+    }
+
+    /// Moves an account to `to` with a deadline and a reason, under its own lock.
+    /// A deadline is only ever extended while the state stays the same.
+    fn transition(&self, slot: &Slot, to: HealthState, until_ms: u64, reason: String) -> u64 {
+        let rt = &slot.runtime;
+        let mut details = rt.lock_details();
+        let from = rt.state();
+        let current = rt.until_ms.load(Ordering::Acquire);
+        let until_ms = if from == to && current > until_ms && to != HealthState::Healthy {
+            current
+        } else {
+            until_ms
+        };
+        rt.until_ms.store(until_ms, Ordering::Release);
+        rt.state.store(to as u8, Ordering::Release);
+        let generation = rt.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        details.reason = (to != HealthState::Healthy).then(|| reason.clone());
+        drop(details);
+        let now = self.clock.now_ms();
+        if from != to || until_ms != current {
+            self.emit(slot, from, to, None, reason, self.clock.wall(until_ms, now));
+        }
+        generation
+    }
+
+    fn block_model(
+        &self,
+        slot: &Slot,
+        model: &Arc<str>,
+        kind: ModelBlockKind,
+        duration: Option<Duration>,
+    ) {
+        let rt = &slot.runtime;
+        let now = self.clock.now_ms();
+        let policy = &self.policy;
+        let (until, level) = {
+            let mut blocks = rt.model_blocks.write().unwrap_or_else(|e| e.into_inner());
+            let position = blocks.iter().position(|b| b.model == *model);
+            let level = position.map_or(0, |i| blocks[i].level);
+            let duration = duration.unwrap_or_else(|| match kind {
+                ModelBlockKind::RateLimited => {
+                    policy.backoff(policy.rate_limit_base, policy.rate_limit_max, level)
+                }
+                ModelBlockKind::Unsupported => policy.model_unsupported_cooldown,
+            });
+            let until = now.saturating_add(duration.as_millis() as u64);
+            match position {
+                Some(i) => {
+                    let block = &mut blocks[i];
+                    block.until_ms = block.until_ms.max(until);
+                    block.kind = kind;
+                    block.level = level + 1;
+                }
+                None => blocks.push(ModelBlock {
+                    model: model.clone(),
+                    kind,
+                    until_ms: until,
+                    level: 1,
+                }),
+            }
+            let latest = blocks.iter().map(|b| b.until_ms).max().unwrap_or(0);
+            rt.model_blocks_until.store(latest, Ordering::Release);
+            (until, level + 1)
+        };
+        let (to, what) = match kind {
+            ModelBlockKind::RateLimited => (HealthState::RateLimited, "rate limited on model"),
+            ModelBlockKind::Unsupported => (HealthState::ModelUnsupported, "model unsupported"),
+        };
+        self.emit(
+            slot,
+            HealthState::Healthy,
+            to,
+            Some(model),
+            format!("{what} (level {level}) for {}", fmt_ms(until - now)),
+            self.clock.wall(until, now),
+        );
+    }
+
+    /// Applies an outcome to an account: counters, then the health table.
+    pub(crate) fn apply(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        model: Option<&Arc<str>>,
+        probe: bool,
+        outcome: Outcome,
+        message: Option<&str>,
+    ) {
+        let rt = &slot.runtime;
+        let class = outcome.class();
+        rt.count(class);
+        let now = self.clock.now_ms();
+        let policy = &self.policy;
+
+        if probe
+            && !matches!(
+                outcome,
+                Outcome::Transient | Outcome::Cancelled | Outcome::ClientError
+            )
+        {
+            // Anything but a transient failure proves the account answers: close the breaker.
+            rt.ejection_level.store(0, Ordering::Release);
+            self.transition(
+                slot,
+                HealthState::Healthy,
+                0,
+                "half-open probe answered".into(),
+            );
+        }
+
+        if !matches!(
+            class,
+            OutcomeClass::Success | OutcomeClass::ClientError | OutcomeClass::Cancelled
+        ) {
+            let message = message.map_or_else(|| default_message(outcome), str::to_owned);
+            rt.lock_details().last_error = Some(LastError {
+                at: SystemTime::now(),
+                class,
+                message,
+            });
+        }
+
+        match outcome {
+            Outcome::Success => self.on_success(slot, model, now),
+            Outcome::ClientError | Outcome::Cancelled => {
+                if probe {
+                    // The probe proved nothing: let the next request probe.
+                    self.transition(
+                        slot,
+                        HealthState::Ejected,
+                        now,
+                        "half-open probe ended without an answer".into(),
+                    );
+                }
+            }
+            Outcome::RateLimited { retry_after, scope } => match (scope, model) {
+                (RateLimitScope::Model, Some(model)) => {
+                    self.block_model(slot, model, ModelBlockKind::RateLimited, retry_after)
+                }
+                _ => {
+                    let level = rt.rate_limit_level.fetch_add(1, Ordering::AcqRel);
+                    let d = retry_after.unwrap_or_else(|| {
+                        policy.backoff(policy.rate_limit_base, policy.rate_limit_max, level)
+                    });
+                    self.transition(
+                        slot,
+                        HealthState::RateLimited,
+                        now.saturating_add(d.as_millis() as u64),
+                        format!("rate limited for {}", fmt_ms(d.as_millis() as u64)),
+                    );
+                }
+            },
+            Outcome::QuotaExhausted { reset_at } => {
+                let (until, reason) = match reset_at {
+                    Some(at) => (
+                        self.clock.deadline(at, now),
+                        "quota exhausted until its reset".to_owned(),
+                    ),
+                    None => {
+                        let level = rt.quota_level.fetch_add(1, Ordering::AcqRel);
+                        let d = policy.backoff(policy.quota_base, policy.quota_max, level);
+                        (
+                            now.saturating_add(d.as_millis() as u64),
+                            format!(
+                                "quota exhausted (reset unknown); retry in {}",
+                                fmt_ms(d.as_millis() as u64)
+                            ),
+                        )
+                    }
+                };
+                self.transition(slot, HealthState::QuotaExhausted, until, reason);
+            }
+            Outcome::AuthExpired => {
+                let generation = self.transition(
+                    slot,
+                    HealthState::AuthExpired,
+                    NEVER,
+                    "credential expired; refreshing".into(),
+                );
+                self.schedule_refresh(slot, Duration::ZERO, generation);
+            }
+            Outcome::AuthInvalid => {
+                let d = policy.auth_invalid_retry;
+                let generation = self.transition(
+                    slot,
+                    HealthState::AuthInvalid,
+                    now.saturating_add(d.as_millis() as u64),
+                    format!(
+                        "credential invalid; refresh retried in {}",
+                        fmt_ms(d.as_millis() as u64)
+                    ),
+                );
+                self.schedule_refresh(slot, d, generation);
+            }
+            Outcome::Suspended => {
+                self.transition(
+                    slot,
+                    HealthState::Suspended,
+                    NEVER,
+                    "suspended by the upstream; reset or probe to restore".into(),
+                );
+            }
+            Outcome::ModelUnsupported => match model {
+                Some(model) => self.block_model(slot, model, ModelBlockKind::Unsupported, None),
+                None => {
+                    tracing::debug!(account = %slot.id, "model unsupported reported without a model; ignored")
+                }
+            },
+            Outcome::Transient => self.on_transient(slot, probe, now),
+        }
+    }
+
+    fn on_success(&self, slot: &Slot, model: Option<&Arc<str>>, now: u64) {
+        let rt = &slot.runtime;
+        rt.consecutive_failures.store(0, Ordering::Release);
+        rt.rate_limit_level.store(0, Ordering::Release);
+        rt.quota_level.store(0, Ordering::Release);
+        let state = rt.state();
+        if matches!(
+            state,
+            HealthState::RateLimited | HealthState::QuotaExhausted
+        ) && rt.until_ms.load(Ordering::Acquire) <= now
+        {
+            self.transition(slot, HealthState::Healthy, 0, "cooldown over".into());
+        }
+        if let Some(model) = model {
+            if rt.model_blocks_until.load(Ordering::Acquire) != 0 {
+                let mut blocks = rt.model_blocks.write().unwrap_or_else(|e| e.into_inner());
+                blocks.retain(|b| !(b.model == *model && b.until_ms <= now));
+                let latest = blocks.iter().map(|b| b.until_ms).max().unwrap_or(0);
+                rt.model_blocks_until.store(latest, Ordering::Release);
+            }
+        }
+    }
+
+    fn on_transient(&self, slot: &Slot, probe: bool, now: u64) {
+        let rt = &slot.runtime;
+        let failures = rt.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let policy = &self.policy;
+        if !probe && failures < policy.max_errors {
+            return;
+        }
+        let _ejecting = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
+        let state = rt.state();
+        if !probe && state != HealthState::Healthy {
+            return; // already out of rotation
+        }
+        if !probe && policy.panic_threshold > 0 {
+            let roster = self.roster.load();
+            let others = roster
+                .slots
+                .iter()
+                .filter(|s| !Arc::ptr_eq(&s.runtime, &slot.runtime))
+                .filter(|s| Self::health_verdict(s, None, now).is_ok())
+                .count();
+            if others < policy.panic_threshold {
+                tracing::warn!(
+                    account = %slot.id, failures, available_others = others,
+                    "panic threshold: not ejecting an account the pool cannot spare"
+                );
+                return;
+            }
+        }
+        let level = rt.ejection_level.fetch_add(1, Ordering::AcqRel) + 1;
+        let d = policy.backoff(policy.ejection_base, policy.ejection_max, level - 1);
+        let reason = if probe {
+            format!(
+                "half-open probe failed; ejected for {} (level {level})",
+                fmt_ms(d.as_millis() as u64)
+            )
+        } else {
+            format!(
+                "{failures} consecutive transient failures; ejected for {} (level {level})",
+                fmt_ms(d.as_millis() as u64)
+            )
+        };
+        self.transition(
+            slot,
+            HealthState::Ejected,
+            now.saturating_add(d.as_millis() as u64),
+            reason,
+        );
+    }
+
+    fn force_healthy(&self, slot: &Slot, reason: &str) {
+        let rt = &slot.runtime;
+        let state = rt.state();
+        let until = rt.until_ms.load(Ordering::Acquire);
+        let timed_and_active = matches!(
+            state,
+            HealthState::RateLimited | HealthState::QuotaExhausted
+        ) && until > self.clock.now_ms();
+        if state != HealthState::Healthy && !timed_and_active {
+            rt.ejection_level.store(0, Ordering::Release);
+            rt.consecutive_failures.store(0, Ordering::Release);
+            self.transition(slot, HealthState::Healthy, 0, reason.into());
+        }
+    }
+
+    fn reset_slot(&self, slot: &Slot) {
+        let rt = &slot.runtime;
+        {
+            let mut blocks = rt.model_blocks.write().unwrap_or_else(|e| e.into_inner());
+            blocks.clear();
+            rt.model_blocks_until.store(0, Ordering::Release);
+        }
+        rt.consecutive_failures.store(0, Ordering::Release);
+        rt.ejection_level.store(0, Ordering::Release);
+        rt.rate_limit_level.store(0, Ordering::Release);
+        rt.quota_level.store(0, Ordering::Release);
+        rt.lock_details().last_error = None;
+        self.transition(slot, HealthState::Healthy, 0, "reset by operator".into());
+    }
+
+    /// Refreshes a credential in the background after `delay`, if nothing else changed the
+    /// account's state meanwhile.
+    fn schedule_refresh(self: &Arc<Self>, slot: &Arc<Slot>, delay: Duration, generation: u64) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                account = %slot.id,
+                "no tokio runtime: the credential will not be refreshed automatically; call Pool::refresh_credential"
+            );
+            return;
+        };
+        let weak: Weak<Shared> = Arc::downgrade(self);
+        let slot = slot.clone();
+        handle.spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let current =
+                |slot: &Slot| slot.runtime.generation.load(Ordering::Acquire) == generation;
+            match weak.upgrade() {
+                Some(shared) if current(&slot) && shared.is_member(&slot) => {}
+                _ => return,
+            }
+            let result = slot.credential.refresh(RefreshMode::Forced).await;
+            if let Some(shared) = weak.upgrade() {
+                shared.after_refresh(&slot, generation, &result, true);
+            }
+        });
+    }
+
+    fn is_member(&self, slot: &Slot) -> bool {
+        self.roster
+            .load()
+            .get(slot.id.as_str())
+            .is_some_and(|s| Arc::ptr_eq(&s.runtime, &slot.runtime))
+    }
+
+    /// Moves an account according to a refresh result. Background refreshes (`scheduled`)
+    /// only act if the state did not move since they were scheduled, and keep retrying.
+    fn after_refresh(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        generation: u64,
+        result: &Result<(), CredentialError>,
+        scheduled: bool,
+    ) {
+        let rt = &slot.runtime;
+        if scheduled && rt.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        let state = rt.state();
+        let waiting = matches!(state, HealthState::AuthExpired | HealthState::AuthInvalid);
+        let now = self.clock.now_ms();
+        match result {
+            Ok(()) if waiting => {
+                self.transition(slot, HealthState::Healthy, 0, "credential refreshed".into());
+            }
+            Ok(()) => {}
+            Err(CredentialError::Unavailable(why)) if waiting || scheduled => {
+                let d = self.policy.jittered(self.policy.refresh_retry);
+                let generation = self.transition(
+                    slot,
+                    HealthState::AuthExpired,
+                    NEVER,
+                    format!(
+                        "credential refresh failed ({why}); retrying in {}",
+                        fmt_ms(d.as_millis() as u64)
+                    ),
+                );
+                self.schedule_refresh(slot, d, generation);
+            }
+            Err(e @ (CredentialError::NotRefreshable(_) | CredentialError::InvalidHeader(_))) => {
+                self.transition(
+                    slot,
+                    HealthState::AuthInvalid,
+                    NEVER,
+                    format!("{e}; fix the credential and reset the account"),
+                );
+            }
+            Err(e) => {
+                let d = self.policy.auth_invalid_retry;
+                let generation = self.transition(
+                    slot,
+                    HealthState::AuthInvalid,
+                    now.saturating_add(d.as_millis() as u64),
+                    format!("{e}; refresh retried in {}", fmt_ms(d.as_millis() as u64)),
+                );
+                self.schedule_refresh(slot, d, generation);
+            }
+        }
+    }
+
+    fn account_snapshot(&self, slot: &Slot, now: u64) -> AccountSnapshot {
+        let rt = &slot.runtime;
+        let stored = rt.state();
+        let until = rt.until_ms.load(Ordering::Acquire);
+        let verdict = Self::health_verdict(slot, None, now);
+        let state = if !slot.settings.enabled {
+            HealthState::Disabled
+        } else {
+            match (stored, verdict) {
+                (HealthState::Ejected, Ok(true)) => HealthState::HalfOpen,
+                (HealthState::RateLimited | HealthState::QuotaExhausted, Ok(_)) => {
+                    HealthState::Healthy
+                }
+                (s, _) => s,
+            }
+        };
+        let details = rt.lock_details();
+        let reason = match state {
+            HealthState::Healthy => None,
+            HealthState::Disabled => Some("disabled by operator".to_owned()),
+            HealthState::HalfOpen if stored == HealthState::Ejected => {
+                Some("ejection over; the next request is a probe".to_owned())
+            }
+            _ => details.reason.clone(),
+        };
+        let last_error = details.last_error.clone();
+        drop(details);
+        let next_retry_at = match state {
+            HealthState::RateLimited
+            | HealthState::QuotaExhausted
+            | HealthState::Ejected
+            | HealthState::AuthInvalid => self.clock.wall(until, now),
+            _ => None,
+        };
+        let model_cooldowns = {
+            let blocks = rt.model_blocks.read().unwrap_or_else(|e| e.into_inner());
+            blocks
+                .iter()
+                .filter(|b| b.until_ms > now)
+                .map(|b| ModelCooldown {
+                    model: b.model.to_string(),
+                    kind: b.kind,
+                    until: self.clock.wall(b.until_ms, now),
+                })
+                .collect()
+        };
+        let in_flight = rt.in_flight.load(Ordering::Acquire);
+        let below_limit = slot
+            .settings
+            .max_in_flight
+            .is_none_or(|max| in_flight < max);
+        let counters = Counters {
+            requests: rt.requests.load(Ordering::Relaxed),
+            successes: rt.outcome_count(OutcomeClass::Success),
+            client_errors: rt.outcome_count(OutcomeClass::ClientError),
+            rate_limited: rt.outcome_count(OutcomeClass::RateLimited),
+            quota_exhausted: rt.outcome_count(OutcomeClass::QuotaExhausted),
+            auth_expired: rt.outcome_count(OutcomeClass::AuthExpired),
+            auth_invalid: rt.outcome_count(OutcomeClass::AuthInvalid),
+            suspended: rt.outcome_count(OutcomeClass::Suspended),
+            model_unsupported: rt.outcome_count(OutcomeClass::ModelUnsupported),
+            transient: rt.outcome_count(OutcomeClass::Transient),
+            cancelled: rt.outcome_count(OutcomeClass::Cancelled),
+        };
+        AccountSnapshot {
+            id: slot.id.clone(),
+            settings: slot.settings.clone(),
+            credential: slot.credential.masked(),
+            state,
+            reason,
+            available: verdict.is_ok() && below_limit,
+            next_retry_at,
+            model_cooldowns,
+            in_flight,
+            consecutive_failures: rt.consecutive_failures.load(Ordering::Relaxed),
+            ejection_level: rt.ejection_level.load(Ordering::Relaxed),
+            counters,
+            last_used: self
+                .clock
+                .wall(rt.last_used_ms.load(Ordering::Relaxed), now),
+            last_error,
+        }
+    }
+}
+
+fn default_message(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::RateLimited {
+            retry_after: Some(d),
+            ..
+        } => format!("rate limited; retry after {}", fmt_ms(d.as_millis() as u64)),
+        other => other.class().as_str().replace('_', " "),
+    }
+}
+
+/// Formats milliseconds for reasons: `850ms`, `12.5s`, `30m`, `12h`.
+fn fmt_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1_000.0),
+        60_000..3_600_000 => format!("{:.1}m", ms as f64 / 60_000.0),
+        _ => format!("{:.1}h", ms as f64 / 3_600_000.0),
+    }
+}
+
+// ===== snapshot =====
+
+/// Every account of the pool at one moment: the single source for admin views and `/health`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSnapshot {
+    /// The selection strategy.
+    pub strategy: Strategy,
+    /// When the snapshot was taken.
+    #[serde(with = "epoch_ms")]
+    pub taken_at: SystemTime,
+    /// The accounts, in priority order.
+    pub accounts: Vec<AccountSnapshot>,
+}
+
+impl PoolSnapshot {
+    /// One account by id.
+    pub fn account(&self, id: &str) -> Option<&AccountSnapshot> {
+        self.accounts.iter().find(|a| a.id.as_str() == id)
+    }
+
+    /// How many accounts could take a request without a model right now (the same predicate
+    /// selection uses).
+    pub fn available(&self) -> usize {
+        self.accounts.iter().filter(|a| a.available).count()
+    }
+}
+
+/// One account at one moment. Holds no secret: the credential is masked.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountSnapshot {
+    /// The account's id.
+    pub id: AccountId,
+    /// Its settings.
+    pub settings: AccountSettings,
+    /// Its credential, masked.
+    pub credential: MaskedCredential,
+    /// Its state now (cooldowns that ended read as `Healthy`, an ejection that ended as
+    /// `HalfOpen`).
+    pub state: HealthState,
+    /// Why it is in that state.
+    pub reason: Option<String>,
+    /// Whether it could take a request without a model now.
+    pub available: bool,
+    /// When it comes back by itself, if it does.
+    #[serde(with = "epoch_ms::option")]
+    pub next_retry_at: Option<SystemTime>,
+    /// Active (account, model) cooldowns.
+    pub model_cooldowns: Vec<ModelCooldown>,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Transient failures since the last success.
+    pub consecutive_failures: u32,
+    /// How many times in a row it was ejected.
+    pub ejection_level: u32,
+    /// Lifetime counters.
+    pub counters: Counters,
+    /// When it last started a request.
+    #[serde(with = "epoch_ms::option")]
+    pub last_used: Option<SystemTime>,
+    /// The last error it saw.
+    pub last_error: Option<LastError>,
+}
+
+/// A cooldown scoped to one (account, model) pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCooldown {
+    /// The model.
+    pub model: String,
+    /// Why.
+    pub kind: ModelBlockKind,
+    /// Until when.
+    #[serde(with = "epoch_ms::option")]
+    pub until: Option<SystemTime>,
+}
+
+/// Lifetime counters of one account. `requests` counts leases handed out; each ends in exactly
+/// one outcome, so `requests` equals the sum of the outcomes plus the leases in flight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct Counters {
+    pub requests: u64,
+    pub successes: u64,
+    pub client_errors: u64,
+    pub rate_limited: u64,
+    pub quota_exhausted: u64,
+    pub auth_expired: u64,
+    pub auth_invalid: u64,
+    pub suspended: u64,
+    pub model_unsupported: u64,
+    pub transient: u64,
+    pub cancelled: u64,
+}
+
+impl Counters {
+    /// Sum of every outcome counted.
+    pub fn outcomes(&self) -> u64 {
+        self.successes
+            + self.client_errors
+            + self.rate_limited
+            + self.quota_exhausted
+            + self.auth_expired
+            + self.auth_invalid
+            + self.suspended
+            + self.model_unsupported
+            + self.transient
+            + self.cancelled
+    }
+
+    /// Outcomes that were the account's fault.
+    pub fn errors(&self) -> u64 {
+        self.rate_limited
+            + self.quota_exhausted
+            + self.auth_expired
+            + self.auth_invalid
+            + self.suspended
+            + self.model_unsupported
+            + self.transient
+    }
+}
+
+/// Serde helpers: `SystemTime` as Unix epoch milliseconds.
+pub(crate) mod epoch_ms {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use serde::Serializer;
+
+    pub(crate) fn millis(t: &SystemTime) -> u64 {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(millis(t))
+    }
+
+    pub(crate) mod option {
+        use super::*;
+
+        pub(crate) fn serialize<S: Serializer>(
+            t: &Option<SystemTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_some(&millis(t)),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}

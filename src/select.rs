@@ -1,0 +1,500 @@
+//! Selection: strategies, the selection request, and the typed [`Exhausted`] error.
+//!
+//! One predicate decides whether an account may take a request — enabled, available now
+//! (cooldown passed, or a half-open probe permit free), model allowed, in-flight below its limit,
+//! not already tried by this request — and it is used everywhere: selection, the snapshot's
+//! `available` flag and, later, `/health`.
+//!
+//! ```
+//! use tower_account_pool::{Account, Pool, SelectRequest, Strategy};
+//! use tower_account_pool::credential::NoCredential;
+//!
+//! let pool = Pool::builder()
+//!     .accounts((0..3).map(|i| Account::new(format!("acct-{i}"), NoCredential)))
+//!     .strategy(Strategy::RoundRobin)
+//!     .build()
+//!     .unwrap();
+//!
+//! let mut seen = Vec::new();
+//! for _ in 0..3 {
+//!     let lease = pool.select(&SelectRequest::for_model("claude-sonnet-4-5")).unwrap();
+//!     seen.push(lease.id().to_string());
+//! }
+//! seen.sort();
+//! assert_eq!(seen, ["acct-0", "acct-1", "acct-2"]);
+//! ```
+//!
+//! # Cost
+//!
+//! Round-robin, fill-first and least-in-flight look at a constant number of accounts in the
+//! common case (when most accounts are available), take no pool-wide lock and allocate nothing.
+//! Least-recently-used and weighted look at every account of the first tier with an available
+//! account: O(n), fine for hundreds of accounts. An [`Exhausted`] answer looks at every account
+//! once, to say why.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::account::AccountId;
+
+/// How the pool chooses among the available accounts of a priority tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum Strategy {
+    /// Each account in turn; fair per model (every model has its own cursor). The default.
+    #[default]
+    RoundRobin,
+    /// The account whose last request started longest ago.
+    LeastRecentlyUsed,
+    /// The less busy of two accounts picked at random (power of two choices).
+    LeastInFlight,
+    /// Smooth weighted round-robin over the accounts' weights.
+    Weighted,
+    /// The first available account, in order, until it is unavailable (rolling-window quotas).
+    FillFirst,
+}
+
+/// What a request needs from the pool.
+///
+/// ```
+/// use tower_account_pool::{AccountId, SelectRequest};
+///
+/// let tried = [AccountId::new("acct-1")];
+/// let request = SelectRequest {
+///     model: Some("claude-sonnet-4-5"),
+///     affinity_key: Some("conversation-42"),
+///     exclude: &tried,
+/// };
+/// assert_eq!(request.model, Some("claude-sonnet-4-5"));
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SelectRequest<'a> {
+    /// The model the request is for; accounts that do not serve it are skipped.
+    pub model: Option<&'a str>,
+    /// A sticky-session key: requests with the same key go to the same account while it is
+    /// available (for the pool's affinity TTL).
+    pub affinity_key: Option<&'a str>,
+    /// Accounts this request already tried.
+    pub exclude: &'a [AccountId],
+}
+
+impl<'a> SelectRequest<'a> {
+    /// A request for `model`.
+    pub fn for_model(model: &'a str) -> Self {
+        SelectRequest {
+            model: Some(model),
+            ..SelectRequest::default()
+        }
+    }
+
+    /// Sets the affinity key.
+    pub fn with_affinity_key(mut self, key: &'a str) -> Self {
+        self.affinity_key = Some(key);
+        self
+    }
+
+    /// Sets the accounts to skip.
+    pub fn excluding(mut self, exclude: &'a [AccountId]) -> Self {
+        self.exclude = exclude;
+        self
+    }
+
+    pub(crate) fn excludes(&self, id: &AccountId) -> bool {
+        self.exclude.iter().any(|e| e == id)
+    }
+}
+
+macro_rules! unavailable_reasons {
+    ($($variant:ident => $name:literal, $doc:literal;)*) => {
+        /// Why an account could not take a request.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub enum Unavailable {
+            $(
+                #[doc = $doc]
+                $variant,
+            )*
+        }
+
+        impl Unavailable {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [Unavailable] = &[$(Unavailable::$variant),*];
+
+            /// The reason as a short label.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Unavailable::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+unavailable_reasons! {
+    Disabled => "disabled", "Disabled by an operator.";
+    Excluded => "already tried", "Already tried by this request.";
+    ModelNotAllowed => "model not allowed", "Its settings do not allow the model.";
+    ModelUnsupported => "model unsupported", "It reported that it does not serve the model.";
+    RateLimited => "rate limited", "Rate limited (on the account or on the model).";
+    QuotaExhausted => "quota exhausted", "Out of quota.";
+    AuthExpired => "refreshing credential", "Its credential is being refreshed.";
+    AuthInvalid => "credential invalid", "Its credential is invalid.";
+    Suspended => "suspended", "Suspended.";
+    Ejected => "ejected", "Ejected after transient failures.";
+    ProbeInFlight => "half-open probe in flight", "Half-open and its one probe is in flight.";
+    AtCapacity => "at in-flight limit", "At its in-flight limit.";
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// No account could take the request: why, per reason, and when the earliest one returns.
+///
+/// ```
+/// use tower_account_pool::{Account, Pool, SelectRequest, Unavailable};
+/// use tower_account_pool::credential::NoCredential;
+///
+/// let pool = Pool::builder()
+///     .account(Account::new("a", NoCredential).enabled(false))
+///     .build()
+///     .unwrap();
+/// let err = pool.select(&SelectRequest::default()).unwrap_err();
+/// assert_eq!(err.count(Unavailable::Disabled), 1);
+/// assert_eq!(err.retry_after(), None);
+/// assert_eq!(err.to_string(), "no account available (1 disabled)");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Exhausted {
+    counts: [u32; Unavailable::ALL.len()],
+    retry_after: Option<Duration>,
+}
+
+impl Exhausted {
+    pub(crate) fn new() -> Self {
+        Exhausted {
+            counts: [0; Unavailable::ALL.len()],
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn add(&mut self, reason: Unavailable, retry_after: Option<Duration>) {
+        self.counts[reason as usize] += 1;
+        if let Some(after) = retry_after {
+            self.retry_after = Some(self.retry_after.map_or(after, |r| r.min(after)));
+        }
+    }
+
+    /// How many accounts were unavailable for `reason`.
+    pub fn count(&self, reason: Unavailable) -> u32 {
+        self.counts[reason as usize]
+    }
+
+    /// Every reason with a non-zero count.
+    pub fn reasons(&self) -> impl Iterator<Item = (Unavailable, u32)> + '_ {
+        Unavailable::ALL
+            .iter()
+            .map(|&r| (r, self.count(r)))
+            .filter(|&(_, n)| n > 0)
+    }
+
+    /// How many accounts the pool looked at.
+    pub fn total(&self) -> u32 {
+        self.counts.iter().sum()
+    }
+
+    /// When the earliest timed block ends (a cooldown, an ejection, a quota reset), if any
+    /// account will come back by itself.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// True when every account that was not already tried is rate limited or out of quota:
+    /// the pool is saturated rather than broken (a gateway answers 429, else 503).
+    pub fn is_rate_limited(&self) -> bool {
+        let limited =
+            self.count(Unavailable::RateLimited) + self.count(Unavailable::QuotaExhausted);
+        limited > 0 && limited == self.total() - self.count(Unavailable::Excluded)
+    }
+}
+
+impl fmt::Debug for Exhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (reason, n) in self.reasons() {
+            map.entry(&reason, &n);
+        }
+        map.entry(&"retry_after", &self.retry_after);
+        map.finish()
+    }
+}
+
+impl fmt::Display for Exhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no account available")?;
+        if self.total() == 0 {
+            return f.write_str(" (the pool has no accounts)");
+        }
+        f.write_str(" (")?;
+        for (i, (reason, n)) in self.reasons().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{n} {reason}")?;
+        }
+        f.write_str(")")?;
+        if let Some(after) = self.retry_after {
+            write!(f, "; the earliest returns in {:.1}s", after.as_secs_f64())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Exhausted {}
+
+// ===== selection =====
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::pool::{Grant, ModelKey, Shared, Slot};
+
+impl Shared {
+    /// Chooses an account: the sticky pin first, then the strategy, tier by tier.
+    pub(crate) fn select(&self, request: &SelectRequest<'_>) -> Result<Grant, Exhausted> {
+        let roster = self.roster.load();
+        let now = self.clock.now_ms();
+        let model = self.models.key(request.model);
+        let pin = request.affinity_key.map(|key| self.sticky.hash(key));
+
+        if let Some(hash) = pin {
+            if let Some(slot) = self
+                .sticky
+                .get(hash, now)
+                .and_then(|id| roster.get(id.as_str()))
+            {
+                let mut ignored = Exhausted::new();
+                if let Some(probe) = self.check(slot, request, now, &mut ignored) {
+                    if self.acquire(slot, probe, now, &mut ignored) {
+                        self.sticky.pin(hash, &slot.id, now);
+                        return Ok(grant(slot, &model, probe));
+                    }
+                }
+            }
+        }
+
+        let mut exhausted = Exhausted::new();
+        for tier in &roster.tiers {
+            let slots = &roster.slots[tier.clone()];
+            let picked = match self.strategy {
+                Strategy::RoundRobin => {
+                    self.round_robin(slots, &model, request, now, &mut exhausted)
+                }
+                Strategy::FillFirst => self.scan(slots, 0, request, now, &mut exhausted),
+                Strategy::LeastInFlight => {
+                    self.two_choices(slots, &model, request, now, &mut exhausted)
+                }
+                Strategy::LeastRecentlyUsed => {
+                    self.least_recent(slots, &model, request, now, &mut exhausted)
+                }
+                Strategy::Weighted => self.weighted(slots, &model, request, now, &mut exhausted),
+            };
+            if let Some((slot, probe)) = picked {
+                if let Some(hash) = pin {
+                    self.sticky.pin(hash, &slot.id, now);
+                }
+                return Ok(grant(slot, &model, probe));
+            }
+        }
+        Err(exhausted)
+    }
+
+    /// Whether `slot` may take `request` now: `Some(probe)` if so; otherwise the reason is
+    /// counted in `exhausted`.
+    fn check(
+        &self,
+        slot: &Slot,
+        request: &SelectRequest<'_>,
+        now: u64,
+        exhausted: &mut Exhausted,
+    ) -> Option<bool> {
+        if request.excludes(&slot.id) {
+            exhausted.add(Unavailable::Excluded, None);
+            return None;
+        }
+        match Self::health_verdict(slot, request.model, now) {
+            Ok(probe) => {
+                let busy = slot
+                    .settings
+                    .max_in_flight
+                    .is_some_and(|max| slot.runtime.in_flight.load(Ordering::Acquire) >= max);
+                if busy {
+                    exhausted.add(Unavailable::AtCapacity, None);
+                    return None;
+                }
+                Some(probe)
+            }
+            Err((reason, until)) => {
+                let after = (until > now && until != crate::health::NEVER)
+                    .then(|| Duration::from_millis(until - now));
+                exhausted.add(reason, after);
+                None
+            }
+        }
+    }
+
+    fn acquire(&self, slot: &Arc<Slot>, probe: bool, now: u64, exhausted: &mut Exhausted) -> bool {
+        match self.try_acquire(slot, probe, now) {
+            Ok(()) => true,
+            Err(reason) => {
+                exhausted.add(reason, None);
+                false
+            }
+        }
+    }
+
+    /// The first account that can take the request, starting at `start` and wrapping around.
+    fn scan<'s>(
+        &self,
+        slots: &'s [Arc<Slot>],
+        start: u64,
+        request: &SelectRequest<'_>,
+        now: u64,
+        exhausted: &mut Exhausted,
+    ) -> Option<(&'s Arc<Slot>, bool)> {
+        let n = slots.len() as u64;
+        (0..n).find_map(|i| {
+            let slot = &slots[((start + i) % n) as usize];
+            let probe = self.check(slot, request, now, exhausted)?;
+            self.acquire(slot, probe, now, exhausted)
+                .then_some((slot, probe))
+        })
+    }
+
+    fn round_robin<'s>(
+        &self,
+        slots: &'s [Arc<Slot>],
+        model: &ModelKey,
+        request: &SelectRequest<'_>,
+        now: u64,
+        exhausted: &mut Exhausted,
+    ) -> Option<(&'s Arc<Slot>, bool)> {
+        let n = slots.len() as u64;
+        let cursor = self.models.cursor(model);
+        let start = cursor.fetch_add(1, Ordering::Relaxed);
+        let n_start = start % n;
+        let picked = self.scan(slots, n_start, request, now, exhausted)?;
+        // Continue after the account picked, so a run of unavailable accounts does not make
+        // the next available one take all their turns.
+        let index = slots.iter().position(|s| Arc::ptr_eq(s, picked.0));
+        if let Some(index) = index {
+            let skipped = (index as u64 + n - n_start) % n;
+            if skipped > 0 {
+                cursor.fetch_max(start + skipped + 1, Ordering::Relaxed);
+            }
+        }
+        Some(picked)
+    }
+
+    fn two_choices<'s>(
+        &self,
+        slots: &'s [Arc<Slot>],
+        model: &ModelKey,
+        request: &SelectRequest<'_>,
+        now: u64,
+        exhausted: &mut Exhausted,
+    ) -> Option<(&'s Arc<Slot>, bool)> {
+        let n = slots.len();
+        if n >= 2 {
+            let a = fastrand::usize(..n);
+            let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+            let mut sampled = Exhausted::new();
+            let ca = self.check(&slots[a], request, now, &mut sampled);
+            let cb = self.check(&slots[b], request, now, &mut sampled);
+            let load = |i: usize| slots[i].runtime.in_flight.load(Ordering::Relaxed);
+            let order = match (ca, cb) {
+                (Some(_), Some(_)) if load(b) < load(a) => [(b, cb), (a, ca)],
+                _ => [(a, ca), (b, cb)],
+            };
+            for (i, verdict) in order {
+                if let Some(probe) = verdict {
+                    if self.acquire(&slots[i], probe, now, &mut sampled) {
+                        return Some((&slots[i], probe));
+                    }
+                }
+            }
+        }
+        self.round_robin(slots, model, request, now, exhausted)
+    }
+
+    fn least_recent<'s>(
+        &self,
+        slots: &'s [Arc<Slot>],
+        model: &ModelKey,
+        request: &SelectRequest<'_>,
+        now: u64,
+        exhausted: &mut Exhausted,
+    ) -> Option<(&'s Arc<Slot>, bool)> {
+        let mut sampled = Exhausted::new();
+        let best = slots
+            .iter()
+            .filter_map(|s| Some((s, self.check(s, request, now, &mut sampled)?)))
+            .min_by_key(|(s, _)| s.runtime.last_used_ms.load(Ordering::Relaxed));
+        if let Some((slot, probe)) = best {
+            if self.acquire(slot, probe, now, &mut sampled) {
+                return Some((slot, probe));
+            }
+        }
+        self.round_robin(slots, model, request, now, exhausted)
+    }
+
+    fn weighted<'s>(
+        &self,
+        slots: &'s [Arc<Slot>],
+        model: &ModelKey,
+        request: &SelectRequest<'_>,
+        now: u64,
+        exhausted: &mut Exhausted,
+    ) -> Option<(&'s Arc<Slot>, bool)> {
+        let mut sampled = Exhausted::new();
+        let mut total = 0i64;
+        let mut best: Option<(&Arc<Slot>, bool, i64)> = None;
+        for slot in slots {
+            let Some(probe) = self.check(slot, request, now, &mut sampled) else {
+                continue;
+            };
+            let weight = i64::from(slot.settings.weight);
+            total += weight;
+            let current = slot
+                .runtime
+                .swrr_current
+                .fetch_add(weight, Ordering::Relaxed)
+                + weight;
+            if best.is_none_or(|(_, _, c)| current > c) {
+                best = Some((slot, probe, current));
+            }
+        }
+        if let Some((slot, probe, _)) = best {
+            slot.runtime
+                .swrr_current
+                .fetch_sub(total, Ordering::Relaxed);
+            if self.acquire(slot, probe, now, &mut sampled) {
+                return Some((slot, probe));
+            }
+        }
+        self.round_robin(slots, model, request, now, exhausted)
+    }
+}
+
+fn grant(slot: &Arc<Slot>, model: &ModelKey, probe: bool) -> Grant {
+    Grant {
+        slot: slot.clone(),
+        model: model.name.clone(),
+        probe,
+    }
+}
