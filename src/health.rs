@@ -348,7 +348,7 @@ pub(crate) struct ModelBlock {
 
 /// The last error an account saw. Messages never hold secrets: they come from classifiers,
 /// which only describe what happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LastError {
     /// When it happened.

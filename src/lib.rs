@@ -56,7 +56,7 @@ pub mod select;
 pub use account::{Account, AccountId, AccountSettings};
 pub use health::{HealthPolicy, HealthState, Outcome, OutcomeClass, RateLimitScope};
 pub use pool::{
-    AccountSnapshot, BuildError, Counters, Lease, Pool, PoolBuilder, PoolError, PoolSnapshot,
-    StateChange, SyncReport,
+    AccountSnapshot, BuildError, Counters, Lease, PersistedState, Pool, PoolBuilder, PoolError,
+    PoolSnapshot, PoolStats, StateChange, SyncReport,
 };
 pub use select::{Exhausted, SelectRequest, Strategy, Unavailable};

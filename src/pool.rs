@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::account::{Account, AccountId, AccountSettings};
@@ -367,15 +367,19 @@ impl Sticky {
 pub(crate) struct Shared {
     pub(crate) roster: ArcSwap<Roster>,
     /// Serialises roster changes (admin, reload); never taken by selection.
-    changing: Mutex<()>,
+    pub(crate) changing: Mutex<()>,
     /// Serialises ejection decisions so the panic threshold holds under concurrency.
-    ejecting: Mutex<()>,
+    pub(crate) ejecting: Mutex<()>,
     pub(crate) strategy: Strategy,
     pub(crate) policy: HealthPolicy,
     pub(crate) clock: Clock,
     pub(crate) models: Models,
     pub(crate) sticky: Sticky,
-    events: broadcast::Sender<StateChange>,
+    pub(crate) events: broadcast::Sender<StateChange>,
+    /// Selections that found no account (error path only, so one counter is fine).
+    pub(crate) exhaustions: AtomicU64,
+    /// Retries on another account, recorded by the layer.
+    pub(crate) retries: AtomicU64,
 }
 
 // ===== Pool =====
@@ -466,6 +470,8 @@ impl PoolBuilder {
                 models: Models::new(),
                 sticky: Sticky::new(ttl),
                 events,
+                exhaustions: AtomicU64::new(0),
+                retries: AtomicU64::new(0),
             }),
         })
     }
@@ -515,6 +521,18 @@ fn validate_accounts(accounts: &[Account]) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// Pool-wide counters, from [`Pool::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStats {
+    /// Leases handed out (the sum of the accounts' `requests`; removed accounts not included).
+    pub selections: u64,
+    /// Selections that found no account.
+    pub exhaustions: u64,
+    /// Retries on another account recorded with [`Pool::record_retry`].
+    pub retries: u64,
+}
+
 /// What [`Pool::sync`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -539,13 +557,38 @@ impl Pool {
     /// The returned [`Lease`] holds an in-flight slot on the account until it is reported or
     /// dropped.
     pub fn select(&self, request: &SelectRequest<'_>) -> Result<Lease, Exhausted> {
-        self.shared.select(request).map(|grant| Lease {
-            shared: self.shared.clone(),
-            slot: grant.slot,
-            model: grant.model,
-            probe: grant.probe,
-            reported: false,
-        })
+        match self.shared.select(request) {
+            Ok(grant) => Ok(Lease {
+                shared: self.shared.clone(),
+                slot: grant.slot,
+                model: grant.model,
+                probe: grant.probe,
+                reported: false,
+            }),
+            Err(exhausted) => {
+                self.shared.exhaustions.fetch_add(1, Ordering::Relaxed);
+                Err(exhausted)
+            }
+        }
+    }
+
+    /// Records that a request is being retried on another account (for metrics).
+    pub fn record_retry(&self) {
+        self.shared.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Pool-wide counters.
+    pub fn stats(&self) -> PoolStats {
+        let roster = self.shared.roster.load();
+        PoolStats {
+            selections: roster
+                .slots
+                .iter()
+                .map(|s| s.runtime.requests.load(Ordering::Relaxed))
+                .sum(),
+            exhaustions: self.shared.exhaustions.load(Ordering::Relaxed),
+            retries: self.shared.retries.load(Ordering::Relaxed),
+        }
     }
 
     /// The selection strategy.
@@ -788,7 +831,72 @@ impl Pool {
         }
     }
 
-    fn slot(&self, id: &str) -> Result<Arc<Slot>, PoolError> {
+    /// Restores an account's runtime state from a store or a pool file: health state, reason
+    /// and deadline, failure counts, lifetime counters, last use and last error. A deadline in
+    /// the past restores as expired; `HalfOpen` restores as an ejection that has ended.
+    pub fn restore_state(&self, id: &str, saved: &PersistedState) -> Result<(), PoolError> {
+        let slot = self.slot(id)?;
+        let shared = &self.shared;
+        let rt = &slot.runtime;
+        let now = shared.clock.now_ms();
+        let state = match saved.state {
+            HealthState::Disabled | HealthState::ModelUnsupported => HealthState::Healthy,
+            HealthState::HalfOpen => HealthState::Ejected,
+            s => s,
+        };
+        let until = match (state, saved.until) {
+            (HealthState::Healthy, _) => 0,
+            (_, Some(at)) => shared.clock.deadline(at, now),
+            (
+                HealthState::Ejected | HealthState::RateLimited | HealthState::QuotaExhausted,
+                None,
+            ) => now,
+            (_, None) => NEVER,
+        };
+        rt.consecutive_failures
+            .store(saved.consecutive_failures, Ordering::Release);
+        rt.ejection_level
+            .store(saved.ejection_level, Ordering::Release);
+        let c = &saved.counters;
+        rt.requests.store(c.requests, Ordering::Relaxed);
+        for (class, value) in [
+            (OutcomeClass::Success, c.successes),
+            (OutcomeClass::ClientError, c.client_errors),
+            (OutcomeClass::RateLimited, c.rate_limited),
+            (OutcomeClass::QuotaExhausted, c.quota_exhausted),
+            (OutcomeClass::AuthExpired, c.auth_expired),
+            (OutcomeClass::AuthInvalid, c.auth_invalid),
+            (OutcomeClass::Suspended, c.suspended),
+            (OutcomeClass::ModelUnsupported, c.model_unsupported),
+            (OutcomeClass::Transient, c.transient),
+            (OutcomeClass::Cancelled, c.cancelled),
+        ] {
+            rt.outcomes[class as usize].store(value, Ordering::Relaxed);
+        }
+        let last_used = saved.last_used.map_or(0, |t| {
+            let ago = SystemTime::now().duration_since(t).unwrap_or_default();
+            now.saturating_sub(ago.as_millis() as u64).max(1)
+        });
+        rt.last_used_ms.store(last_used, Ordering::Relaxed);
+        rt.lock_details().last_error = saved.last_error.clone();
+        let reason = saved
+            .reason
+            .clone()
+            .unwrap_or_else(|| format!("restored as {state}"));
+        let generation = shared.transition(&slot, state, until, reason);
+        match state {
+            HealthState::AuthExpired => shared.schedule_refresh(&slot, Duration::ZERO, generation),
+            HealthState::AuthInvalid if until != NEVER => shared.schedule_refresh(
+                &slot,
+                Duration::from_millis(until.saturating_sub(now)),
+                generation,
+            ),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub(crate) fn slot(&self, id: &str) -> Result<Arc<Slot>, PoolError> {
         self.shared
             .roster
             .load()
@@ -1050,7 +1158,13 @@ impl Shared {
 
     /// Moves an account to `to` with a deadline and a reason, under its own lock.
     /// A deadline is only ever extended while the state stays the same.
-    fn transition(&self, slot: &Slot, to: HealthState, until_ms: u64, reason: String) -> u64 {
+    pub(crate) fn transition(
+        &self,
+        slot: &Slot,
+        to: HealthState,
+        until_ms: u64,
+        reason: String,
+    ) -> u64 {
         let rt = &slot.runtime;
         let mut details = rt.lock_details();
         let from = rt.state();
@@ -1072,7 +1186,7 @@ impl Shared {
         generation
     }
 
-    fn block_model(
+    pub(crate) fn block_model(
         &self,
         slot: &Slot,
         model: &Arc<str>,
@@ -1258,7 +1372,7 @@ impl Shared {
         }
     }
 
-    fn on_success(&self, slot: &Slot, model: Option<&Arc<str>>, now: u64) {
+    pub(crate) fn on_success(&self, slot: &Slot, model: Option<&Arc<str>>, now: u64) {
         let rt = &slot.runtime;
         rt.consecutive_failures.store(0, Ordering::Release);
         rt.rate_limit_level.store(0, Ordering::Release);
@@ -1281,7 +1395,7 @@ impl Shared {
         }
     }
 
-    fn on_transient(&self, slot: &Slot, probe: bool, now: u64) {
+    pub(crate) fn on_transient(&self, slot: &Slot, probe: bool, now: u64) {
         let rt = &slot.runtime;
         let failures = rt.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
         let policy = &self.policy;
@@ -1330,7 +1444,7 @@ impl Shared {
         );
     }
 
-    fn force_healthy(&self, slot: &Slot, reason: &str) {
+    pub(crate) fn force_healthy(&self, slot: &Slot, reason: &str) {
         let rt = &slot.runtime;
         let state = rt.state();
         let until = rt.until_ms.load(Ordering::Acquire);
@@ -1345,7 +1459,7 @@ impl Shared {
         }
     }
 
-    fn reset_slot(&self, slot: &Slot) {
+    pub(crate) fn reset_slot(&self, slot: &Slot) {
         let rt = &slot.runtime;
         {
             let mut blocks = rt.model_blocks.write().unwrap_or_else(|e| e.into_inner());
@@ -1362,7 +1476,12 @@ impl Shared {
 
     /// Refreshes a credential in the background after `delay`, if nothing else changed the
     /// account's state meanwhile.
-    fn schedule_refresh(self: &Arc<Self>, slot: &Arc<Slot>, delay: Duration, generation: u64) {
+    pub(crate) fn schedule_refresh(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        delay: Duration,
+        generation: u64,
+    ) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(
                 account = %slot.id,
@@ -1389,7 +1508,7 @@ impl Shared {
         });
     }
 
-    fn is_member(&self, slot: &Slot) -> bool {
+    pub(crate) fn is_member(&self, slot: &Slot) -> bool {
         self.roster
             .load()
             .get(slot.id.as_str())
@@ -1398,7 +1517,7 @@ impl Shared {
 
     /// Moves an account according to a refresh result. Background refreshes (`scheduled`)
     /// only act if the state did not move since they were scheduled, and keep retrying.
-    fn after_refresh(
+    pub(crate) fn after_refresh(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
         generation: u64,
@@ -1451,21 +1570,23 @@ impl Shared {
         }
     }
 
-    fn account_snapshot(&self, slot: &Slot, now: u64) -> AccountSnapshot {
+    pub(crate) fn account_snapshot(&self, slot: &Slot, now: u64) -> AccountSnapshot {
         let rt = &slot.runtime;
         let stored = rt.state();
         let until = rt.until_ms.load(Ordering::Acquire);
         let verdict = Self::health_verdict(slot, None, now);
-        let state = if !slot.settings.enabled {
-            HealthState::Disabled
-        } else {
-            match (stored, verdict) {
-                (HealthState::Ejected, Ok(true)) => HealthState::HalfOpen,
-                (HealthState::RateLimited | HealthState::QuotaExhausted, Ok(_)) => {
-                    HealthState::Healthy
-                }
-                (s, _) => s,
+        let expired = until <= now;
+        let underlying_state = match stored {
+            HealthState::Ejected if expired => HealthState::HalfOpen,
+            HealthState::RateLimited | HealthState::QuotaExhausted if expired => {
+                HealthState::Healthy
             }
+            s => s,
+        };
+        let state = if slot.settings.enabled {
+            underlying_state
+        } else {
+            HealthState::Disabled
         };
         let details = rt.lock_details();
         let reason = match state {
@@ -1520,6 +1641,7 @@ impl Shared {
             settings: slot.settings.clone(),
             credential: slot.credential.masked(),
             state,
+            underlying_state,
             reason,
             available: verdict.is_ok() && below_limit,
             next_retry_at,
@@ -1597,6 +1719,8 @@ pub struct AccountSnapshot {
     /// Its state now (cooldowns that ended read as `Healthy`, an ejection that ended as
     /// `HalfOpen`).
     pub state: HealthState,
+    /// The runtime state under a `Disabled` setting (equal to `state` otherwise).
+    pub underlying_state: HealthState,
     /// Why it is in that state.
     pub reason: Option<String>,
     /// Whether it could take a request without a model now.
@@ -1636,8 +1760,8 @@ pub struct ModelCooldown {
 
 /// Lifetime counters of one account. `requests` counts leases handed out; each ends in exactly
 /// one outcome, so `requests` equals the sum of the outcomes plus the leases in flight.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 #[allow(missing_docs)]
 pub struct Counters {
     pub requests: u64,
@@ -1680,11 +1804,78 @@ impl Counters {
     }
 }
 
+/// Runtime state of one account as stores and pool files keep it (see
+/// [`Pool::restore_state`] and [`AccountSnapshot::persisted`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PersistedState {
+    /// The account-wide state.
+    pub state: HealthState,
+    /// Why it is in that state.
+    pub reason: Option<String>,
+    /// When the state ends by itself, if it does.
+    #[serde(with = "epoch_ms::option")]
+    pub until: Option<SystemTime>,
+    /// Transient failures since the last success.
+    pub consecutive_failures: u32,
+    /// Consecutive ejections.
+    pub ejection_level: u32,
+    /// Lifetime counters.
+    pub counters: Counters,
+    /// When it last started a request.
+    #[serde(with = "epoch_ms::option")]
+    pub last_used: Option<SystemTime>,
+    /// The last error it saw.
+    pub last_error: Option<LastError>,
+}
+
+impl Default for PersistedState {
+    fn default() -> Self {
+        PersistedState {
+            state: HealthState::Healthy,
+            reason: None,
+            until: None,
+            consecutive_failures: 0,
+            ejection_level: 0,
+            counters: Counters::default(),
+            last_used: None,
+            last_error: None,
+        }
+    }
+}
+
+impl AccountSnapshot {
+    /// The part of this snapshot a store keeps. A disabled account keeps its underlying
+    /// state (being disabled is a setting).
+    pub fn persisted(&self) -> PersistedState {
+        PersistedState {
+            state: match self.state {
+                HealthState::Disabled => self.underlying_state,
+                s => s,
+            },
+            reason: self
+                .reason
+                .clone()
+                .filter(|_| self.state != HealthState::Disabled),
+            until: self.next_retry_at,
+            consecutive_failures: self.consecutive_failures,
+            ejection_level: self.ejection_level,
+            counters: self.counters,
+            last_used: self.last_used,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
 /// Serde helpers: `SystemTime` as Unix epoch milliseconds.
 pub(crate) mod epoch_ms {
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        Ok(UNIX_EPOCH + Duration::from_millis(u64::deserialize(d)?))
+    }
 
     pub(crate) fn millis(t: &SystemTime) -> u64 {
         t.duration_since(UNIX_EPOCH)
@@ -1697,6 +1888,12 @@ pub(crate) mod epoch_ms {
 
     pub(crate) mod option {
         use super::*;
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
+            Ok(Option::<u64>::deserialize(d)?.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)))
+        }
 
         pub(crate) fn serialize<S: Serializer>(
             t: &Option<SystemTime>,
