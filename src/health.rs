@@ -385,7 +385,8 @@ pub(crate) struct Runtime {
     /// Bumped on every transition; background refreshes act only if it did not move.
     pub(crate) generation: AtomicU64,
     pub(crate) last_used_ms: AtomicU64,
-    pub(crate) requests: AtomicU64,
+    /// Pool-wide use order, kept only by the least-recently-used strategy (0: never used).
+    pub(crate) use_ticket: AtomicU64,
     pub(crate) outcomes: [AtomicU64; OutcomeClass::ALL.len()],
     pub(crate) swrr_current: AtomicI64,
     pub(crate) details: Mutex<Details>,
@@ -405,7 +406,7 @@ impl Default for Runtime {
             quota_level: AtomicU32::new(0),
             generation: AtomicU64::new(0),
             last_used_ms: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
+            use_ticket: AtomicU64::new(0),
             outcomes: Default::default(),
             swrr_current: AtomicI64::new(0),
             details: Mutex::new(Details::default()),
@@ -420,6 +421,26 @@ impl Runtime {
 
     pub(crate) fn count(&self, class: OutcomeClass) {
         self.outcomes[class as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Leases handed out: every one ends in one outcome or is still in flight.
+    pub(crate) fn requests(&self) -> u64 {
+        let outcomes: u64 = self
+            .outcomes
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        outcomes + u64::from(self.in_flight.load(Ordering::Relaxed))
+    }
+
+    /// True when a success would change nothing: healthy, no failure streak, no escalation
+    /// level, no model block. Loads only.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.state.load(Ordering::Acquire) == HealthState::Healthy as u8
+            && self.consecutive_failures.load(Ordering::Acquire) == 0
+            && self.rate_limit_level.load(Ordering::Acquire) == 0
+            && self.quota_level.load(Ordering::Acquire) == 0
+            && self.model_blocks_until.load(Ordering::Acquire) == 0
     }
 
     pub(crate) fn outcome_count(&self, class: OutcomeClass) -> u64 {

@@ -27,8 +27,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -167,6 +167,10 @@ pub(crate) struct Slot {
     pub(crate) credential: SharedCredential,
     pub(crate) settings: AccountSettings,
     pub(crate) runtime: Arc<Runtime>,
+    /// The pool, reached only off the fast path (leases hold slots, not the pool, so the
+    /// pool-wide reference count is never touched per request).
+    pub(crate) shared: Weak<Shared>,
+    pub(crate) models: Arc<Models>,
 }
 
 /// The atomically swapped list of accounts, ordered by priority tier.
@@ -208,25 +212,32 @@ impl Roster {
 #[derive(Debug, Default)]
 pub(crate) struct Cursor(pub(crate) AtomicU64);
 
-/// Interned model names, each with its own round-robin cursor.
+/// Interned model names, each with its own round-robin cursor. Append-only: a name once
+/// interned keeps its index, so leases carry an index instead of a reference-counted name.
 #[derive(Debug)]
 pub(crate) struct Models {
-    names: ArcSwap<Vec<Arc<str>>>,
+    names: Box<[OnceLock<Arc<str>>]>,
+    interned: AtomicUsize,
     adding: Mutex<()>,
     cursors: Box<[Cursor]>,
 }
 
-/// A model as a lease carries it: its cursor and its (shared) name.
+/// A model as a lease carries it.
 #[derive(Debug, Clone)]
-pub(crate) struct ModelKey {
-    pub(crate) cursor: usize,
-    pub(crate) name: Option<Arc<str>>,
+pub(crate) enum ModelRef {
+    /// The request named no model.
+    None,
+    /// An interned model: its index in the table.
+    Interned(usize),
+    /// A model past the interning limit, allocated per lease.
+    Owned(Arc<str>),
 }
 
 impl Models {
     fn new() -> Self {
         Models {
-            names: ArcSwap::from_pointee(Vec::new()),
+            names: (0..MAX_INTERNED_MODELS).map(|_| OnceLock::new()).collect(),
+            interned: AtomicUsize::new(0),
             adding: Mutex::new(()),
             cursors: (0..MAX_INTERNED_MODELS + 2)
                 .map(|_| Cursor::default())
@@ -234,48 +245,51 @@ impl Models {
         }
     }
 
-    /// Cursor 0 is for requests without a model, the last one is shared by models past the
-    /// interning limit (whose names are then allocated per lease).
-    pub(crate) fn key(&self, model: Option<&str>) -> ModelKey {
+    fn find(&self, model: &str) -> Option<usize> {
+        let interned = self.interned.load(Ordering::Acquire);
+        self.names[..interned]
+            .iter()
+            .position(|n| n.get().is_some_and(|n| &**n == model))
+    }
+
+    /// The lease-side reference of `model`, interning it on first sight.
+    pub(crate) fn key(&self, model: Option<&str>) -> ModelRef {
         let Some(model) = model else {
-            return ModelKey {
-                cursor: 0,
-                name: None,
-            };
+            return ModelRef::None;
         };
-        if let Some(key) = Self::find(&self.names.load(), model) {
-            return key;
+        if let Some(i) = self.find(model) {
+            return ModelRef::Interned(i);
         }
         let _adding = self.adding.lock().unwrap_or_else(|e| e.into_inner());
-        let names = self.names.load_full();
-        if let Some(key) = Self::find(&names, model) {
-            return key;
+        if let Some(i) = self.find(model) {
+            return ModelRef::Interned(i);
         }
-        let name: Arc<str> = Arc::from(model);
-        if names.len() >= MAX_INTERNED_MODELS {
-            return ModelKey {
-                cursor: MAX_INTERNED_MODELS + 1,
-                name: Some(name),
-            };
+        let i = self.interned.load(Ordering::Acquire);
+        if i >= MAX_INTERNED_MODELS {
+            return ModelRef::Owned(Arc::from(model));
         }
-        let mut grown = Vec::clone(&names);
-        grown.push(name.clone());
-        self.names.store(Arc::new(grown));
-        ModelKey {
-            cursor: names.len() + 1,
-            name: Some(name),
+        let _ = self.names[i].set(Arc::from(model));
+        self.interned.store(i + 1, Ordering::Release);
+        ModelRef::Interned(i)
+    }
+
+    pub(crate) fn name<'a>(&'a self, model: &'a ModelRef) -> Option<&'a Arc<str>> {
+        match model {
+            ModelRef::None => None,
+            ModelRef::Interned(i) => self.names[*i].get(),
+            ModelRef::Owned(name) => Some(name),
         }
     }
 
-    fn find(names: &[Arc<str>], model: &str) -> Option<ModelKey> {
-        names.iter().position(|n| &**n == model).map(|i| ModelKey {
-            cursor: i + 1,
-            name: Some(names[i].clone()),
-        })
-    }
-
-    pub(crate) fn cursor(&self, key: &ModelKey) -> &AtomicU64 {
-        &self.cursors[key.cursor].0
+    /// Cursor 0 is for requests without a model; the last one is shared by models past the
+    /// interning limit.
+    pub(crate) fn cursor(&self, model: &ModelRef) -> &AtomicU64 {
+        let index = match model {
+            ModelRef::None => 0,
+            ModelRef::Interned(i) => i + 1,
+            ModelRef::Owned(_) => MAX_INTERNED_MODELS + 1,
+        };
+        &self.cursors[index].0
     }
 }
 
@@ -373,13 +387,15 @@ pub(crate) struct Shared {
     pub(crate) strategy: Strategy,
     pub(crate) policy: HealthPolicy,
     pub(crate) clock: Clock,
-    pub(crate) models: Models,
+    pub(crate) models: Arc<Models>,
     pub(crate) sticky: Sticky,
     pub(crate) events: broadcast::Sender<StateChange>,
     /// Selections that found no account (error path only, so one counter is fine).
     pub(crate) exhaustions: AtomicU64,
     /// Retries on another account, recorded by the layer.
     pub(crate) retries: AtomicU64,
+    /// Use order for the least-recently-used strategy (touched by that strategy only).
+    pub(crate) use_tickets: AtomicU64,
 }
 
 // ===== Pool =====
@@ -453,36 +469,46 @@ impl PoolBuilder {
             return Err(BuildError::ZeroAffinityTtl);
         }
         validate_accounts(&self.accounts)?;
-        let slots = self
-            .accounts
-            .into_iter()
-            .map(|a| new_slot(a, Arc::default()))
-            .collect();
         let (events, _) = broadcast::channel(1024);
+        let models = Arc::new(Models::new());
+        let accounts = self.accounts;
         Ok(Pool {
-            shared: Arc::new(Shared {
-                roster: ArcSwap::from_pointee(Roster::new(slots)),
+            shared: Arc::new_cyclic(|weak| Shared {
+                roster: ArcSwap::from_pointee(Roster::new(
+                    accounts
+                        .into_iter()
+                        .map(|a| new_slot(a, Arc::default(), weak, &models))
+                        .collect(),
+                )),
                 changing: Mutex::new(()),
                 ejecting: Mutex::new(()),
                 strategy: self.strategy,
                 policy: self.policy,
                 clock: Clock::new(),
-                models: Models::new(),
+                models,
                 sticky: Sticky::new(ttl),
                 events,
                 exhaustions: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
+                use_tickets: AtomicU64::new(0),
             }),
         })
     }
 }
 
-fn new_slot(account: Account, runtime: Arc<Runtime>) -> Arc<Slot> {
+fn new_slot(
+    account: Account,
+    runtime: Arc<Runtime>,
+    shared: &Weak<Shared>,
+    models: &Arc<Models>,
+) -> Arc<Slot> {
     Arc::new(Slot {
         id: account.id,
         credential: account.credential,
         settings: account.settings,
         runtime,
+        shared: shared.clone(),
+        models: models.clone(),
     })
 }
 
@@ -559,7 +585,6 @@ impl Pool {
     pub fn select(&self, request: &SelectRequest<'_>) -> Result<Lease, Exhausted> {
         match self.shared.select(request) {
             Ok(grant) => Ok(Lease {
-                shared: self.shared.clone(),
                 slot: grant.slot,
                 model: grant.model,
                 probe: grant.probe,
@@ -581,11 +606,7 @@ impl Pool {
     pub fn stats(&self) -> PoolStats {
         let roster = self.shared.roster.load();
         PoolStats {
-            selections: roster
-                .slots
-                .iter()
-                .map(|s| s.runtime.requests.load(Ordering::Relaxed))
-                .sum(),
+            selections: roster.slots.iter().map(|s| s.runtime.requests()).sum(),
             exhaustions: self.shared.exhaustions.load(Ordering::Relaxed),
             retries: self.shared.retries.load(Ordering::Relaxed),
         }
@@ -634,7 +655,8 @@ impl Pool {
 
     /// Reports an outcome for an account outside a lease: an active probe's result, or an
     /// outcome learnt elsewhere. A `Success` here also clears `Suspended`, `AuthInvalid` and
-    /// ejections, as a successful probe does.
+    /// ejections, as a successful probe does. Probe outcomes are not request outcomes: the
+    /// account's counters do not change.
     pub fn report_probe(&self, id: &str, outcome: Outcome) -> Result<(), PoolError> {
         let slot = self.slot(id)?;
         if outcome == Outcome::Success {
@@ -723,7 +745,7 @@ impl Pool {
         }
         validate_settings(&account.id, roster.slots.len(), &account.settings)?;
         let mut slots = roster.slots.clone();
-        slots.push(new_slot(account, Arc::default()));
+        slots.push(self.shared.slot_for(account, Arc::default()));
         self.shared.roster.store(Arc::new(Roster::new(slots)));
         Ok(())
     }
@@ -769,6 +791,8 @@ impl Pool {
             credential: old.credential.clone(),
             settings,
             runtime: old.runtime.clone(),
+            shared: old.shared.clone(),
+            models: old.models.clone(),
         });
         self.shared.roster.store(Arc::new(Roster::new(slots)));
         Ok(())
@@ -794,11 +818,11 @@ impl Pool {
                 }
                 Some(old) => {
                     report.changed.push(account.id.clone());
-                    slots.push(new_slot(account, old.runtime.clone()));
+                    slots.push(self.shared.slot_for(account, old.runtime.clone()));
                 }
                 None => {
                     report.added.push(account.id.clone());
-                    slots.push(new_slot(account, Arc::default()));
+                    slots.push(self.shared.slot_for(account, Arc::default()));
                 }
             }
         }
@@ -858,7 +882,6 @@ impl Pool {
         rt.ejection_level
             .store(saved.ejection_level, Ordering::Release);
         let c = &saved.counters;
-        rt.requests.store(c.requests, Ordering::Relaxed);
         for (class, value) in [
             (OutcomeClass::Success, c.successes),
             (OutcomeClass::ClientError, c.client_errors),
@@ -921,9 +944,8 @@ impl Pool {
 /// [`report`](Lease::report). Dropped without a report it counts as
 /// [`Outcome::Cancelled`]: no health penalty.
 pub struct Lease {
-    shared: Arc<Shared>,
     slot: Arc<Slot>,
-    model: Option<Arc<str>>,
+    model: ModelRef,
     probe: bool,
     reported: bool,
 }
@@ -946,7 +968,7 @@ impl Lease {
 
     /// The model the lease was taken for.
     pub fn model(&self) -> Option<&str> {
-        self.model.as_deref()
+        self.slot.models.name(&self.model).map(|m| &**m)
     }
 
     /// True when this request is the one probe let through a half-open account.
@@ -967,14 +989,20 @@ impl Lease {
 
     fn finish(&mut self, outcome: Outcome, message: Option<&str>) {
         self.reported = true;
-        self.slot.runtime.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.shared.apply(
-            &self.slot,
-            self.model.as_ref(),
-            self.probe,
+        let rt = &self.slot.runtime;
+        rt.count(outcome.class());
+        rt.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let harmless = matches!(
             outcome,
-            message,
+            Outcome::Success | Outcome::ClientError | Outcome::Cancelled
         );
+        if harmless && !self.probe && rt.is_clean() {
+            return; // the common case: nothing to change, no clock, no pool
+        }
+        if let Some(shared) = self.slot.shared.upgrade() {
+            let model = self.slot.models.name(&self.model);
+            shared.apply(&self.slot, model, self.probe, outcome, message);
+        }
     }
 }
 
@@ -999,7 +1027,7 @@ impl fmt::Debug for Lease {
 /// What the selection code hands the pool to wrap in a [`Lease`].
 pub(crate) struct Grant {
     pub(crate) slot: Arc<Slot>,
-    pub(crate) model: Option<Arc<str>>,
+    pub(crate) model: ModelRef,
     pub(crate) probe: bool,
 }
 
@@ -1119,8 +1147,11 @@ impl Shared {
                 return Err(Unavailable::Ejected);
             }
         }
-        rt.requests.fetch_add(1, Ordering::Relaxed);
         rt.last_used_ms.store(now.max(1), Ordering::Relaxed);
+        if self.strategy == Strategy::LeastRecentlyUsed {
+            let ticket = self.use_tickets.fetch_add(1, Ordering::Relaxed) + 1;
+            rt.use_ticket.store(ticket, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -1239,7 +1270,7 @@ impl Shared {
         );
     }
 
-    /// Applies an outcome to an account: counters, then the health table.
+    /// Applies an outcome to an account's health (the caller counts it).
     pub(crate) fn apply(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
@@ -1250,7 +1281,6 @@ impl Shared {
     ) {
         let rt = &slot.runtime;
         let class = outcome.class();
-        rt.count(class);
         let now = self.clock.now_ms();
         let policy = &self.policy;
 
@@ -1508,6 +1538,11 @@ impl Shared {
         });
     }
 
+    /// A slot for `account` in this pool.
+    pub(crate) fn slot_for(self: &Arc<Self>, account: Account, runtime: Arc<Runtime>) -> Arc<Slot> {
+        new_slot(account, runtime, &Arc::downgrade(self), &self.models)
+    }
+
     pub(crate) fn is_member(&self, slot: &Slot) -> bool {
         self.roster
             .load()
@@ -1624,7 +1659,7 @@ impl Shared {
             .max_in_flight
             .is_none_or(|max| in_flight < max);
         let counters = Counters {
-            requests: rt.requests.load(Ordering::Relaxed),
+            requests: rt.requests(),
             successes: rt.outcome_count(OutcomeClass::Success),
             client_errors: rt.outcome_count(OutcomeClass::ClientError),
             rate_limited: rt.outcome_count(OutcomeClass::RateLimited),

@@ -262,7 +262,7 @@ impl std::error::Error for Exhausted {}
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::pool::{Grant, ModelKey, Shared, Slot};
+use crate::pool::{Grant, ModelRef, Shared, Slot};
 
 impl Shared {
     /// Chooses an account: the sticky pin first, then the strategy, tier by tier.
@@ -359,6 +359,25 @@ impl Shared {
     }
 
     /// The first account that can take the request, starting at `start` and wrapping around.
+    /// The first account that can take the request, starting at `start` and wrapping around;
+    /// with how many accounts were skipped before it.
+    fn scan_from<'s>(
+        &self,
+        slots: &'s [Arc<Slot>],
+        start: u64,
+        request: &SelectRequest<'_>,
+        now: u64,
+        exhausted: &mut Exhausted,
+    ) -> Option<(&'s Arc<Slot>, bool, u64)> {
+        let n = slots.len() as u64;
+        (0..n).find_map(|skipped| {
+            let slot = &slots[((start + skipped) % n) as usize];
+            let probe = self.check(slot, request, now, exhausted)?;
+            self.acquire(slot, probe, now, exhausted)
+                .then_some((slot, probe, skipped))
+        })
+    }
+
     fn scan<'s>(
         &self,
         slots: &'s [Arc<Slot>],
@@ -367,19 +386,14 @@ impl Shared {
         now: u64,
         exhausted: &mut Exhausted,
     ) -> Option<(&'s Arc<Slot>, bool)> {
-        let n = slots.len() as u64;
-        (0..n).find_map(|i| {
-            let slot = &slots[((start + i) % n) as usize];
-            let probe = self.check(slot, request, now, exhausted)?;
-            self.acquire(slot, probe, now, exhausted)
-                .then_some((slot, probe))
-        })
+        self.scan_from(slots, start, request, now, exhausted)
+            .map(|(slot, probe, _)| (slot, probe))
     }
 
     fn round_robin<'s>(
         &self,
         slots: &'s [Arc<Slot>],
-        model: &ModelKey,
+        model: &ModelRef,
         request: &SelectRequest<'_>,
         now: u64,
         exhausted: &mut Exhausted,
@@ -387,24 +401,19 @@ impl Shared {
         let n = slots.len() as u64;
         let cursor = self.models.cursor(model);
         let start = cursor.fetch_add(1, Ordering::Relaxed);
-        let n_start = start % n;
-        let picked = self.scan(slots, n_start, request, now, exhausted)?;
+        let (slot, probe, skipped) = self.scan_from(slots, start % n, request, now, exhausted)?;
         // Continue after the account picked, so a run of unavailable accounts does not make
         // the next available one take all their turns.
-        let index = slots.iter().position(|s| Arc::ptr_eq(s, picked.0));
-        if let Some(index) = index {
-            let skipped = (index as u64 + n - n_start) % n;
-            if skipped > 0 {
-                cursor.fetch_max(start + skipped + 1, Ordering::Relaxed);
-            }
+        if skipped > 0 {
+            cursor.fetch_max(start + skipped + 1, Ordering::Relaxed);
         }
-        Some(picked)
+        Some((slot, probe))
     }
 
     fn two_choices<'s>(
         &self,
         slots: &'s [Arc<Slot>],
-        model: &ModelKey,
+        model: &ModelRef,
         request: &SelectRequest<'_>,
         now: u64,
         exhausted: &mut Exhausted,
@@ -435,7 +444,7 @@ impl Shared {
     fn least_recent<'s>(
         &self,
         slots: &'s [Arc<Slot>],
-        model: &ModelKey,
+        model: &ModelRef,
         request: &SelectRequest<'_>,
         now: u64,
         exhausted: &mut Exhausted,
@@ -444,7 +453,7 @@ impl Shared {
         let best = slots
             .iter()
             .filter_map(|s| Some((s, self.check(s, request, now, &mut sampled)?)))
-            .min_by_key(|(s, _)| s.runtime.last_used_ms.load(Ordering::Relaxed));
+            .min_by_key(|(s, _)| s.runtime.use_ticket.load(Ordering::Relaxed));
         if let Some((slot, probe)) = best {
             if self.acquire(slot, probe, now, &mut sampled) {
                 return Some((slot, probe));
@@ -456,7 +465,7 @@ impl Shared {
     fn weighted<'s>(
         &self,
         slots: &'s [Arc<Slot>],
-        model: &ModelKey,
+        model: &ModelRef,
         request: &SelectRequest<'_>,
         now: u64,
         exhausted: &mut Exhausted,
@@ -491,10 +500,10 @@ impl Shared {
     }
 }
 
-fn grant(slot: &Arc<Slot>, model: &ModelKey, probe: bool) -> Grant {
+fn grant(slot: &Arc<Slot>, model: &ModelRef, probe: bool) -> Grant {
     Grant {
         slot: slot.clone(),
-        model: model.name.clone(),
+        model: model.clone(),
         probe,
     }
 }
