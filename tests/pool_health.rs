@@ -19,13 +19,13 @@ use tower_account_pool::{
 const MODEL: &str = "claude-sonnet-4-5";
 
 fn one(pool: &Pool, id: &str) -> tower_account_pool::Lease {
-    let others: Vec<AccountId> = pool.ids().into_iter().filter(|i| i != &id).collect();
+    let others: Vec<AccountId> = pool.ids().into_iter().filter(|i| *i != id).collect();
     pool.select(&SelectRequest::for_model(MODEL).excluding(&others))
         .unwrap_or_else(|e| panic!("{id} should be selectable: {e}"))
 }
 
 fn selectable(pool: &Pool, id: &str, model: &str) -> Result<(), tower_account_pool::Exhausted> {
-    let others: Vec<AccountId> = pool.ids().into_iter().filter(|i| i != &id).collect();
+    let others: Vec<AccountId> = pool.ids().into_iter().filter(|i| *i != id).collect();
     pool.select(&SelectRequest::for_model(model).excluding(&others))
         .map(|lease| lease.report(Outcome::Cancelled))
 }
