@@ -22,6 +22,7 @@
 //!
 //! `Pool` is a cheap handle (`Arc` inside): clone it into every service and task.
 
+use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::fmt;
@@ -29,7 +30,7 @@ use std::hash::BuildHasher;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
@@ -141,6 +142,22 @@ impl Clock {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// A clock read deferred until (and unless) something needs it.
+    pub(crate) fn lazy(&self) -> LazyNow<'_> {
+        LazyNow {
+            clock: self,
+            ms: Cell::new(UNREAD),
+        }
+    }
+
+    /// A clock read already made.
+    pub(crate) fn fixed(&self, ms: u64) -> LazyNow<'_> {
+        LazyNow {
+            clock: self,
+            ms: Cell::new(ms),
+        }
+    }
+
     /// The wall-clock time of a pool deadline.
     pub(crate) fn wall(&self, ms: u64, now_ms: u64) -> Option<SystemTime> {
         match ms {
@@ -157,6 +174,34 @@ impl Clock {
             Err(_) => now_ms,
         }
     }
+}
+
+const UNREAD: u64 = u64::MAX;
+
+/// The pool clock, read at most once per selection and only when a deadline must be compared.
+#[derive(Debug)]
+pub(crate) struct LazyNow<'a> {
+    clock: &'a Clock,
+    ms: Cell<u64>,
+}
+
+impl LazyNow<'_> {
+    pub(crate) fn get(&self) -> u64 {
+        match self.ms.get() {
+            UNREAD => {
+                let ms = self.clock.now_ms();
+                self.ms.set(ms);
+                ms
+            }
+            ms => ms,
+        }
+    }
+}
+
+/// Wall-clock milliseconds from the kernel's coarse clock (a few ms of resolution, a fraction
+/// of the cost of a precise read): enough for "last used".
+fn wall_ms_coarse() -> u64 {
+    coarsetime::Clock::now_since_epoch().as_millis().max(1)
 }
 
 /// One account as the roster holds it: settings are immutable here (a change swaps in a new
@@ -896,10 +941,7 @@ impl Pool {
         ] {
             rt.outcomes[class as usize].store(value, Ordering::Relaxed);
         }
-        let last_used = saved.last_used.map_or(0, |t| {
-            let ago = SystemTime::now().duration_since(t).unwrap_or_default();
-            now.saturating_sub(ago.as_millis() as u64).max(1)
-        });
+        let last_used = saved.last_used.map_or(0, |t| epoch_ms::millis(&t));
         rt.last_used_ms.store(last_used, Ordering::Relaxed);
         rt.lock_details().last_error = saved.last_error.clone();
         let reason = saved
@@ -1058,10 +1100,13 @@ pub struct StateChange {
 impl Shared {
     /// The one eligibility predicate, minus per-request parts (exclusion, in-flight limit):
     /// `Ok(probe)` when the account may be used now, else why not and until when.
+    ///
+    /// The clock is read only when a deadline has to be compared: a healthy account with no
+    /// model cooldown needs none.
     pub(crate) fn health_verdict(
         slot: &Slot,
         model: Option<&str>,
-        now: u64,
+        now: &LazyNow<'_>,
     ) -> Result<bool, (Unavailable, u64)> {
         if !slot.settings.enabled {
             return Err((Unavailable::Disabled, 0));
@@ -1073,9 +1118,9 @@ impl Shared {
         let until = rt.until_ms.load(Ordering::Acquire);
         let probe = match rt.state() {
             HealthState::Healthy => false,
-            HealthState::RateLimited if until <= now => false,
-            HealthState::QuotaExhausted if until <= now => false,
-            HealthState::Ejected if until <= now => true,
+            HealthState::RateLimited if until <= now.get() => false,
+            HealthState::QuotaExhausted if until <= now.get() => false,
+            HealthState::Ejected if until <= now.get() => true,
             HealthState::RateLimited => return Err((Unavailable::RateLimited, until)),
             HealthState::QuotaExhausted => return Err((Unavailable::QuotaExhausted, until)),
             HealthState::Ejected => return Err((Unavailable::Ejected, until)),
@@ -1087,8 +1132,9 @@ impl Shared {
                 return Err((Unavailable::Disabled, 0))
             }
         };
+        let model = model.filter(|_| rt.model_blocks_until.load(Ordering::Acquire) != 0);
         if let Some(model) = model {
-            if let Some((kind, until)) = rt.model_block(model, now) {
+            if let Some((kind, until)) = rt.model_block(model, now.get()) {
                 let reason = match kind {
                     ModelBlockKind::RateLimited => Unavailable::RateLimited,
                     ModelBlockKind::Unsupported => Unavailable::ModelUnsupported,
@@ -1104,7 +1150,7 @@ impl Shared {
         &self,
         slot: &Arc<Slot>,
         probe: bool,
-        now: u64,
+        now: &LazyNow<'_>,
     ) -> Result<(), Unavailable> {
         let rt = &slot.runtime;
         let before = rt.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -1114,8 +1160,8 @@ impl Shared {
         }
         if probe {
             let _details = rt.lock_details();
-            let still_due =
-                rt.state() == HealthState::Ejected && rt.until_ms.load(Ordering::Acquire) <= now;
+            let still_due = rt.state() == HealthState::Ejected
+                && rt.until_ms.load(Ordering::Acquire) <= now.get();
             if !still_due {
                 drop(_details);
                 rt.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -1139,7 +1185,7 @@ impl Shared {
             let until = rt.until_ms.load(Ordering::Acquire);
             let usable = match state {
                 HealthState::Healthy => true,
-                HealthState::RateLimited | HealthState::QuotaExhausted => until <= now,
+                HealthState::RateLimited | HealthState::QuotaExhausted => until <= now.get(),
                 _ => false,
             };
             if !usable {
@@ -1147,7 +1193,7 @@ impl Shared {
                 return Err(Unavailable::Ejected);
             }
         }
-        rt.last_used_ms.store(now.max(1), Ordering::Relaxed);
+        rt.last_used_ms.store(wall_ms_coarse(), Ordering::Relaxed);
         if self.strategy == Strategy::LeastRecentlyUsed {
             let ticket = self.use_tickets.fetch_add(1, Ordering::Relaxed) + 1;
             rt.use_ticket.store(ticket, Ordering::Relaxed);
@@ -1443,7 +1489,7 @@ impl Shared {
                 .slots
                 .iter()
                 .filter(|s| !Arc::ptr_eq(&s.runtime, &slot.runtime))
-                .filter(|s| Self::health_verdict(s, None, now).is_ok())
+                .filter(|s| Self::health_verdict(s, None, &self.clock.fixed(now)).is_ok())
                 .count();
             if others < policy.panic_threshold {
                 tracing::warn!(
@@ -1609,7 +1655,7 @@ impl Shared {
         let rt = &slot.runtime;
         let stored = rt.state();
         let until = rt.until_ms.load(Ordering::Acquire);
-        let verdict = Self::health_verdict(slot, None, now);
+        let verdict = Self::health_verdict(slot, None, &self.clock.fixed(now));
         let expired = until <= now;
         let underlying_state = match stored {
             HealthState::Ejected if expired => HealthState::HalfOpen,
@@ -1685,9 +1731,10 @@ impl Shared {
             consecutive_failures: rt.consecutive_failures.load(Ordering::Relaxed),
             ejection_level: rt.ejection_level.load(Ordering::Relaxed),
             counters,
-            last_used: self
-                .clock
-                .wall(rt.last_used_ms.load(Ordering::Relaxed), now),
+            last_used: match rt.last_used_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
+            },
             last_error,
         }
     }

@@ -262,26 +262,26 @@ impl std::error::Error for Exhausted {}
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::pool::{Grant, ModelRef, Shared, Slot};
+use crate::pool::{Grant, LazyNow, ModelRef, Shared, Slot};
 
 impl Shared {
     /// Chooses an account: the sticky pin first, then the strategy, tier by tier.
     pub(crate) fn select(&self, request: &SelectRequest<'_>) -> Result<Grant, Exhausted> {
         let roster = self.roster.load();
-        let now = self.clock.now_ms();
+        let now = &self.clock.lazy();
         let model = self.models.key(request.model);
         let pin = request.affinity_key.map(|key| self.sticky.hash(key));
 
         if let Some(hash) = pin {
             if let Some(slot) = self
                 .sticky
-                .get(hash, now)
+                .get(hash, now.get())
                 .and_then(|id| roster.get(id.as_str()))
             {
                 let mut ignored = Exhausted::new();
                 if let Some(probe) = self.check(slot, request, now, &mut ignored) {
                     if self.acquire(slot, probe, now, &mut ignored) {
-                        self.sticky.pin(hash, &slot.id, now);
+                        self.sticky.pin(hash, &slot.id, now.get());
                         return Ok(grant(slot, &model, probe));
                     }
                 }
@@ -306,7 +306,7 @@ impl Shared {
             };
             if let Some((slot, probe)) = picked {
                 if let Some(hash) = pin {
-                    self.sticky.pin(hash, &slot.id, now);
+                    self.sticky.pin(hash, &slot.id, now.get());
                 }
                 return Ok(grant(slot, &model, probe));
             }
@@ -320,7 +320,7 @@ impl Shared {
         &self,
         slot: &Slot,
         request: &SelectRequest<'_>,
-        now: u64,
+        now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
     ) -> Option<bool> {
         if request.excludes(&slot.id) {
@@ -340,15 +340,25 @@ impl Shared {
                 Some(probe)
             }
             Err((reason, until)) => {
-                let after = (until > now && until != crate::health::NEVER)
-                    .then(|| Duration::from_millis(until - now));
+                let timed = until != 0 && until != crate::health::NEVER;
+                let after = timed
+                    .then(|| until.checked_sub(now.get()))
+                    .flatten()
+                    .filter(|ms| *ms > 0)
+                    .map(Duration::from_millis);
                 exhausted.add(reason, after);
                 None
             }
         }
     }
 
-    fn acquire(&self, slot: &Arc<Slot>, probe: bool, now: u64, exhausted: &mut Exhausted) -> bool {
+    fn acquire(
+        &self,
+        slot: &Arc<Slot>,
+        probe: bool,
+        now: &LazyNow<'_>,
+        exhausted: &mut Exhausted,
+    ) -> bool {
         match self.try_acquire(slot, probe, now) {
             Ok(()) => true,
             Err(reason) => {
@@ -366,7 +376,7 @@ impl Shared {
         slots: &'s [Arc<Slot>],
         start: u64,
         request: &SelectRequest<'_>,
-        now: u64,
+        now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
     ) -> Option<(&'s Arc<Slot>, bool, u64)> {
         let n = slots.len() as u64;
@@ -383,7 +393,7 @@ impl Shared {
         slots: &'s [Arc<Slot>],
         start: u64,
         request: &SelectRequest<'_>,
-        now: u64,
+        now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
     ) -> Option<(&'s Arc<Slot>, bool)> {
         self.scan_from(slots, start, request, now, exhausted)
@@ -395,7 +405,7 @@ impl Shared {
         slots: &'s [Arc<Slot>],
         model: &ModelRef,
         request: &SelectRequest<'_>,
-        now: u64,
+        now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
     ) -> Option<(&'s Arc<Slot>, bool)> {
         let n = slots.len() as u64;
@@ -415,7 +425,7 @@ impl Shared {
         slots: &'s [Arc<Slot>],
         model: &ModelRef,
         request: &SelectRequest<'_>,
-        now: u64,
+        now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
     ) -> Option<(&'s Arc<Slot>, bool)> {
         let n = slots.len();
@@ -446,7 +456,7 @@ impl Shared {
         slots: &'s [Arc<Slot>],
         model: &ModelRef,
         request: &SelectRequest<'_>,
-        now: u64,
+        now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
     ) -> Option<(&'s Arc<Slot>, bool)> {
         let mut sampled = Exhausted::new();
@@ -467,7 +477,7 @@ impl Shared {
         slots: &'s [Arc<Slot>],
         model: &ModelRef,
         request: &SelectRequest<'_>,
-        now: u64,
+        now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
     ) -> Option<(&'s Arc<Slot>, bool)> {
         let mut sampled = Exhausted::new();
