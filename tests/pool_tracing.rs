@@ -1,0 +1,115 @@
+//! Every state change is a `tracing` event naming the account, the old and new state and the
+//! reason — and no event carries a secret.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use tower_account_pool::credential::BearerToken;
+use tower_account_pool::{Account, AccountId, Outcome, Pool, SelectRequest};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn state_changes_are_traced_without_secrets() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let pool = Pool::builder()
+        .account(Account::new(
+            "acct-a",
+            BearerToken::new("sk-TRACE-SECRET-aaaa"),
+        ))
+        .account(Account::new(
+            "acct-b",
+            BearerToken::new("sk-TRACE-SECRET-bbbb"),
+        ))
+        .build()
+        .unwrap();
+    let only_a = [AccountId::new("acct-b")];
+    for _ in 0..3 {
+        pool.select(&SelectRequest::for_model("m").excluding(&only_a))
+            .unwrap()
+            .report(Outcome::Transient);
+    }
+    pool.select(&SelectRequest::for_model("m"))
+        .unwrap()
+        .report(Outcome::rate_limited(None));
+    pool.disable("acct-b").unwrap();
+    // A static token cannot refresh: expired → invalid, traced too.
+    pool.reset("acct-a").unwrap();
+    pool.select(&SelectRequest::default())
+        .unwrap()
+        .report(Outcome::AuthExpired);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let has = |needles: &[&str]| lines.iter().any(|l| needles.iter().all(|n| l.contains(n)));
+    assert!(
+        has(&[
+            "account state changed",
+            "account=acct-a",
+            "from=healthy",
+            "to=ejected",
+            "reason=3 consecutive transient failures"
+        ]),
+        "{log}"
+    );
+    assert!(
+        has(&[
+            "account state changed for model",
+            "account=acct-b",
+            "model=\"m\"",
+            "to=rate_limited"
+        ]),
+        "{log}"
+    );
+    assert!(
+        has(&[
+            "account=acct-b",
+            "to=disabled",
+            "reason=disabled by operator"
+        ]),
+        "{log}"
+    );
+    assert!(
+        has(&[
+            "account=acct-a",
+            "from=ejected",
+            "to=healthy",
+            "reason=reset by operator"
+        ]),
+        "{log}"
+    );
+    assert!(
+        has(&["account=acct-a", "from=healthy", "to=auth_expired"]),
+        "{log}"
+    );
+    assert!(
+        has(&["account=acct-a", "from=auth_expired", "to=auth_invalid"]),
+        "{log}"
+    );
+    assert!(
+        !log.contains("TRACE-SECRET"),
+        "a secret reached the logs:\n{log}"
+    );
+}
