@@ -81,7 +81,10 @@ impl CredentialResolver for TokenFileResolver {
 }
 
 enum Loaded {
-    Ready { token: Arc<str>, bearer: BearerToken },
+    Ready {
+        token: Arc<str>,
+        bearer: BearerToken,
+    },
     Failed(String),
 }
 
@@ -166,9 +169,7 @@ fn read_token_file(path: &Path, shown: &str) -> Loaded {
     let token = match value.get("accessToken").and_then(|t| t.as_str()) {
         Some(token) if !token.is_empty() => token,
         _ => {
-            return Loaded::Failed(format!(
-                "credential file `{shown}` has no `accessToken`"
-            ));
+            return Loaded::Failed(format!("credential file `{shown}` has no `accessToken`"));
         }
     };
     match BearerToken::try_new(token) {

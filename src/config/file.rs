@@ -455,7 +455,10 @@ impl PoolFile {
 
     /// The accounts, with credential files opened by `resolver`. The second value says why an
     /// account cannot be used yet.
-    pub fn accounts_with(&self, resolver: &dyn CredentialResolver) -> Vec<(Account, Option<String>)> {
+    pub fn accounts_with(
+        &self,
+        resolver: &dyn CredentialResolver,
+    ) -> Vec<(Account, Option<String>)> {
         self.entries.iter().map(|e| e.open(resolver)).collect()
     }
 
@@ -524,7 +527,9 @@ impl PoolBuilder {
 }
 
 fn quote_keys<'a>(keys: impl Iterator<Item = &'a String>) -> String {
-    keys.map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+    keys.map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn describe_object(map: &Map<String, Value>) -> String {
@@ -658,7 +663,11 @@ impl Fields<'_> {
     }
 }
 
-fn parse_entry(path: &Path, index: usize, raw: Map<String, Value>) -> Result<AccountEntry, ConfigError> {
+fn parse_entry(
+    path: &Path,
+    index: usize,
+    raw: Map<String, Value>,
+) -> Result<AccountEntry, ConfigError> {
     let f = Fields {
         path,
         index,

@@ -56,7 +56,11 @@ impl fmt::Display for MigrationReport {
                 self.accounts
             );
         }
-        let verb = if self.dry_run { "would change" } else { "changed" };
+        let verb = if self.dry_run {
+            "would change"
+        } else {
+            "changed"
+        };
         writeln!(f, "{source}: {} accounts, {}", self.accounts, self.from)?;
         for change in &self.changes {
             writeln!(f, "  - {change}")?;

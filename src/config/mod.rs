@@ -95,7 +95,9 @@ mod migrate;
 mod time;
 mod watch;
 
-pub use credential::{CredentialResolver, OpenedCredential, TokenFileCredential, TokenFileResolver};
+pub use credential::{
+    CredentialResolver, OpenedCredential, TokenFileCredential, TokenFileResolver,
+};
 pub use error::ConfigError;
 pub use file::{
     AccountEntry, CredentialSpec, FileState, PoolFile, PoolShape, ACCOUNTS_KEY,

@@ -141,7 +141,10 @@ mod tests {
         assert_eq!(ms(sqlite), 1_735_732_800_000);
         let offset = parse_timestamp("2025-01-01T20:00:00+08:00").unwrap();
         assert_eq!(ms(offset), 1_735_732_800_000);
-        assert_eq!(ms(parse_timestamp("2024-02-29T00:00:00Z").unwrap()), 1_709_164_800_000);
+        assert_eq!(
+            ms(parse_timestamp("2024-02-29T00:00:00Z").unwrap()),
+            1_709_164_800_000
+        );
     }
 
     #[test]

@@ -248,8 +248,7 @@ impl Tracker {
         if let Some(seen) = &self.seen {
             // Racily-clean check: trust an unchanged (mtime, length) only when the file was
             // last modified well before we read it.
-            let settled =
-                modified.is_some_and(|m| m + Duration::from_secs(1) < seen.read_at);
+            let settled = modified.is_some_and(|m| m + Duration::from_secs(1) < seen.read_at);
             if matches!(seen.fingerprint, Fingerprint::Content(_))
                 && seen.modified == modified
                 && seen.len == meta.len()
