@@ -10,7 +10,6 @@ use proptest::prelude::*;
 use tower_account_pool::config::{
     ConfigError, CredentialSpec, PoolFile, PoolShape, TokenFileResolver,
 };
-use tower_account_pool::credential::Credential;
 use tower_account_pool::{HealthState, OutcomeClass, Pool, SelectRequest};
 
 fn fixtures() -> PathBuf {
@@ -651,4 +650,56 @@ proptest! {
             Err(error) => prop_assert!(error.to_string().starts_with("fuzz.json: ")),
         }
     }
+}
+
+#[test]
+fn state_is_written_back_in_the_old_names_keeping_unknown_fields() {
+    let file = PoolFile::load(fixtures().join("provider_pools.json")).unwrap();
+    let pool = file.build_with(Pool::builder(), &resolver()).unwrap();
+    let first = "2f1c5a7e-0b8d-4c1a-9e3f-1a2b3c4d5e01";
+    let lease = pool.select(&SelectRequest::default()).unwrap();
+    assert_eq!(lease.id().as_str(), first);
+    lease.report_with_message(tower_account_pool::Outcome::Transient, "upstream 503");
+    let lease = pool.select(&SelectRequest::default()).unwrap();
+    lease.report(tower_account_pool::Outcome::Success);
+
+    let text = file.with_state(&pool.snapshot()).render();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let a = &value["accounts"][0];
+    assert_eq!(a["isHealthy"], true);
+    assert_eq!(a["errorCount"], 0, "the success reset it");
+    assert_eq!(a["usageCount"], 43);
+    assert_eq!(a["lastErrorMessage"], "upstream 503");
+    let error_time = a["lastErrorTime"].as_str().unwrap();
+    assert!(
+        error_time.len() == 24 && error_time.ends_with('Z'),
+        "{error_time}"
+    );
+    assert_eq!(
+        a["cachedAt"], "2026-01-02T08:00:00.000Z",
+        "unknown fields are kept"
+    );
+    assert_eq!(a["lastRetryableError"], "RATE_LIMIT_EXCEEDED");
+    assert!(a.get("errorStatus").is_none() && a.get("poolType").is_none());
+
+    let banned = &value["accounts"][1];
+    assert_eq!(banned["isHealthy"], false);
+    assert_eq!(banned["errorCount"], 5);
+    assert_eq!(banned["PROJECT_ID"], "unused-project");
+    let disabled = &value["accounts"][2];
+    assert_eq!(disabled["isDisabled"], true);
+    assert_eq!(
+        disabled["isHealthy"], false,
+        "its credential file is missing"
+    );
+    assert_eq!(value["gemini-cli-oauth"][0]["uuid"], "gemini-1");
+
+    // What is written loads again, with the new state.
+    let again = PoolFile::parse("again.json", text.as_bytes()).unwrap();
+    assert_eq!(again.entries()[0].state().usage_count, Some(43));
+    assert_eq!(again.entries()[0].state().error_count, Some(0));
+    assert_eq!(
+        again.entries()[0].state().last_error_message.as_deref(),
+        Some("upstream 503")
+    );
 }

@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 use crate::account::{Account, AccountId, AccountSettings};
 use crate::config::credential::{CredentialResolver, OpenedCredential, TokenFileResolver};
 use crate::config::error::{describe, ConfigError};
-use crate::config::time::parse_timestamp;
+use crate::config::time::{format_timestamp, parse_timestamp};
 use crate::credential::{ApiKey, BearerToken, NoCredential, SharedCredential};
 use crate::health::{HealthState, LastError, OutcomeClass};
-use crate::pool::{Counters, PersistedState, Pool, PoolBuilder};
+use crate::pool::{Counters, PersistedState, Pool, PoolBuilder, PoolSnapshot};
 
 /// The key of the current shape, `{"accounts": [...]}`.
 pub const ACCOUNTS_KEY: &str = "accounts";
@@ -446,6 +446,57 @@ impl PoolFile {
             .unwrap_or_else(|_| String::from("{}"));
         text.push('\n');
         text
+    }
+
+    /// This file with each account's state fields updated from `snapshot`, in the older
+    /// system's names, so old tools keep reading it. Unknown fields stay as they are; derived
+    /// fields are dropped on [`render`](Self::render); accounts missing from the snapshot are
+    /// left unchanged, and accounts only in the snapshot are not added (the file is the
+    /// configuration).
+    ///
+    /// | field | written from |
+    /// |---|---|
+    /// | `isHealthy` | the runtime state is `healthy` |
+    /// | `isDisabled` | the account is disabled |
+    /// | `errorCount` | consecutive failures |
+    /// | `usageCount` | lifetime successes |
+    /// | `lastUsed` | last use, ISO 8601 |
+    /// | `lastErrorTime`, `lastErrorMessage` | the last error (left as they are when there is none) |
+    pub fn with_state(&self, snapshot: &PoolSnapshot) -> PoolFile {
+        let mut file = self.clone();
+        for entry in &mut file.entries {
+            let Some(account) = snapshot.account(entry.id.as_str()) else {
+                continue;
+            };
+            let raw = &mut entry.raw;
+            raw.insert(
+                "isHealthy".into(),
+                Value::Bool(account.underlying_state == HealthState::Healthy),
+            );
+            raw.insert("isDisabled".into(), Value::Bool(!account.settings.enabled));
+            raw.insert(
+                "errorCount".into(),
+                Value::from(account.consecutive_failures),
+            );
+            raw.insert("usageCount".into(), Value::from(account.counters.successes));
+            if let Some(used) = account.last_used {
+                raw.insert("lastUsed".into(), Value::from(format_timestamp(used)));
+            }
+            if let Some(error) = &account.last_error {
+                raw.insert(
+                    "lastErrorTime".into(),
+                    Value::from(format_timestamp(error.at)),
+                );
+                raw.insert(
+                    "lastErrorMessage".into(),
+                    Value::from(error.message.clone()),
+                );
+            }
+            if let Ok(parsed) = parse_entry(&file.path, entry.index, raw.clone()) {
+                *entry = parsed;
+            }
+        }
+        file
     }
 
     /// The accounts, with credential files opened by the default [`TokenFileResolver`].
