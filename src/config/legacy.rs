@@ -165,11 +165,16 @@ impl Keys<'_> {
         const EXPECTED: &str = "a non-negative integer";
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v @ Value::Number(n)) => n
+            Some(Value::Number(n)) => n
                 .as_u64()
                 .and_then(|n| u32::try_from(n).ok())
                 .map(Some)
-                .ok_or_else(|| self.error(key, EXPECTED, v)),
+                .ok_or_else(|| ConfigError::Setting {
+                    path: self.path.to_owned(),
+                    key,
+                    expected: "a non-negative integer of at most 4294967295",
+                    found: n.to_string(),
+                }),
             Some(other) => Err(self.error(key, EXPECTED, other)),
         }
     }
@@ -178,6 +183,12 @@ impl Keys<'_> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if !s.is_empty() => Ok(Some(PathBuf::from(s))),
+            Some(Value::String(_)) => Err(ConfigError::Setting {
+                path: self.path.to_owned(),
+                key,
+                expected: "a non-empty string",
+                found: "an empty string".to_owned(),
+            }),
             Some(other) => Err(self.error(key, "a non-empty string", other)),
         }
     }
