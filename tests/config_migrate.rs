@@ -332,3 +332,48 @@ fn the_example_migrates_and_fails_clearly_on_bad_input() {
     assert_eq!(usage.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&usage.stderr).contains("usage: migrate PATH"));
 }
+
+mod arbitrary_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the bytes, the migration never panics; when it fails the file is untouched
+        /// and nothing is created beside it, and when it succeeds the result loads in the
+        /// current shape.
+        #[test]
+        fn migration_never_panics_and_never_damages_what_it_cannot_read(
+            bytes in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..256),
+                prop::collection::vec(("[a-f]", any::<bool>()), 0..4).prop_map(|accounts| {
+                    let entries: Vec<String> = accounts
+                        .iter()
+                        .map(|(id, derived)| match derived {
+                            true => format!(r#"{{"uuid": "{id}", "poolType": "healthy"}}"#),
+                            false => format!(r#"{{"uuid": "{id}", "weight": 2}}"#),
+                        })
+                        .collect();
+                    format!(r#"{{"claude-kiro-oauth": [{}]}}"#, entries.join(", ")).into_bytes()
+                }),
+            ]
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("pool.json");
+            std::fs::write(&path, &bytes).unwrap();
+            match migrate(&path, &MigrateOptions::default()) {
+                Err(_) => {
+                    prop_assert_eq!(std::fs::read(&path).unwrap(), bytes);
+                    prop_assert_eq!(listing(dir.path()).len(), 1);
+                }
+                Ok(report) => {
+                    prop_assert!(report.written);
+                    let file = PoolFile::load(&path).unwrap();
+                    prop_assert_eq!(file.shape(), PoolShape::Accounts);
+                    prop_assert!(migrate(&path, &MigrateOptions::default()).unwrap().is_up_to_date());
+                }
+            }
+        }
+    }
+}
