@@ -703,3 +703,103 @@ fn state_is_written_back_in_the_old_names_keeping_unknown_fields() {
         Some("upstream 503")
     );
 }
+
+#[tokio::test]
+async fn a_token_file_credential_rereads_its_file_on_refresh() {
+    use tower_account_pool::config::TokenFileCredential;
+    use tower_account_pool::credential::{Credential, CredentialError, RefreshMode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token.json");
+    std::fs::write(&path, r#"{"accessToken": "first-token-0001"}"#).unwrap();
+    let credential = TokenFileCredential::open(&path);
+    let shown = path.display().to_string();
+    assert_eq!(credential.problem(), None);
+    let masked = credential.masked();
+    assert_eq!(
+        (masked.kind, masked.last4.as_deref()),
+        ("token-file", Some("0001"))
+    );
+    assert_eq!(masked.path.as_deref(), Some(shown.as_str()));
+
+    // The upstream rejected the token and the file still holds it: invalid, not a loop.
+    assert_eq!(
+        credential.refresh(RefreshMode::Forced).await,
+        Err(CredentialError::Invalid(format!(
+            "the token in credential file `{shown}` was rejected and the file has not changed"
+        )))
+    );
+    assert_eq!(credential.refresh(RefreshMode::IfNeeded).await, Ok(()));
+
+    std::fs::write(&path, r#"{"accessToken": "second-token-0002"}"#).unwrap();
+    assert_eq!(credential.refresh(RefreshMode::Forced).await, Ok(()));
+    let mut headers = HeaderMap::new();
+    credential.apply(&mut headers).unwrap();
+    assert_eq!(headers["authorization"], "Bearer second-token-0002");
+
+    // A file that disappears fails the refresh but keeps the token it had.
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(
+        credential.refresh(RefreshMode::IfNeeded).await,
+        Err(CredentialError::Invalid(format!(
+            "credential file `{shown}` does not exist"
+        )))
+    );
+    let mut headers = HeaderMap::new();
+    credential.apply(&mut headers).unwrap();
+    assert_eq!(headers["authorization"], "Bearer second-token-0002");
+    assert!(!format!("{credential:?}").contains("second-token"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_token_is_reread_from_its_file_by_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token.json");
+    std::fs::write(&token, r#"{"accessToken": "old-token"}"#).unwrap();
+    std::fs::write(
+        dir.path().join("pool.json"),
+        r#"[{"uuid": "k", "KIRO_OAUTH_CREDS_FILE_PATH": "token.json"},
+            {"uuid": "spare", "bearerToken": "spare-token"}]"#,
+    )
+    .unwrap();
+    let pool = PoolFile::load(dir.path().join("pool.json"))
+        .unwrap()
+        .build_with(
+            Pool::builder(),
+            &TokenFileResolver::new().base_dir(dir.path()),
+        )
+        .unwrap();
+    let only_k = ["spare".into()];
+
+    // Another process refreshed the token file; the upstream rejects the old token.
+    std::fs::write(&token, r#"{"accessToken": "new-token"}"#).unwrap();
+    let lease = pool
+        .select(&SelectRequest::default().excluding(&only_k))
+        .unwrap();
+    lease.report(tower_account_pool::Outcome::AuthExpired);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        pool.snapshot().account("k").unwrap().state,
+        HealthState::Healthy
+    );
+    let lease = pool
+        .select(&SelectRequest::default().excluding(&only_k))
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    lease.credential().apply(&mut headers).unwrap();
+    assert_eq!(headers["authorization"], "Bearer new-token");
+
+    // Rejected again and the file did not change: the account is marked invalid.
+    lease.report(tower_account_pool::Outcome::AuthExpired);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let snapshot = pool.snapshot();
+    let k = snapshot.account("k").unwrap();
+    assert_eq!(k.state, HealthState::AuthInvalid);
+    assert!(
+        k.reason.as_deref().unwrap().contains(
+            "the token in credential file `token.json` was rejected and the file has not changed"
+        ),
+        "{:?}",
+        k.reason
+    );
+}

@@ -208,7 +208,15 @@ impl Credential for TokenFileCredential {
     /// still holds the same token, so the account is marked invalid instead of looping.
     fn refresh(&self, mode: RefreshMode) -> BoxFuture<'_, Result<(), CredentialError>> {
         Box::pin(async move {
-            let fresh = read_token_file(&self.path, &self.shown);
+            let (path, shown) = (self.path.clone(), self.shown.clone());
+            let fresh = match tokio::runtime::Handle::try_current() {
+                // Off the async worker threads when there is a runtime.
+                Ok(handle) => handle
+                    .spawn_blocking(move || read_token_file(&path, &shown))
+                    .await
+                    .map_err(|e| CredentialError::Unavailable(e.to_string()))?,
+                Err(_) => read_token_file(&path, &shown),
+            };
             let previous = self.loaded.load_full();
             match (&fresh, &*previous) {
                 (Loaded::Failed(reason), previous) => {

@@ -306,11 +306,23 @@ impl Tracker {
 
     fn record(&mut self, result: ReloadResult) -> ReloadResult {
         match &result {
+            Ok(report)
+                if report.added.is_empty()
+                    && report.removed.is_empty()
+                    && report.changed.is_empty() =>
+            {
+                // E.g. a store writing state fields back: nothing for the pool to do.
+                tracing::debug!(
+                    file = %self.path.display(),
+                    unchanged = report.unchanged,
+                    "pool file changed; no account changed"
+                )
+            }
             Ok(report) => tracing::info!(
                 file = %self.path.display(),
-                added = report.added.len(),
-                removed = report.removed.len(),
-                changed = report.changed.len(),
+                added = ?report.added,
+                removed = ?report.removed,
+                changed = ?report.changed,
                 unchanged = report.unchanged,
                 "pool file applied"
             ),
