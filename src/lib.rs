@@ -38,6 +38,7 @@
 //! - [`health`]: [`Outcome`]s, the [`HealthPolicy`] and the state machine.
 //! - [`account`]: [`Account`]s and their settings.
 //! - [`credential`]: the [`Credential`](credential::Credential) trait, bearer tokens and API keys.
+//! - [`config`]: pool files in three shapes, migration, hot reload, the older system's `config.json`.
 //!
 //! ## Cargo features
 //!
@@ -48,6 +49,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod account;
+pub mod config;
 pub mod credential;
 pub mod health;
 pub mod pool;
