@@ -48,6 +48,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod account;
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 pub mod credential;
 pub mod health;
 pub mod pool;
