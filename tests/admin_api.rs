@@ -916,3 +916,43 @@ async fn half_open_reads_unavailable_while_its_probe_runs() {
     probe.report(Outcome::Success);
     check_health(&app, &pool, "after the probe").await;
 }
+
+#[tokio::test]
+async fn events_stream_state_changes() {
+    use futures_util::StreamExt;
+
+    let pool = pool();
+    let app = app(&pool);
+    let request = axum::http::Request::builder()
+        .uri("/events")
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(app, request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut frames = response.into_body().into_data_stream();
+    async fn next(
+        frames: &mut (impl futures_util::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin),
+    ) -> String {
+        let frame = tokio::time::timeout(Duration::from_secs(5), frames.next())
+            .await
+            .expect("an event within 5 s")
+            .expect("the stream stays open")
+            .unwrap();
+        String::from_utf8(frame.to_vec()).unwrap()
+    }
+    assert_eq!(next(&mut frames).await, "event: ready\ndata: {}\n\n");
+
+    pool.disable("acct-b").unwrap();
+    let frame = next(&mut frames).await;
+    let data = frame
+        .strip_prefix("event: state\ndata: ")
+        .and_then(|f| f.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("unexpected frame {frame:?}"));
+    let change: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(change["account"], "acct-b");
+    assert_eq!(change["from"], "healthy");
+    assert_eq!(change["to"], "disabled");
+    assert_eq!(change["reason"], "disabled by operator");
+}
