@@ -38,6 +38,7 @@
 //! - [`health`]: [`Outcome`]s, the [`HealthPolicy`] and the state machine.
 //! - [`account`]: [`Account`]s and their settings.
 //! - [`credential`]: the [`Credential`](credential::Credential) trait, bearer tokens and API keys.
+//! - `admin` (feature `admin`): the admin API, metrics, health endpoint and dashboard.
 //!
 //! ## Cargo features
 //!
