@@ -142,6 +142,16 @@ async fn health_and_dashboard_are_open() {
         serde_json::json!({"status": "ok", "routable": 3, "total": 3})
     );
 
+    let reply = send(&app, Method::GET, "/no/such/route", None, None).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        reply.error(),
+        (
+            "not_found".to_owned(),
+            "no such admin route (see the admin module docs for the list)".to_owned()
+        )
+    );
+
     let page = send(&app, Method::GET, "/", None, None).await;
     assert_eq!(page.status, StatusCode::OK);
     assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");

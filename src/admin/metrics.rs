@@ -23,6 +23,10 @@ const BUCKETS_NS: [u64; 12] = [
 /// bumps two atomic counters: no lock, no allocation. Clone it into the service that selects and
 /// give the same handle to [`AdminConfig::selection_latency`](super::AdminConfig::selection_latency).
 ///
+/// Reading the clock is not free (`benches/admin_latency.rs` measures it against a bare
+/// `Pool::select`); [`SelectionLatency::sampled`] times only one selection in `n`, chosen at
+/// random, and the histogram then counts the sampled selections.
+///
 /// ```
 /// use tower_account_pool::admin::SelectionLatency;
 /// use tower_account_pool::{Account, Pool, SelectRequest};
@@ -41,6 +45,8 @@ pub struct SelectionLatency {
 
 #[derive(Default)]
 struct Histogram {
+    /// Time one selection in this many (0 and 1: all).
+    one_in: u32,
     /// Per bucket (not cumulative); the last one is `+Inf`.
     buckets: [AtomicU64; BUCKETS_NS.len() + 1],
     sum_ns: AtomicU64,
@@ -60,8 +66,23 @@ impl SelectionLatency {
         Self::default()
     }
 
+    /// A histogram that times one selection in `one_in`, picked at random (`0` and `1` time
+    /// every selection).
+    pub fn sampled(one_in: u32) -> Self {
+        SelectionLatency {
+            inner: Arc::new(Histogram {
+                one_in,
+                ..Histogram::default()
+            }),
+        }
+    }
+
     /// Selects an account from `pool` and records how long it took (successful or not).
     pub fn select(&self, pool: &Pool, request: &SelectRequest<'_>) -> Result<Lease, Exhausted> {
+        let one_in = self.inner.one_in;
+        if one_in > 1 && fastrand::u32(..one_in) != 0 {
+            return pool.select(request);
+        }
         let started = Instant::now();
         let result = pool.select(request);
         self.observe(started.elapsed());
@@ -295,6 +316,27 @@ pub(crate) fn render(pool: &Pool, snapshot: &PoolSnapshot, latency: &SelectionLa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_times_about_one_in_n() {
+        use crate::credential::NoCredential;
+        use crate::Account;
+        let pool = Pool::builder()
+            .account(Account::new("a", NoCredential))
+            .build()
+            .unwrap();
+        let latency = SelectionLatency::sampled(8);
+        for _ in 0..8000 {
+            drop(latency.select(&pool, &SelectRequest::default()).unwrap());
+        }
+        let n = latency.count();
+        assert!((600..=1400).contains(&n), "{n} of 8000 timed");
+        assert_eq!(
+            pool.stats().selections,
+            8000,
+            "every selection still selects"
+        );
+    }
 
     #[test]
     fn label_values_are_escaped() {

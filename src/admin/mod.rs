@@ -71,7 +71,7 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
+use subtle::{Choice, ConstantTimeEq};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::account::{AccountId, AccountSettings};
@@ -225,7 +225,13 @@ impl AdminConfig {
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             })
             .unwrap_or("");
-        if bool::from(given.as_bytes().ct_eq(self.token.as_bytes())) {
+        // Compare as many bytes as the token has whatever was given, so the time taken says
+        // nothing about the token, not even whether the lengths match.
+        let expected = self.token.as_bytes();
+        let same_len = given.len() == expected.len();
+        let candidate = if same_len { given.as_bytes() } else { expected };
+        let equal = candidate.ct_eq(expected) & Choice::from(u8::from(same_len));
+        if bool::from(equal) {
             Ok(())
         } else {
             Err(ApiError::unauthorized("invalid admin token"))
@@ -263,9 +269,18 @@ pub fn router(pool: Pool, config: AdminConfig) -> Router {
         .route("/", get(dashboard))
         .route("/health", get(health))
         .merge(protected)
+        .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such admin route (see the admin module docs for the list)",
+    )
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
