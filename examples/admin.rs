@@ -6,7 +6,7 @@
 //!
 //! Without `POOL_ADMIN_TOKEN` a random token is generated and printed once. A background task
 //! sends simulated traffic through the pool so the dashboard has something to show; the probe
-//! is simulated too. Set `ADMIN_ADDR` to change the address (keep it on loopback).
+//! is simulated too. It listens on 127.0.0.1 only; `ADMIN_PORT` changes the port (default 8686).
 
 use std::io::Read;
 use std::time::Duration;
@@ -106,7 +106,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    let addr = std::env::var("ADMIN_ADDR").unwrap_or_else(|_| "127.0.0.1:8686".to_owned());
+    let port: u16 = match std::env::var("ADMIN_PORT") {
+        Ok(port) => port.parse()?,
+        Err(_) => 8686,
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let app = axum::Router::new().nest("/admin", admin::router(pool, config));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let local = listener.local_addr()?;

@@ -489,6 +489,47 @@ async fn dashboard_in_headless_chromium() {
     browser.viewport(420, 900).await;
     browser.screenshot("admin-dashboard-narrow.png").await;
 
+    // Signing out forgets the token; the login form takes it again (a wrong one first).
+    browser.viewport(WIDTH, HEIGHT).await;
+    browser.click("#signout").await;
+    browser
+        .wait_for(
+            "document.getElementById('login').classList.contains('open') \
+             && sessionStorage.getItem('account-pool-admin-token') === null",
+            Duration::from_secs(5),
+            "the login form",
+        )
+        .await;
+    browser.click("#token").await;
+    browser
+        .call(
+            "Input.insertText",
+            json!({ "text": "not-the-admin-token-000" }),
+        )
+        .await;
+    browser.click("#login-form button[type='submit']").await;
+    browser
+        .wait_for(
+            "document.getElementById('login-error').textContent === 'The admin token was rejected.'",
+            Duration::from_secs(5),
+            "the rejection message",
+        )
+        .await;
+    browser.screenshot("admin-dashboard-login.png").await;
+    browser.click("#token").await;
+    browser
+        .call("Input.insertText", json!({ "text": ADMIN_TOKEN }))
+        .await;
+    browser.click("#login-form button[type='submit']").await;
+    browser
+        .wait_for(
+            "!document.getElementById('login').classList.contains('open') \
+             && document.querySelectorAll('tbody tr[data-id]').length === 6",
+            Duration::from_secs(10),
+            "the accounts after signing in",
+        )
+        .await;
+
     eprintln!("screenshots in {}", after.parent().unwrap().display());
     drop(browser);
     server.abort();
