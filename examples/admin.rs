@@ -116,9 +116,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let local = listener.local_addr()?;
     if generated {
         println!("admin token (generated, shown once): {token}");
-        println!("dashboard: http://{local}/admin/#token={token}");
+        println!("dashboard: http://{local}/admin#token={token}");
     } else {
-        println!("dashboard: http://{local}/admin/  (token from POOL_ADMIN_TOKEN)");
+        println!("dashboard: http://{local}/admin  (token from POOL_ADMIN_TOKEN)");
     }
     axum::serve(listener, app).await?;
     Ok(())

@@ -27,7 +27,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /` | the dashboard (a static page; it asks for the token and sends it with every call) |
+//! | `GET /` | the dashboard (a static page; it asks for the token and sends it with every call). Nested with `.nest("/admin", …)` it is at `/admin`, without a trailing slash |
 //! | `GET /health` | `200 {"status":"ok","routable":n,"total":m}`, `503` with `"unavailable"` when no account could take a request (the selection predicate). **Open**: no token, no account names |
 //! | `GET /accounts` | `{"accounts":[…],"stats":{total,healthy,coolingDown,unhealthy,disabled,routable,totalUsage,totalErrors}}`; `?shape=legacy` gives the older system's `{"claude-kiro-oauth":[…],"_accountPoolStats":{…}}` |
 //! | `GET /accounts/{id}` | one account |
