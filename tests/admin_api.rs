@@ -966,3 +966,36 @@ async fn events_stream_state_changes() {
     assert_eq!(change["to"], "disabled");
     assert_eq!(change["reason"], "disabled by operator");
 }
+
+#[tokio::test]
+async fn a_slow_event_reader_is_told_what_it_missed() {
+    use futures_util::StreamExt;
+
+    let pool = pool();
+    let request = axum::http::Request::builder()
+        .uri("/events")
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(app(&pool), request)
+        .await
+        .unwrap();
+    // 1200 changes while nobody reads: more than the pool's event buffer (1024) holds.
+    for _ in 0..600 {
+        pool.disable("acct-a").unwrap();
+        pool.enable("acct-a").unwrap();
+    }
+    let mut frames = response.into_body().into_data_stream();
+    let mut texts = Vec::new();
+    for _ in 0..3 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), frames.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        texts.push(String::from_utf8(frame.to_vec()).unwrap());
+    }
+    assert_eq!(texts[0], "event: ready\ndata: {}\n\n");
+    assert_eq!(texts[1], "event: lagged\ndata: {\"missed\":176}\n\n");
+    assert!(texts[2].starts_with("event: state\n"), "{}", texts[2]);
+}
