@@ -152,6 +152,10 @@ async fn health_and_dashboard_are_open() {
         )
     );
 
+    let reply = send(&app, Method::PUT, "/health", None, None).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.error().1, "this admin route does not take PUT");
+
     let page = send(&app, Method::GET, "/", None, None).await;
     assert_eq!(page.status, StatusCode::OK);
     assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
@@ -294,6 +298,7 @@ async fn unknown_ids_are_404_everywhere() {
         (Method::POST, "/accounts/nope/reset", None),
         (Method::POST, "/accounts/nope/refresh", None),
         (Method::POST, "/accounts/nope/probe", None),
+        (Method::GET, "/accounts/n%6Fpe", None),
     ] {
         let reply = authed(&app, method.clone(), path, body).await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{method} {path}");
@@ -303,6 +308,13 @@ async fn unknown_ids_are_404_everywhere() {
         );
     }
     assert_eq!(pool.len(), 3);
+
+    let reply = authed(&app, Method::GET, "/accounts/%FF", None).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply.error().1,
+        "the account id in the path is not valid UTF-8"
+    );
 }
 
 #[tokio::test]

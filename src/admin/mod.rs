@@ -269,6 +269,7 @@ pub fn router(pool: Pool, config: AdminConfig) -> Router {
         .route("/", get(dashboard))
         .route("/health", get(health))
         .merge(protected)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(security_headers))
@@ -281,6 +282,31 @@ async fn unknown_route() -> ApiError {
         "not_found",
         "no such admin route (see the admin module docs for the list)",
     )
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("this admin route does not take {method}"),
+    )
+}
+
+/// The `{id}` of a route, with a JSON error when it cannot be decoded.
+struct AccountPath(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AccountPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| AccountPath(id))
+            .map_err(|_| ApiError::bad_request("the account id in the path is not valid UTF-8"))
+    }
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
@@ -372,7 +398,7 @@ fn account_json(pool: &Pool, id: &str) -> Result<serde_json::Value, ApiError> {
 
 async fn get_account(
     State(state): State<AdminState>,
-    Path(id): Path<String>,
+    AccountPath(id): AccountPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     account_json(&state.pool, &id).map(Json)
 }
@@ -406,7 +432,7 @@ async fn add_account(
 
 async fn patch_account(
     State(state): State<AdminState>,
-    Path(id): Path<String>,
+    AccountPath(id): AccountPath,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     // An unknown account is a 404 whatever the body says.
@@ -424,7 +450,7 @@ async fn patch_account(
 
 async fn delete_account(
     State(state): State<AdminState>,
-    Path(id): Path<String>,
+    AccountPath(id): AccountPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.pool.remove(&id)?;
     Ok(Json(json!({ "removed": id })))
@@ -432,7 +458,7 @@ async fn delete_account(
 
 async fn reset_account(
     State(state): State<AdminState>,
-    Path(id): Path<String>,
+    AccountPath(id): AccountPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.pool.reset(&id)?;
     account_json(&state.pool, &id).map(Json)
@@ -445,7 +471,7 @@ async fn reset_all(State(state): State<AdminState>) -> Json<serde_json::Value> {
 
 async fn refresh_account(
     State(state): State<AdminState>,
-    Path(id): Path<String>,
+    AccountPath(id): AccountPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.pool.refresh_credential(&id).await?;
     account_json(&state.pool, &id).map(Json)
@@ -453,7 +479,7 @@ async fn refresh_account(
 
 async fn probe_account(
     State(state): State<AdminState>,
-    Path(id): Path<String>,
+    AccountPath(id): AccountPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let slot = state.pool.slot(&id)?;
     let Some(prober) = state.config.prober.clone() else {
