@@ -40,7 +40,8 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /events` | server-sent events: `state` (a [`StateChange`](crate::StateChange)), `lagged` |
 //!
-//! Errors are `{"error":{"type","message"}}` with status 400, 401, 404, 409, 413, 501 or 502.
+//! Errors are `{"error":{"type","message"}}` with status 400, 401, 404, 405, 409, 413, 501, 502
+//! or 504.
 //!
 //! ## Security
 //!
