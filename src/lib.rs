@@ -39,17 +39,21 @@
 //! - [`account`]: [`Account`]s and their settings.
 //! - [`credential`]: the [`Credential`](credential::Credential) trait, bearer tokens and API keys.
 //! - [`config`]: pool files in three shapes, migration, hot reload, the older system's `config.json`.
+//! - `admin` (feature `admin`): the admin API, metrics, health endpoint and dashboard.
 //!
 //! ## Cargo features
 //!
-//! The default build is lean. Optional parts: `kiro`, `sqlite`, `redis`, `admin`, `test-util`
-//! (reserved; they arrive with their modules).
+//! The default build is lean. Optional parts: `admin` (the admin API and dashboard, on axum);
+//! `kiro`, `sqlite`, `redis` and `test-util` are reserved for the modules that bring them.
 #![deny(missing_docs, unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod account;
 pub mod config;
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 pub mod credential;
 pub mod health;
 pub mod pool;
