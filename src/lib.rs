@@ -50,10 +50,10 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod account;
-pub mod config;
 #[cfg(feature = "admin")]
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
 pub mod admin;
+pub mod config;
 pub mod credential;
 pub mod health;
 pub mod pool;
