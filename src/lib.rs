@@ -38,6 +38,8 @@
 //! - [`health`]: [`Outcome`]s, the [`HealthPolicy`] and the state machine.
 //! - [`account`]: [`Account`]s and their settings.
 //! - [`credential`]: the [`Credential`](credential::Credential) trait, bearer tokens and API keys.
+//! - [`store`]: persistence of runtime state (memory, the JSON pool file, SQLite, Redis) by a
+//!   background writer.
 //!
 //! ## Cargo features
 //!
@@ -52,6 +54,7 @@ pub mod credential;
 pub mod health;
 pub mod pool;
 pub mod select;
+pub mod store;
 
 pub use account::{Account, AccountId, AccountSettings};
 pub use health::{HealthPolicy, HealthState, Outcome, OutcomeClass, RateLimitScope};
