@@ -687,8 +687,11 @@ impl Db {
                         .execute(values)?,
                 };
             }
-            let transitioned =
-                write.state_changed && previous.as_deref().is_some_and(|p| p != s.state.as_str());
+            // History records health flips, as the older gateway's checks did.
+            let transitioned = write.state_changed
+                && previous
+                    .as_deref()
+                    .is_some_and(|p| (p == "healthy") != (s.state == HealthState::Healthy));
             if transitioned && table_exists(&tx, "health_check_history")? {
                 let message = s.reason.clone();
                 match schema {
