@@ -259,7 +259,7 @@ impl Store for MemoryStore {
 }
 
 /// A health state from its `snake_case` label.
-#[allow(dead_code)]
+#[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
 pub(crate) fn parse_state(label: &str) -> Option<HealthState> {
     use HealthState::*;
     [

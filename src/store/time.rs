@@ -10,6 +10,7 @@ pub(crate) fn epoch_ms(t: &SystemTime) -> u64 {
 }
 
 /// The time of an epoch-milliseconds value.
+#[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
 pub(crate) fn from_epoch_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
@@ -54,6 +55,7 @@ pub(crate) fn to_iso(t: &SystemTime) -> String {
 }
 
 /// `2026-01-03 12:34:56`, as SQLite's `datetime('now')`.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn to_sqlite(t: &SystemTime) -> String {
     let (y, mo, d, h, mi, s, _) = parts(t);
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
