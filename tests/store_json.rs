@@ -374,8 +374,10 @@ async fn a_corrupt_file_is_never_overwritten() {
 async fn a_missing_file_is_created_in_the_current_shape() {
     let dir = temp_dir("create");
     let path = dir.join("account_pool.json");
-    let pool = pool(&["x", "y"]);
-    let handle = StoreHandle::start(&pool, JsonFileStore::open(&path).unwrap())
+    let pool = pool(&["x", "y", "z"]);
+    // One account per write: the file is created by the first and completed by the others.
+    let config = WriterConfig::default().max_batch(1);
+    let handle = StoreHandle::start_with(&pool, JsonFileStore::open(&path).unwrap(), config)
         .await
         .unwrap();
     handle.shutdown().await.unwrap();
@@ -386,7 +388,7 @@ async fn a_missing_file_is_created_in_the_current_shape() {
         .iter()
         .map(|a| a["uuid"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["x", "y"]);
+    assert_eq!(ids, ["x", "y", "z"]);
     assert_eq!(saved["accounts"][0]["isHealthy"], json!(true));
     std::fs::remove_dir_all(&dir).unwrap();
 }

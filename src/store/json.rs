@@ -22,7 +22,9 @@ pub const POOL_STATE_KEY: &str = "poolState";
 /// `errorCount` (consecutive failures), `usageCount` (successes), `lastUsed`, `lastErrorTime`,
 /// `lastErrorMessage` (ISO times) — so its tools keep reading the file, plus this crate's full
 /// state under `poolState` (state, reason, deadline, ejection level, counters, as epoch ms).
-/// `isDisabled` is written only when this process enabled or disabled the account.
+/// `isDisabled` is written only when this process enabled or disabled the account. Accounts the
+/// file does not list are not added to it, unless this store created the file (then it lists
+/// every account of the pool).
 ///
 /// Every write re-reads the file and changes only those fields, so settings edited by hand (or by
 /// another tool) in the meantime are kept, as are fields this crate does not know. A file that
@@ -57,6 +59,9 @@ struct Inner {
     _lock: File,
     writing: Mutex<()>,
     seq: AtomicU64,
+    /// This store created the file: accounts missing from it are added (a file that existed
+    /// before belongs to whoever edits it, and only its accounts get state).
+    created: std::sync::atomic::AtomicBool,
 }
 
 impl JsonFileStore {
@@ -86,6 +91,7 @@ impl JsonFileStore {
                 _lock: lock,
                 writing: Mutex::new(()),
                 seq: AtomicU64::new(0),
+                created: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         store.remove_stale_temporaries();
@@ -359,7 +365,7 @@ fn put_state(account: &mut Map<String, Value>, write: &AccountWrite) {
     }
 }
 
-fn apply_batch(doc: &mut Value, batch: &[AccountWrite]) -> Result<(), String> {
+fn apply_batch(doc: &mut Value, batch: &[AccountWrite], add_missing: bool) -> Result<(), String> {
     let mut lists = account_lists_mut(doc)?;
     for write in batch {
         let found = lists
@@ -368,6 +374,14 @@ fn apply_batch(doc: &mut Value, batch: &[AccountWrite]) -> Result<(), String> {
             .find(|a| uuid_of(a) == Some(write.id.as_str()));
         match found.and_then(Value::as_object_mut) {
             Some(account) => put_state(account, write),
+            None if add_missing => {
+                let mut account = Map::new();
+                account.insert("uuid".into(), write.id.as_str().into());
+                put_state(&mut account, write);
+                if let Some(list) = lists.first_mut() {
+                    list.push(Value::Object(account));
+                }
+            }
             None => tracing::debug!(
                 account = %write.id,
                 "account not in the pool file; its state is not written there"
@@ -410,18 +424,11 @@ impl Store for JsonFileStore {
     async fn write(&self, batch: Vec<AccountWrite>) -> Result<CounterTotals, StoreError> {
         let inner = self.inner.clone();
         run_blocking(move || {
-            let exists = inner.path.exists();
-            inner.modify(|doc| {
-                if !exists {
-                    // A new file holds every account of the pool.
-                    let list: Vec<Value> = batch
-                        .iter()
-                        .map(|w| serde_json::json!({ "uuid": w.id.as_str() }))
-                        .collect();
-                    *doc = serde_json::json!({ "accounts": list });
-                }
-                apply_batch(doc, &batch)
-            })?;
+            if !inner.path.exists() {
+                inner.created.store(true, Ordering::Release);
+            }
+            let add_missing = inner.created.load(Ordering::Acquire);
+            inner.modify(|doc| apply_batch(doc, &batch, add_missing))?;
             Ok(Vec::new())
         })
         .await
