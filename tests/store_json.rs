@@ -288,6 +288,8 @@ async fn settings_edited_meanwhile_are_merged_not_clobbered() {
     edited["accounts"][4]["addedByHand"] = json!("yes");
     write_file(&path, &edited);
 
+    // The operator disables a5 through the pool: that setting is written.
+    pool.disable("a5").unwrap();
     let lease = pool.select(&SelectRequest::default()).unwrap();
     let used = lease.id().clone();
     lease.report(Outcome::RateLimited {
@@ -303,6 +305,12 @@ async fn settings_edited_meanwhile_are_merged_not_clobbered() {
     );
     assert_eq!(saved["accounts"][0]["isDisabled"], json!(true));
     assert_eq!(saved["accounts"][4]["addedByHand"], json!("yes"));
+    assert_eq!(saved["accounts"][4]["isDisabled"], json!(true));
+    assert_eq!(
+        saved["accounts"][1]["isDisabled"],
+        json!(false),
+        "untouched settings stay as they were"
+    );
     let index = ACCOUNTS.iter().position(|id| used == *id).unwrap();
     let account = &saved["accounts"][index];
     assert_eq!(account["isHealthy"], json!(false));

@@ -34,8 +34,9 @@ const COUNTER_FIELDS: [&str; COUNTERS] = [
 /// Every this many polls, all accounts are re-read (in case a notification was missed).
 const FULL_SYNC_EVERY: u64 = 25;
 
-/// Where the Redis store connects and how it names its keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the Redis store connects and how it names its keys. Its `Debug` output hides the
+/// password of the URL.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port/db`.
     pub url: String,
@@ -43,6 +44,32 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Longest wait for one Redis operation before it counts as failed. Default 1 s.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The URL with the password (anything between `:` and `@` of the authority) replaced.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<invalid url>".into();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 impl RedisConfig {
@@ -79,7 +106,8 @@ impl RedisConfig {
 /// and retried. The connection is re-established by itself; once it is, the kept increments
 /// and state are written and every account is re-read (reconciled).
 ///
-/// Passwords in the URL never appear in errors or logs.
+/// [`open`](Self::open) fails if Redis cannot be reached at start; after that an outage only
+/// delays writes. Passwords in the URL never appear in errors, logs or `Debug` output.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -396,5 +424,29 @@ impl Store for RedisStore {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password() {
+        let config = RedisConfig::new("redis://user:s3cret-pass@10.0.0.5:6380/2", "pool");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret-pass"), "{shown}");
+        assert!(
+            shown.contains("redis://user:***@10.0.0.5:6380/2"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact_url("redis://:pw@localhost:6379"),
+            "redis://:***@localhost:6379"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 }
