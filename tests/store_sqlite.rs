@@ -616,3 +616,58 @@ async fn a_cooldown_set_in_one_process_is_honoured_by_another_within_a_second() 
     handle.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn an_account_added_at_runtime_does_not_overwrite_shared_state() {
+    let dir = temp_dir("added");
+    let path = dir.join("provider_pool.db");
+    let a = pool(&["s1", "n1"]);
+    let handle_a = StoreHandle::start(&a, SqliteStore::open(&path).unwrap())
+        .await
+        .unwrap();
+    a.report_probe("n1", rate_limited_for(300)).unwrap();
+    handle_a.flush().await.unwrap();
+
+    // Another process's pool learns about n1 only later (a reload adds it).
+    let b = pool(&["s1"]);
+    let handle_b = StoreHandle::start(&b, SqliteStore::open(&path).unwrap())
+        .await
+        .unwrap();
+    b.add(Account::new("n1", NoCredential)).unwrap();
+    for _ in 0..4 {
+        b.select(&SelectRequest::default())
+            .unwrap()
+            .report(Outcome::Success);
+    }
+    handle_b.flush().await.unwrap();
+    let state: String = Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT state FROM tap_account_state WHERE uuid = 'n1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(state, "rate_limited", "b's fresh view did not clobber it");
+    let used_by_b = b.snapshot().account("n1").unwrap().counters.requests;
+    assert_eq!(used_by_b, 2, "round robin over s1 and n1");
+    assert_eq!(
+        count(
+            &path,
+            "SELECT requests FROM tap_account_state WHERE uuid = 'n1'"
+        ),
+        2,
+        "b's requests on n1 were added"
+    );
+    assert_eq!(
+        count(
+            &path,
+            "SELECT rate_limited FROM tap_account_state WHERE uuid = 'n1'"
+        ),
+        1,
+        "a's report is still counted"
+    );
+    handle_a.shutdown().await.unwrap();
+    handle_b.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

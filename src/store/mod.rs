@@ -45,7 +45,10 @@
 //! [`WriterConfig::sync_interval`]): account-wide cooldowns, ejections, suspensions and
 //! recoveries are applied locally, so a cooldown set by one process is honoured by the others.
 //! Credential states (`auth_expired`, `auth_invalid`) stay local: each process refreshes its
-//! own credentials. Per-(account, model) cooldowns are not persisted.
+//! own credentials. Per-(account, model) cooldowns are not persisted. An account added to the
+//! pool after the start never overwrites the state a shared store holds for it; it picks that
+//! state up with the next change another process writes (SQLite) or the next full sync (Redis,
+//! every 5 s).
 //!
 //! # Stores
 //!
@@ -462,6 +465,7 @@ impl StoreHandle {
             // Written once in full at the first flush (e.g. a file in the older format gets this
             // crate's fields).
             tracked.fresh = true;
+            tracked.loaded = true;
             writer.tracked.insert(saved.id.clone(), tracked);
         }
         let (commands, receiver) = mpsc::channel(16);
@@ -566,8 +570,12 @@ struct Tracked {
     enabled: bool,
     /// The state last written to, or seen in, the store.
     written: Option<StateKey>,
-    /// Never written yet: write everything once.
+    /// Never written yet: write once even if nothing changed.
     fresh: bool,
+    /// Restored from the store at start: its first write carries its full state. An account
+    /// first seen later (added at runtime) does not overwrite the state a shared store holds
+    /// for it; it writes its counters, and its state once it changes.
+    loaded: bool,
 }
 
 impl Tracked {
@@ -581,13 +589,13 @@ impl Tracked {
             enabled: slot.settings.enabled,
             written: None,
             fresh: false,
+            loaded: false,
         }
     }
 
     fn state_changed(&self, slot: &Slot) -> bool {
         let rt = &slot.runtime;
-        self.fresh
-            || self.generation != rt.generation.load(Ordering::Acquire)
+        self.generation != rt.generation.load(Ordering::Acquire)
             || self.failures != rt.consecutive_failures.load(Ordering::Acquire)
             || self.ejection_level != rt.ejection_level.load(Ordering::Acquire)
             || self.enabled != slot.settings.enabled
@@ -740,9 +748,9 @@ impl<S: Store> Writer<S> {
             let generation = rt.generation.load(Ordering::Acquire);
             let failures = rt.consecutive_failures.load(Ordering::Acquire);
             let ejection_level = rt.ejection_level.load(Ordering::Acquire);
-            let state_changed = tracked.state_changed(slot);
+            let state_changed = tracked.state_changed(slot) || (tracked.fresh && tracked.loaded);
             let counters = read_counters(rt);
-            if !state_changed && counters == tracked.baseline {
+            if !state_changed && !tracked.fresh && counters == tracked.baseline {
                 continue;
             }
             let delta: CounterArray =
