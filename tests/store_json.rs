@@ -155,6 +155,15 @@ fn json_file_survives_sigkill_while_writing() {
         last = n;
     }
     assert!(last > 0, "the child never completed a write");
+    // Temporary files a killed writer left behind are removed by the next open.
+    drop(JsonFileStore::open(&path).unwrap());
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

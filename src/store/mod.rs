@@ -375,6 +375,18 @@ impl WriterConfig {
         self
     }
 
+    /// Sets [`coalesce`](Self::coalesce).
+    pub fn coalesce(mut self, coalesce: Duration) -> Self {
+        self.coalesce = coalesce;
+        self
+    }
+
+    /// Sets [`shutdown_attempts`](Self::shutdown_attempts) (at least 1).
+    pub fn shutdown_attempts(mut self, attempts: u32) -> Self {
+        self.shutdown_attempts = attempts.max(1);
+        self
+    }
+
     /// Sets [`max_batch`](Self::max_batch) (at least 1).
     pub fn max_batch(mut self, max_batch: usize) -> Self {
         self.max_batch = max_batch.max(1);

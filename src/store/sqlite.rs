@@ -197,7 +197,8 @@ fn to_i64(v: u64) -> i64 {
 }
 
 impl SqliteStore {
-    /// Opens (or creates, with schema v2) a database.
+    /// Opens (or creates, with schema v2) a database. Blocking, but quick: it sets the pragmas,
+    /// detects the schema and creates the side table if needed.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let mut conn = Connection::open(&path).map_err(|e| {
