@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, Criterion};
 use tower_account_pool::credential::NoCredential;
-use tower_account_pool::store::{JsonFileStore, MemoryStore, Store, StoreHandle};
+use tower_account_pool::store::{JsonFileStore, MemoryStore, Store, StoreHandle, WriterConfig};
 use tower_account_pool::{Account, Outcome, Pool, SelectRequest};
 
 const ACCOUNTS: usize = 8;
@@ -115,11 +115,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// measures a pool with the store and the same pool without one in alternating rounds, so both
 /// see the same load, and prints the ratio of the medians.
 fn interleaved(runtime: &tokio::runtime::Runtime, name: &str, store: impl Store) {
-    const ROUNDS: usize = 41;
-    const OPS: u32 = 50_000;
+    const ROUNDS: usize = 401;
+    const OPS: u32 = 20_000;
     let (bare, with_store) = (pool(), pool());
+    // A writer ten times as busy as the default one (every 50 ms).
+    let config = WriterConfig::default().interval(Duration::from_millis(50));
     let handle = runtime
-        .block_on(StoreHandle::start(&with_store, store))
+        .block_on(StoreHandle::start_with(&with_store, store, config))
         .expect("store starts");
     let request = SelectRequest::for_model("claude-sonnet-4-5");
     per_op(&bare, &request, OPS);
