@@ -442,6 +442,17 @@ async fn v1_with_several_provider_types_is_not_migrated() {
         .unwrap();
     let before = schema_of(&path);
     let store = SqliteStore::open(&path).unwrap();
+    let taken = dir.join("taken.db");
+    std::fs::write(&taken, b"something else").unwrap();
+    let err = store.migrate_v1_to_v2(&taken).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "backup {} already exists; choose a new path",
+            taken.display()
+        )
+    );
+    assert_eq!(std::fs::read(&taken).unwrap(), b"something else");
     let err = store.migrate_v1_to_v2(dir.join("backup.db")).unwrap_err();
     assert_eq!(
         err.to_string(),
