@@ -40,6 +40,8 @@
 //! - [`credential`]: the [`Credential`](credential::Credential) trait, bearer tokens and API keys.
 //! - [`config`]: pool files in three shapes, migration, hot reload, the older system's `config.json`.
 //! - `admin` (feature `admin`): the admin API, metrics, health endpoint and dashboard.
+//! - [`store`]: persistence of runtime state (memory, the JSON pool file, SQLite, Redis) by a
+//!   background writer.
 //!
 //! ## Cargo features
 //!
@@ -58,6 +60,7 @@ pub mod credential;
 pub mod health;
 pub mod pool;
 pub mod select;
+pub mod store;
 
 pub use account::{Account, AccountId, AccountSettings};
 pub use health::{HealthPolicy, HealthState, Outcome, OutcomeClass, RateLimitScope};

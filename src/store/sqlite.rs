@@ -1,0 +1,786 @@
+//! [`SqliteStore`]: one database shared by the processes of one host, in the older gateway's
+//! schema.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::json::run_blocking;
+use super::{
+    counters_from_array, counters_to_array, time, AccountWrite, CounterArray, CounterTotals, Store,
+    StoreError, StoredAccount, COUNTERS,
+};
+use crate::account::AccountId;
+use crate::health::{HealthState, LastError, OutcomeClass};
+use crate::pool::PersistedState;
+
+/// The `provider_type` this crate writes into a schema v1 database.
+pub const V1_PROVIDER_TYPE: &str = "claude-kiro-oauth";
+
+/// The side table holding the state the older schemas have no column for.
+pub const STATE_TABLE: &str = "tap_account_state";
+
+/// Schema v2 of the older gateway, exactly (`PRAGMA user_version = 2`).
+const SCHEMA_V2: &str = "
+CREATE TABLE accounts (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE NOT NULL, config TEXT NOT NULL,
+  is_healthy INTEGER DEFAULT 1, is_disabled INTEGER DEFAULT 0, error_count INTEGER DEFAULT 0,
+  usage_count INTEGER DEFAULT 0, last_used TEXT, last_error_time TEXT, last_error_message TEXT,
+  last_health_check_time TEXT, last_health_check_model TEXT, cached_email TEXT, cached_user_id TEXT,
+  not_supported_models TEXT, created_at TEXT DEFAULT (datetime('now')),
+  updated_at TEXT DEFAULT (datetime('now')));
+CREATE TABLE usage_cache (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, account_uuid TEXT NOT NULL, usage_data TEXT NOT NULL,
+  cached_at TEXT DEFAULT (datetime('now')), expires_at TEXT NOT NULL, UNIQUE(account_uuid));
+CREATE TABLE health_check_history (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, account_uuid TEXT NOT NULL, is_healthy INTEGER NOT NULL,
+  check_model TEXT, error_message TEXT, check_time TEXT DEFAULT (datetime('now')));
+CREATE INDEX idx_accounts_uuid ON accounts(uuid);
+CREATE INDEX idx_accounts_healthy ON accounts(is_healthy, is_disabled);
+CREATE INDEX idx_usage_cache_expires ON usage_cache(expires_at);
+CREATE INDEX idx_health_history_uuid ON health_check_history(account_uuid);
+CREATE INDEX idx_health_history_time ON health_check_history(check_time);
+";
+
+/// Indexes of schema v1, dropped by the migration.
+const V1_INDEXES: &[&str] = &[
+    "idx_providers_type",
+    "idx_providers_healthy",
+    "idx_usage_cache_expires",
+    "idx_health_history_uuid",
+    "idx_providers_type_health",
+    "idx_usage_cache_type_expires",
+    "idx_health_history_time",
+];
+
+const COUNTER_COLUMNS: [&str; COUNTERS] = [
+    "requests",
+    "successes",
+    "client_errors",
+    "rate_limited",
+    "quota_exhausted",
+    "auth_expired",
+    "auth_invalid",
+    "suspended",
+    "model_unsupported",
+    "transient",
+    "cancelled",
+];
+
+/// Which of the older gateway's schemas a database has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaVersion {
+    /// `providers` table with `provider_type` (opened in place, tables unchanged).
+    V1,
+    /// `accounts` table, `PRAGMA user_version = 2`.
+    V2,
+}
+
+/// What [`SqliteStore::migrate_v1_to_v2`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// The backup written before anything changed.
+    pub backup: PathBuf,
+    /// Rows moved from `providers` to `accounts`.
+    pub accounts: u64,
+    /// Rows moved in `usage_cache`.
+    pub usage_cache: u64,
+    /// Rows moved in `health_check_history`.
+    pub health_history: u64,
+}
+
+/// Runtime state in SQLite, shared by several processes of one host.
+///
+/// - It creates and uses the older gateway's **schema v2** (`accounts`, `usage_cache`,
+///   `health_check_history`, exact columns, `datetime('now')` times), writing `is_healthy`,
+///   `error_count`, `usage_count`, `last_used`, `last_error_time`, `last_error_message` and
+///   `updated_at` the way it did, so its tools keep reading the database.
+/// - State those tables have no column for (state, reason, deadline, ejection level, counters
+///   per outcome, as INTEGER epoch ms) lives in a side table of its own, `tap_account_state`.
+/// - It opens a **schema v1** database (`providers` with `provider_type`) in place without
+///   changing its tables: rows it adds get `provider_type = 'claude-kiro-oauth'`, reads ignore
+///   the column, so an older and a newer gateway can share the database while migrating. Moving
+///   to v2 is the explicit [`migrate_v1_to_v2`](Self::migrate_v1_to_v2), after a backup through
+///   SQLite's online backup API.
+/// - WAL, `synchronous = NORMAL`, `busy_timeout` 5 s. Counters change by increments in one
+///   transaction per batch (no lost update across processes); `PRAGMA data_version` tells when
+///   another process committed, so its state changes are applied here within
+///   [`WriterConfig::sync_interval`](super::WriterConfig::sync_interval).
+/// - State transitions are recorded in `health_check_history`; rows older than
+///   [`history_retention`](Self::history_retention) (7 days) are pruned by
+///   [`Store::maintain`] (hourly).
+///
+/// ```
+/// use tower_account_pool::store::{SchemaVersion, SqliteStore};
+///
+/// let dir = std::env::temp_dir().join(format!("tap-sqlite-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let store = SqliteStore::open(dir.join("provider_pool.db"))?;
+/// assert_eq!(store.schema(), SchemaVersion::V2); // a new database gets the older schema v2
+/// # drop(store);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    db: Mutex<Db>,
+    retention: Mutex<Duration>,
+}
+
+#[derive(Debug)]
+struct Db {
+    conn: Connection,
+    schema: SchemaVersion,
+    data_version: i64,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(format!("sqlite: {e}"))
+}
+
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+fn detect(conn: &Connection) -> rusqlite::Result<Option<SchemaVersion>> {
+    Ok(if table_exists(conn, "accounts")? {
+        Some(SchemaVersion::V2)
+    } else if table_exists(conn, "providers")? {
+        Some(SchemaVersion::V1)
+    } else {
+        None
+    })
+}
+
+fn state_table_sql() -> String {
+    let counters: Vec<String> = COUNTER_COLUMNS
+        .iter()
+        .map(|c| format!("{c} INTEGER NOT NULL DEFAULT 0"))
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
+           uuid TEXT PRIMARY KEY NOT NULL,
+           state TEXT NOT NULL DEFAULT 'healthy',
+           reason TEXT,
+           until_ms INTEGER,
+           ejection_level INTEGER NOT NULL DEFAULT 0,
+           consecutive_failures INTEGER NOT NULL DEFAULT 0,
+           last_used_ms INTEGER,
+           last_error_ms INTEGER,
+           last_error_class TEXT,
+           last_error_message TEXT,
+           {},
+           updated_at_ms INTEGER NOT NULL DEFAULT 0)",
+        counters.join(",\n           ")
+    )
+}
+
+fn class_from_str(s: &str) -> Option<OutcomeClass> {
+    OutcomeClass::ALL.iter().copied().find(|c| c.as_str() == s)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (or creates, with schema v2) a database. Blocking, but quick: it sets the pragmas,
+    /// detects the schema and creates the side table if needed.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = Connection::open(&path).map_err(|e| {
+            StoreError::Database(format!("sqlite: cannot open {}: {e}", path.display()))
+        })?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "sqlite: WAL could not be enabled");
+        }
+        conn.execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(db_err)?;
+        let schema = {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let schema = match detect(&tx).map_err(db_err)? {
+                Some(schema) => schema,
+                None => {
+                    tx.execute_batch(SCHEMA_V2).map_err(db_err)?;
+                    tx.execute_batch("PRAGMA user_version = 2")
+                        .map_err(db_err)?;
+                    SchemaVersion::V2
+                }
+            };
+            tx.execute_batch(&state_table_sql()).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            schema
+        };
+        let data_version = conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if schema == SchemaVersion::V1 {
+            tracing::info!(
+                path = %path.display(),
+                "sqlite: schema v1 (`providers`) opened in place; its tables are left as they are"
+            );
+        }
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                db: Mutex::new(Db {
+                    conn,
+                    schema,
+                    data_version,
+                }),
+                retention: Mutex::new(Duration::from_secs(7 * 24 * 60 * 60)),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The schema the database has now.
+    pub fn schema(&self) -> SchemaVersion {
+        self.inner.lock().schema
+    }
+
+    /// How long `health_check_history` rows are kept (default 7 days).
+    pub fn history_retention(self, retention: Duration) -> Self {
+        *self
+            .inner
+            .retention
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = retention;
+        self
+    }
+
+    /// Moves a schema v1 database to v2, as the older gateway's own migration did, after a
+    /// backup to `backup` through SQLite's online backup API (which includes what is still in
+    /// the WAL). Every row is kept; `provider_type` is dropped. Refuses a database holding
+    /// more than one `provider_type`. Other processes should have closed the database.
+    /// Blocking; call it from a migration tool or `spawn_blocking`.
+    pub fn migrate_v1_to_v2(
+        &self,
+        backup: impl AsRef<Path>,
+    ) -> Result<MigrationReport, StoreError> {
+        let backup = backup.as_ref().to_path_buf();
+        let mut db = self.inner.lock();
+        if db.schema != SchemaVersion::V1 {
+            return Err(StoreError::Schema(format!(
+                "{}: not a schema v1 database (no `providers` table); nothing to migrate",
+                self.inner.path.display()
+            )));
+        }
+        if backup.exists() {
+            return Err(StoreError::Schema(format!(
+                "backup {} already exists; choose a new path",
+                backup.display()
+            )));
+        }
+        let types: Vec<String> = {
+            let mut stmt = db
+                .conn
+                .prepare("SELECT DISTINCT provider_type FROM providers ORDER BY 1")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(db_err)?
+                .collect::<Result<_, _>>()
+                .map_err(db_err)?;
+            rows
+        };
+        if types.len() > 1 {
+            return Err(StoreError::Schema(format!(
+                "{}: `providers` holds several provider types ({}); schema v2 has no column for them, nothing was changed",
+                self.inner.path.display(),
+                types.join(", ")
+            )));
+        }
+        db.conn.backup("main", &backup, None).map_err(|e| {
+            StoreError::Database(format!("sqlite: backup to {}: {e}", backup.display()))
+        })?;
+        let check = Connection::open(&backup).and_then(|b| {
+            b.query_row("SELECT count(*) FROM providers", [], |r| r.get::<_, i64>(0))
+        });
+        match check {
+            Ok(_) => {}
+            Err(e) => {
+                return Err(StoreError::Database(format!(
+                    "sqlite: the backup {} does not open ({e}); nothing was changed",
+                    backup.display()
+                )))
+            }
+        }
+        let tx = db
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        for index in V1_INDEXES {
+            tx.execute_batch(&format!("DROP INDEX IF EXISTS {index}"))
+                .map_err(db_err)?;
+        }
+        let has_usage = table_exists(&tx, "usage_cache").map_err(db_err)?;
+        let has_history = table_exists(&tx, "health_check_history").map_err(db_err)?;
+        if has_usage {
+            tx.execute_batch("ALTER TABLE usage_cache RENAME TO tap_v1_usage_cache")
+                .map_err(db_err)?;
+        }
+        if has_history {
+            tx.execute_batch(
+                "ALTER TABLE health_check_history RENAME TO tap_v1_health_check_history",
+            )
+            .map_err(db_err)?;
+        }
+        tx.execute_batch(SCHEMA_V2).map_err(db_err)?;
+        let accounts = tx
+            .execute(
+                "INSERT INTO accounts (id, uuid, config, is_healthy, is_disabled, error_count,
+                   usage_count, last_used, last_error_time, last_error_message,
+                   last_health_check_time, last_health_check_model, cached_email, cached_user_id,
+                   not_supported_models, created_at, updated_at)
+                 SELECT id, uuid, config, is_healthy, is_disabled, error_count, usage_count,
+                   last_used, last_error_time, last_error_message, last_health_check_time,
+                   last_health_check_model, cached_email, cached_user_id, not_supported_models,
+                   created_at, updated_at FROM providers",
+                [],
+            )
+            .map_err(db_err)? as u64;
+        tx.execute_batch("DROP TABLE providers").map_err(db_err)?;
+        let usage_cache = if has_usage {
+            let n = tx
+                .execute(
+                    "INSERT OR REPLACE INTO usage_cache (id, account_uuid, usage_data, cached_at, expires_at)
+                     SELECT id, provider_uuid, usage_data, cached_at, expires_at FROM tap_v1_usage_cache",
+                    [],
+                )
+                .map_err(db_err)? as u64;
+            tx.execute_batch("DROP TABLE tap_v1_usage_cache")
+                .map_err(db_err)?;
+            n
+        } else {
+            0
+        };
+        let health_history = if has_history {
+            let n = tx
+                .execute(
+                    "INSERT INTO health_check_history (id, account_uuid, is_healthy, check_model, error_message, check_time)
+                     SELECT id, provider_uuid, is_healthy, check_model, error_message, check_time
+                     FROM tap_v1_health_check_history",
+                    [],
+                )
+                .map_err(db_err)? as u64;
+            tx.execute_batch("DROP TABLE tap_v1_health_check_history")
+                .map_err(db_err)?;
+            n
+        } else {
+            0
+        };
+        tx.execute_batch("PRAGMA user_version = 2")
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        db.schema = SchemaVersion::V2;
+        tracing::info!(
+            path = %self.inner.path.display(), backup = %backup.display(), accounts, usage_cache,
+            health_history, "sqlite: migrated schema v1 to v2"
+        );
+        Ok(MigrationReport {
+            backup,
+            accounts,
+            usage_cache,
+            health_history,
+        })
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Db {
+    fn table(&self) -> &'static str {
+        match self.schema {
+            SchemaVersion::V1 => "providers",
+            SchemaVersion::V2 => "accounts",
+        }
+    }
+
+    fn state_columns() -> String {
+        format!(
+            "s.state, s.reason, s.until_ms, s.ejection_level, s.consecutive_failures, s.last_used_ms, \
+             s.last_error_ms, s.last_error_class, s.last_error_message, {}",
+            COUNTER_COLUMNS
+                .iter()
+                .map(|c| format!("s.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    /// Reads our state columns starting at `at`.
+    fn state_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<PersistedState> {
+        let state: String = row.get(at)?;
+        let counters: CounterArray = {
+            let mut a = [0u64; COUNTERS];
+            for (i, v) in a.iter_mut().enumerate() {
+                *v = row.get::<_, i64>(at + 9 + i)?.max(0) as u64;
+            }
+            a
+        };
+        let ms = |i: usize| -> rusqlite::Result<Option<SystemTime>> {
+            Ok(row
+                .get::<_, Option<i64>>(at + i)?
+                .map(|v| time::from_epoch_ms(v.max(0) as u64)))
+        };
+        let last_error = match (
+            ms(6)?,
+            row.get::<_, Option<String>>(at + 7)?,
+            row.get::<_, Option<String>>(at + 8)?,
+        ) {
+            (Some(t), class, Some(message)) => Some(LastError {
+                at: t,
+                class: class
+                    .as_deref()
+                    .and_then(class_from_str)
+                    .unwrap_or(OutcomeClass::Transient),
+                message,
+            }),
+            _ => None,
+        };
+        Ok(PersistedState {
+            state: super::parse_state(&state).unwrap_or(HealthState::Healthy),
+            reason: row.get(at + 1)?,
+            until: ms(2)?,
+            ejection_level: row.get::<_, i64>(at + 3)?.clamp(0, u32::MAX as i64) as u32,
+            consecutive_failures: row.get::<_, i64>(at + 4)?.clamp(0, u32::MAX as i64) as u32,
+            counters: counters_from_array(&counters),
+            last_used: ms(5)?,
+            last_error,
+        })
+    }
+
+    fn load(&mut self) -> rusqlite::Result<Vec<StoredAccount>> {
+        let table = self.table();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Accounts the older gateway wrote and we never saw: seed our side row from its columns.
+        tx.execute(
+            &format!(
+                "INSERT OR IGNORE INTO {STATE_TABLE} (uuid, state, reason, consecutive_failures,
+                   successes, requests, last_error_message, last_error_class, updated_at_ms)
+                 SELECT uuid,
+                   CASE WHEN coalesce(is_healthy, 1) = 0 THEN 'ejected' ELSE 'healthy' END,
+                   CASE WHEN coalesce(is_healthy, 1) = 0
+                        THEN 'marked unhealthy by the older gateway' ELSE NULL END,
+                   coalesce(error_count, 0), coalesce(usage_count, 0), coalesce(usage_count, 0),
+                   last_error_message, CASE WHEN last_error_message IS NULL THEN NULL ELSE 'transient' END,
+                   0
+                 FROM {table}"
+            ),
+            [],
+        )?;
+        let sql = format!(
+            "SELECT a.uuid, a.last_used, a.last_error_time, {} FROM {table} a
+             JOIN {STATE_TABLE} s ON s.uuid = a.uuid",
+            Self::state_columns()
+        );
+        let rows = {
+            let mut stmt = tx.prepare(&sql)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    let id: String = row.get(0)?;
+                    let mut state = Self::state_row(row, 3)?;
+                    let legacy = |i: usize| -> rusqlite::Result<Option<SystemTime>> {
+                        Ok(row
+                            .get::<_, Option<String>>(i)?
+                            .as_deref()
+                            .and_then(time::parse))
+                    };
+                    if state.last_used.is_none() {
+                        state.last_used = legacy(1)?;
+                    }
+                    if let Some(e) = state.last_error.as_mut() {
+                        if e.at == std::time::UNIX_EPOCH {
+                            e.at = legacy(2)?.unwrap_or(std::time::UNIX_EPOCH);
+                        }
+                    }
+                    Ok(StoredAccount {
+                        id: AccountId::new(id),
+                        state,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        };
+        tx.commit()?;
+        Ok(rows)
+    }
+
+    fn write(&mut self, batch: &[AccountWrite]) -> rusqlite::Result<CounterTotals> {
+        let schema = self.schema;
+        let table = self.table();
+        let now_ms = to_i64(time::epoch_ms(&SystemTime::now()));
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut totals = Vec::with_capacity(batch.len());
+        let counter_list = COUNTER_COLUMNS.join(", ");
+        let counter_params: Vec<String> = (0..COUNTERS).map(|i| format!("?{}", 12 + i)).collect();
+        let counter_updates: Vec<String> = COUNTER_COLUMNS
+            .iter()
+            .map(|c| format!("{c} = {c} + excluded.{c}"))
+            .collect();
+        let upsert = |with_state: bool| {
+            let state_updates = if with_state {
+                "state = excluded.state, reason = excluded.reason, until_ms = excluded.until_ms,
+                 ejection_level = excluded.ejection_level,
+                 consecutive_failures = excluded.consecutive_failures,
+                 updated_at_ms = excluded.updated_at_ms,"
+            } else {
+                ""
+            };
+            format!(
+                "INSERT INTO {STATE_TABLE} (uuid, state, reason, until_ms, ejection_level,
+                   consecutive_failures, last_used_ms, last_error_ms, last_error_class,
+                   last_error_message, updated_at_ms, {counter_list})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, {})
+                 ON CONFLICT(uuid) DO UPDATE SET {state_updates}
+                   last_used_ms = max(coalesce(last_used_ms, 0), coalesce(excluded.last_used_ms, 0)),
+                   last_error_ms = CASE WHEN coalesce(excluded.last_error_ms, 0) >= coalesce(last_error_ms, 0)
+                                        THEN excluded.last_error_ms ELSE last_error_ms END,
+                   last_error_class = CASE WHEN coalesce(excluded.last_error_ms, 0) >= coalesce(last_error_ms, 0)
+                                        THEN excluded.last_error_class ELSE last_error_class END,
+                   last_error_message = CASE WHEN coalesce(excluded.last_error_ms, 0) >= coalesce(last_error_ms, 0)
+                                        THEN excluded.last_error_message ELSE last_error_message END,
+                   {}
+                 RETURNING {counter_list}",
+                counter_params.join(", "),
+                counter_updates.join(", ")
+            )
+        };
+        let upsert_state = upsert(true);
+        let upsert_counters = upsert(false);
+        for write in batch {
+            let s = &write.state;
+            let previous: Option<String> = tx
+                .prepare_cached(&format!("SELECT state FROM {STATE_TABLE} WHERE uuid = ?1"))?
+                .query_row([write.id.as_str()], |r| r.get(0))
+                .optional()?;
+            let delta = counters_to_array(&write.delta);
+            let last_error_ms = s.last_error.as_ref().map(|e| to_i64(time::epoch_ms(&e.at)));
+            let mut stmt = tx.prepare_cached(if write.state_changed {
+                &upsert_state
+            } else {
+                &upsert_counters
+            })?;
+            let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![
+                Box::new(write.id.as_str().to_owned()),
+                Box::new(s.state.as_str()),
+                Box::new(s.reason.clone()),
+                Box::new(s.until.map(|t| to_i64(time::epoch_ms(&t)))),
+                Box::new(i64::from(s.ejection_level)),
+                Box::new(i64::from(s.consecutive_failures)),
+                Box::new(s.last_used.map(|t| to_i64(time::epoch_ms(&t)))),
+                Box::new(last_error_ms),
+                Box::new(s.last_error.as_ref().map(|e| e.class.as_str())),
+                Box::new(s.last_error.as_ref().map(|e| e.message.clone())),
+                Box::new(now_ms),
+            ];
+            values.extend(
+                delta
+                    .iter()
+                    .map(|&d| Box::new(to_i64(d)) as Box<dyn rusqlite::ToSql>),
+            );
+            let total: CounterArray = stmt.query_row(
+                rusqlite::params_from_iter(values.iter().map(|v| v.as_ref())),
+                |row| {
+                    let mut a = [0u64; COUNTERS];
+                    for (i, v) in a.iter_mut().enumerate() {
+                        *v = row.get::<_, i64>(i)?.max(0) as u64;
+                    }
+                    Ok(a)
+                },
+            )?;
+            drop(stmt);
+            // The older gateway's columns.
+            let healthy = i64::from(s.state == HealthState::Healthy);
+            let last_used = s
+                .last_used
+                .filter(|_| write.delta.requests > 0)
+                .map(|t| time::to_sqlite(&t));
+            let error_fields = write.state_changed || write.delta.errors() > 0;
+            let last_error_time = s.last_error.as_ref().map(|e| time::to_sqlite(&e.at));
+            let last_error_message = s.last_error.as_ref().map(|e| e.message.clone());
+            let updated = tx
+                .prepare_cached(&format!(
+                    "UPDATE {table} SET
+                       usage_count = coalesce(usage_count, 0) + ?2,
+                       last_used = coalesce(?3, last_used),
+                       is_healthy = CASE WHEN ?4 THEN ?5 ELSE is_healthy END,
+                       error_count = CASE WHEN ?4 THEN ?6 ELSE error_count END,
+                       last_error_time = CASE WHEN ?7 THEN ?8 ELSE last_error_time END,
+                       last_error_message = CASE WHEN ?7 THEN ?9 ELSE last_error_message END,
+                       is_disabled = CASE WHEN ?10 THEN ?11 ELSE is_disabled END,
+                       updated_at = datetime('now')
+                     WHERE uuid = ?1"
+                ))?
+                .execute(params![
+                    write.id.as_str(),
+                    to_i64(write.delta.successes),
+                    last_used,
+                    write.state_changed,
+                    healthy,
+                    i64::from(s.consecutive_failures),
+                    error_fields,
+                    last_error_time,
+                    last_error_message,
+                    write.enabled_changed,
+                    i64::from(!write.enabled),
+                ])?;
+            if updated == 0 {
+                let config = serde_json::json!({ "uuid": write.id.as_str() }).to_string();
+                let values = params![
+                    write.id.as_str(),
+                    config,
+                    healthy,
+                    i64::from(!write.enabled),
+                    i64::from(s.consecutive_failures),
+                    to_i64(total[1]),
+                    s.last_used.map(|t| time::to_sqlite(&t)),
+                    last_error_time,
+                    last_error_message,
+                ];
+                match schema {
+                    SchemaVersion::V2 => tx
+                        .prepare_cached(
+                            "INSERT INTO accounts (uuid, config, is_healthy, is_disabled,
+                               error_count, usage_count, last_used, last_error_time, last_error_message)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        )?
+                        .execute(values)?,
+                    SchemaVersion::V1 => tx
+                        .prepare_cached(
+                            "INSERT INTO providers (uuid, config, is_healthy, is_disabled,
+                               error_count, usage_count, last_used, last_error_time, last_error_message,
+                               provider_type)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'claude-kiro-oauth')",
+                        )?
+                        .execute(values)?,
+                };
+            }
+            // History records health flips, as the older gateway's checks did.
+            let transitioned = write.state_changed
+                && previous
+                    .as_deref()
+                    .is_some_and(|p| (p == "healthy") != (s.state == HealthState::Healthy));
+            if transitioned && table_exists(&tx, "health_check_history")? {
+                let message = s.reason.clone();
+                match schema {
+                    SchemaVersion::V2 => tx
+                        .prepare_cached(
+                            "INSERT INTO health_check_history (account_uuid, is_healthy, error_message)
+                             VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![write.id.as_str(), healthy, message])?,
+                    SchemaVersion::V1 => tx
+                        .prepare_cached(
+                            "INSERT INTO health_check_history (provider_uuid, provider_type, is_healthy, error_message)
+                             VALUES (?1, 'claude-kiro-oauth', ?2, ?3)",
+                        )?
+                        .execute(params![write.id.as_str(), healthy, message])?,
+                };
+            }
+            totals.push((write.id.clone(), counters_from_array(&total)));
+        }
+        tx.commit()?;
+        Ok(totals)
+    }
+
+    fn poll(&mut self) -> rusqlite::Result<Vec<StoredAccount>> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if version == self.data_version {
+            return Ok(Vec::new());
+        }
+        self.data_version = version;
+        let sql = format!(
+            "SELECT s.uuid, {} FROM {STATE_TABLE} s",
+            Self::state_columns()
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(StoredAccount {
+                    id: AccountId::new(row.get::<_, String>(0)?),
+                    state: Self::state_row(row, 1)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn prune(&mut self, retention: Duration) -> rusqlite::Result<usize> {
+        if !table_exists(&self.conn, "health_check_history")? {
+            return Ok(0);
+        }
+        self.conn.execute(
+            "DELETE FROM health_check_history WHERE check_time < datetime('now', ?1)",
+            [format!("-{} seconds", retention.as_secs())],
+        )
+    }
+}
+
+impl Store for SqliteStore {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn load(&self) -> Result<Vec<StoredAccount>, StoreError> {
+        let inner = self.inner.clone();
+        run_blocking(move || inner.lock().load().map_err(db_err)).await
+    }
+
+    async fn write(&self, batch: Vec<AccountWrite>) -> Result<CounterTotals, StoreError> {
+        let inner = self.inner.clone();
+        run_blocking(move || inner.lock().write(&batch).map_err(db_err)).await
+    }
+
+    async fn poll_changes(&self, _ids: Vec<AccountId>) -> Result<Vec<StoredAccount>, StoreError> {
+        let inner = self.inner.clone();
+        run_blocking(move || inner.lock().poll().map_err(db_err)).await
+    }
+
+    async fn maintain(&self) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        run_blocking(move || {
+            let retention = *inner.retention.lock().unwrap_or_else(|e| e.into_inner());
+            let pruned = inner.lock().prune(retention).map_err(db_err)?;
+            if pruned > 0 {
+                tracing::info!(path = %inner.path.display(), pruned, "sqlite: pruned old health history");
+            }
+            Ok(())
+        })
+        .await
+    }
+}
