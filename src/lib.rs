@@ -60,3 +60,5 @@ pub use pool::{
     PoolSnapshot, PoolStats, StateChange, SyncReport,
 };
 pub use select::{Exhausted, SelectRequest, Strategy, Unavailable};
+pub mod classify;
+pub mod layer;
