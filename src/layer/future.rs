@@ -287,11 +287,18 @@ where
 
 fn describe<RB, E>(answer: &Answer<RB, E>, outcome: Outcome) -> Cow<'static, str> {
     match answer {
-        Answer::Response(parts, ..) => Cow::Owned(format!(
-            "upstream answered {} ({})",
-            parts.status,
-            outcome.class()
-        )),
+        Answer::Response(parts, ..) => match parts.headers.get("grpc-status") {
+            Some(code) => Cow::Owned(format!(
+                "upstream answered grpc-status {} ({})",
+                String::from_utf8_lossy(code.as_bytes()),
+                outcome.class()
+            )),
+            None => Cow::Owned(format!(
+                "upstream answered {} ({})",
+                parts.status,
+                outcome.class()
+            )),
+        },
         Answer::Error(_) => Cow::Borrowed("upstream call failed"),
         Answer::TimedOut => Cow::Borrowed("upstream did not answer in time"),
     }
