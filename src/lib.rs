@@ -38,6 +38,10 @@
 //! - [`health`]: [`Outcome`]s, the [`HealthPolicy`] and the state machine.
 //! - [`account`]: [`Account`]s and their settings.
 //! - [`credential`]: the [`Credential`](credential::Credential) trait, bearer tokens and API keys.
+//! - [`layer`]: [`AccountPoolLayer`](layer::AccountPoolLayer), the tower middleware that
+//!   selects, injects, classifies, reports and retries on another account.
+//! - [`classify`]: the [`Classifier`](classify::Classifier) trait, the HTTP and gRPC
+//!   classifiers, `Retry-After` parsing.
 //!
 //! ## Cargo features
 //!

@@ -655,3 +655,50 @@ async fn a_model_extractor_closure_replaces_the_json_default() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(served_by(&response).0, "a");
 }
+
+/// A credential that cannot be written into a request.
+#[derive(Debug)]
+struct Unusable;
+
+impl Credential for Unusable {
+    fn kind(&self) -> &'static str {
+        "unusable"
+    }
+
+    fn apply(&self, _headers: &mut HeaderMap) -> Result<(), CredentialError> {
+        Err(CredentialError::InvalidHeader("authorization".into()))
+    }
+
+    fn masked(&self) -> MaskedCredential {
+        MaskedCredential::from_secret("unusable", "")
+    }
+}
+
+#[tokio::test]
+async fn a_credential_that_cannot_be_applied_is_invalid_and_nothing_is_sent_with_it() {
+    let pool = Pool::builder()
+        .account(Account::new("a", Unusable))
+        .account(Account::new("b", BearerToken::new("tok-b")))
+        .strategy(Strategy::FillFirst)
+        .build()
+        .unwrap();
+    let upstream = Upstream::new();
+    let response = send(AccountPoolLayer::new(pool.clone()), &upstream).await;
+    assert_eq!(served_by(&response), ("b".into(), 2));
+    assert_eq!(upstream.accounts_called(), ["b"]);
+    let snapshot = pool.snapshot();
+    let a = snapshot.account("a").unwrap();
+    assert_eq!(a.state, HealthState::AuthInvalid);
+    assert_eq!(
+        a.last_error.as_ref().unwrap().message,
+        "the credential could not be applied"
+    );
+
+    // Alone in its pool, it gets the layer's 503.
+    let pool = Pool::builder()
+        .account(Account::new("a", Unusable))
+        .build()
+        .unwrap();
+    let response = send(AccountPoolLayer::new(pool), &upstream).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}

@@ -36,12 +36,8 @@ pub struct ResponseFuture<RB, E> {
 }
 
 impl<RB, E> ResponseFuture<RB, E> {
-    pub(crate) fn new(
-        future: impl Future<Output = Result<Response<ResponseBody<RB>>, E>> + Send + 'static,
-    ) -> Self {
-        ResponseFuture {
-            inner: Box::pin(future),
-        }
+    pub(crate) fn new(inner: BoxedResult<RB, E>) -> Self {
+        ResponseFuture { inner }
     }
 }
 
@@ -126,6 +122,8 @@ enum Answer<RB, E> {
     Response(http::response::Parts, Prefix, RB),
     Error(E),
     TimedOut,
+    /// The account's credential could not be put in the request; nothing was sent.
+    NotSent,
 }
 
 async fn within<F: Future>(at: Option<Instant>, future: F) -> Option<F::Output> {
@@ -251,9 +249,13 @@ where
             Err(_) => (Answer::TimedOut, Outcome::Transient),
         }
     };
-    within(until, exchange)
-        .await
-        .unwrap_or((Answer::TimedOut, Outcome::Transient))
+    // Not `within`: one wrapper less means one copy less of this future on every call.
+    match until {
+        Some(at) => tokio::time::timeout_at(at, exchange)
+            .await
+            .unwrap_or((Answer::TimedOut, Outcome::Transient)),
+        None => exchange.await,
+    }
 }
 
 /// What the loop hands back when it stops on an upstream answer.
@@ -273,12 +275,20 @@ where
             Ok(response)
         }
         Answer::Error(e) => Err(e),
-        Answer::TimedOut => {
-            let mut response = json_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout_error",
-                "the upstream did not answer in time",
-            );
+        Answer::TimedOut | Answer::NotSent => {
+            let mut response = if matches!(answer, Answer::TimedOut) {
+                json_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout_error",
+                    "the upstream did not answer in time",
+                )
+            } else {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded_error",
+                    "the account's credential could not be applied",
+                )
+            };
             response.extensions_mut().insert(selected);
             Ok(response)
         }
@@ -301,6 +311,7 @@ fn describe<RB, E>(answer: &Answer<RB, E>, outcome: Outcome) -> Cow<'static, str
         },
         Answer::Error(_) => Cow::Borrowed("upstream call failed"),
         Answer::TimedOut => Cow::Borrowed("upstream did not answer in time"),
+        Answer::NotSent => Cow::Borrowed("the credential could not be applied"),
     }
 }
 
@@ -381,7 +392,7 @@ where
                 Ok(request) => request,
                 Err(e) => {
                     tracing::warn!(account = %lease.id(), error = %e, "credential could not be applied");
-                    break (Answer::TimedOut, Outcome::AuthInvalid, selected);
+                    break (Answer::NotSent, Outcome::AuthInvalid, selected);
                 }
             };
             let until = match (deadline, config.attempt_timeout) {

@@ -359,6 +359,7 @@ where
         // The ready service goes with the request; this one gets a fresh clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(future::run(self.config.clone(), inner, request))
+        // Boxed where it is made: the loop's state is a few KiB, and every move copies it.
+        ResponseFuture::new(Box::pin(future::run(self.config.clone(), inner, request)))
     }
 }
