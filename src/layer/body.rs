@@ -125,6 +125,16 @@ pub(crate) struct Prefix {
     pub(crate) ended: bool,
 }
 
+impl Prefix {
+    pub(crate) fn empty() -> Self {
+        Prefix {
+            data: Bytes::new(),
+            trailers: None,
+            ended: false,
+        }
+    }
+}
+
 /// Reads frames of `body` until `limit` bytes are held or the body ends. Data is not copied
 /// when it arrives in one frame.
 pub(crate) async fn read_prefix<B>(body: &mut B, limit: usize) -> Result<Prefix, B::Error>

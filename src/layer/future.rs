@@ -126,13 +126,6 @@ enum Answer<RB, E> {
     NotSent,
 }
 
-async fn within<F: Future>(at: Option<Instant>, future: F) -> Option<F::Output> {
-    match at {
-        Some(at) => tokio::time::timeout_at(at, future).await.ok(),
-        None => Some(future.await),
-    }
-}
-
 fn json_response<RB>(status: StatusCode, kind: &str, message: &str) -> Response<ResponseBody<RB>> {
     let body = serde_json::json!({
         "type": "error",
@@ -201,61 +194,18 @@ fn request_for<B>(
     Ok(request)
 }
 
-/// Calls the upstream once and reads what the classifier asks for.
-async fn call_once<S, B, RB>(
-    config: &Config,
-    inner: &mut S,
-    request: Request<ReplayBody<B>>,
-    until: Option<Instant>,
-) -> (Answer<RB, S::Error>, Outcome)
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
-    RB: Body<Data = Bytes> + Unpin,
-{
-    let exchange = async {
-        if let Err(e) = std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
-            return (Answer::Error(e), Outcome::Transient);
-        }
-        let response = match inner.call(request).await {
-            Ok(response) => response,
-            Err(e) => return (Answer::Error(e), Outcome::Transient),
-        };
-        let (parts, mut body) = response.into_parts();
-        let empty = Prefix {
-            data: Bytes::new(),
-            trailers: None,
-            ended: false,
-        };
-        let limit = match config
-            .classifier
-            .classify_head(parts.status, &parts.headers)
-        {
-            HeadVerdict::Final(outcome) => {
-                return (Answer::Response(parts, empty, body), outcome);
-            }
-            HeadVerdict::ReadBody { limit } | HeadVerdict::Peek { bytes: limit } => limit,
-        };
-        match read_prefix(&mut body, limit).await {
-            Ok(prefix) => {
-                let outcome = config.classifier.classify_body(
-                    parts.status,
-                    &parts.headers,
-                    &prefix.data,
-                    prefix.ended,
-                );
-                (Answer::Response(parts, prefix, body), outcome)
-            }
-            // The body broke while we read it: the client could not use it either.
-            Err(_) => (Answer::TimedOut, Outcome::Transient),
+/// An upstream answer that was retried, kept in case no other account can take the request.
+type Retried<RB, E> = (Answer<RB, E>, OutcomeClass, SelectedAccount);
+
+/// Awaits `$future` until `$until` (if any): `Some(output)`, or `None` on timeout. A macro, not
+/// an `async fn`, so the loop's state holds no extra wrapper to copy.
+macro_rules! until {
+    ($until:expr, $future:expr) => {
+        match $until {
+            Some(at) => tokio::time::timeout_at(at, $future).await.ok(),
+            None => Some($future.await),
         }
     };
-    // Not `within`: one wrapper less means one copy less of this future on every call.
-    match until {
-        Some(at) => tokio::time::timeout_at(at, exchange)
-            .await
-            .unwrap_or((Answer::TimedOut, Outcome::Transient)),
-        None => exchange.await,
-    }
 }
 
 /// What the loop hands back when it stops on an upstream answer.
@@ -326,10 +276,9 @@ where
     B: Body<Data = Bytes> + Unpin,
     RB: Body<Data = Bytes> + Unpin,
 {
-    let started = Instant::now();
-    let deadline = config.deadline.map(|d| started + d);
+    let deadline = config.deadline.map(|d| Instant::now() + d);
     let (parts, body) = request.into_parts();
-    let Some(read) = within(deadline, hold(body, config.replay_cap)).await else {
+    let Some(read) = until!(deadline, hold(body, config.replay_cap)) else {
         return Ok(json_response(
             StatusCode::REQUEST_TIMEOUT,
             "timeout_error",
@@ -354,7 +303,8 @@ where
 
     let mut tried: Vec<AccountId> = Vec::new();
     // The last upstream answer that was retried, in case no other account can take the request.
-    let mut last: Option<(Answer<RB, S::Error>, OutcomeClass, SelectedAccount)> = None;
+    // Boxed: it is only set on a retry, and keeps the request's state small.
+    let mut last: Option<Box<Retried<RB, S::Error>>> = None;
     let mut calls = 0u32;
     loop {
         let select = SelectRequest {
@@ -366,7 +316,7 @@ where
             Ok(lease) => lease,
             Err(exhausted) => {
                 tracing::debug!(%exhausted, tried = tried.len(), "no account for the request");
-                return match last {
+                return match last.map(|last| *last) {
                     Some((answer, class, selected))
                         if !matches!(
                             class,
@@ -399,7 +349,41 @@ where
                 (Some(d), Some(t)) => Some(d.min(Instant::now() + t)),
                 (d, t) => d.or_else(|| t.map(|t| Instant::now() + t)),
             };
-            let (answer, outcome) = call_once(&config, &mut inner, request, until).await;
+            // One call, and what the classifier asks to read; inline (not a nested future) so
+            // its state is not copied on every attempt.
+            let (answer, outcome) = 'call: {
+                match until!(until, std::future::poll_fn(|cx| inner.poll_ready(cx))) {
+                    None => break 'call (Answer::TimedOut, Outcome::Transient),
+                    Some(Err(e)) => break 'call (Answer::Error(e), Outcome::Transient),
+                    Some(Ok(())) => {}
+                }
+                let response = match until!(until, inner.call(request)) {
+                    None => break 'call (Answer::TimedOut, Outcome::Transient),
+                    Some(Err(e)) => break 'call (Answer::Error(e), Outcome::Transient),
+                    Some(Ok(response)) => response,
+                };
+                let (head, mut body) = response.into_parts();
+                let limit = match config.classifier.classify_head(head.status, &head.headers) {
+                    HeadVerdict::Final(outcome) => {
+                        break 'call (Answer::Response(head, Prefix::empty(), body), outcome)
+                    }
+                    HeadVerdict::ReadBody { limit } | HeadVerdict::Peek { bytes: limit } => limit,
+                };
+                match until!(until, read_prefix(&mut body, limit)) {
+                    Some(Ok(prefix)) => {
+                        let outcome = config.classifier.classify_body(
+                            head.status,
+                            &head.headers,
+                            &prefix.data,
+                            prefix.ended,
+                        );
+                        (Answer::Response(head, prefix, body), outcome)
+                    }
+                    // The body broke or stalled while we read it: the client could not use it
+                    // either.
+                    _ => (Answer::TimedOut, Outcome::Transient),
+                }
+            };
             if outcome != Outcome::AuthExpired {
                 break (answer, outcome, selected);
             }
@@ -413,7 +397,7 @@ where
             }
             refreshed = true;
             let refresh = lease.credential().refresh(RefreshMode::Forced);
-            match within(deadline, refresh).await {
+            match until!(deadline, refresh) {
                 Some(Ok(())) => {
                     tracing::debug!(account = %lease.id(), "credential refreshed; sending again on the same account");
                     config.pool.record_retry();
@@ -455,7 +439,7 @@ where
                 tracing::debug!(account = %id, %message, attempt = retries, "retrying on another account");
                 config.pool.record_retry();
                 tried.push(id);
-                last = Some((answer, class, selected));
+                last = Some(Box::new((answer, class, selected)));
                 if let Some(delay) = delay {
                     tokio::time::sleep(delay).await;
                 }
