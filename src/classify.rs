@@ -55,7 +55,9 @@ pub enum HeadVerdict {
     },
     /// Peek at the first `bytes` bytes of a successful (streaming) body, then call
     /// [`Classifier::classify_body`]: an upstream that reports errors in-band, inside a `200`
-    /// stream, is caught before the response is handed out.
+    /// stream, is caught before the response is handed out. The read waits for `bytes` bytes
+    /// or the end of the body, bounded by the layer's attempt timeout and deadline: keep it
+    /// to the size of the stream's first event.
     Peek {
         /// Most bytes to peek at.
         bytes: usize,

@@ -702,3 +702,26 @@ async fn a_credential_that_cannot_be_applied_is_invalid_and_nothing_is_sent_with
     let response = send(AccountPoolLayer::new(pool), &upstream).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn a_retry_after_http_date_sets_the_cooldown() {
+    let pool = pool(&["a", "b"]);
+    let upstream = Upstream::new();
+    let at = std::time::SystemTime::now() + Duration::from_secs(120);
+    upstream.script(
+        "tok-a",
+        [Reply::status(429).header("retry-after", &httpdate::fmt_http_date(at))],
+    );
+    let response = send(AccountPoolLayer::new(pool.clone()), &upstream).await;
+    assert_eq!(served_by(&response), ("b".into(), 2));
+    let snapshot = pool.snapshot();
+    let until = snapshot.account("a").unwrap().model_cooldowns[0]
+        .until
+        .unwrap();
+    let left = until.duration_since(std::time::SystemTime::now()).unwrap();
+    // HTTP-dates have one-second resolution.
+    assert!(
+        left > Duration::from_secs(117) && left <= Duration::from_secs(120),
+        "{left:?}"
+    );
+}

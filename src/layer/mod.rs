@@ -3,9 +3,9 @@
 //! Per attempt, [`AccountPoolService`] selects an account for the request's model (read by a
 //! [`ModelExtractor`], by default the `model` field of a JSON body), injects its credential
 //! (headers marked sensitive), puts a [`SelectedAccount`] in the request extensions, calls the
-//! inner service, asks the [`Classifier`] what the answer means, reports the [`Outcome`] to the
-//! pool and — when the outcome says the account, not the request, was at fault — retries on a
-//! different account.
+//! inner service, asks the [`Classifier`] what the answer means, reports the
+//! [`Outcome`](crate::Outcome) to the pool and — when the outcome says the account, not the
+//! request, was at fault — retries on a different account.
 //!
 //! ```
 //! use std::convert::Infallible;
