@@ -725,3 +725,55 @@ async fn a_retry_after_http_date_sets_the_cooldown() {
         "{left:?}"
     );
 }
+
+/// A token whose refresh server cannot be reached.
+#[derive(Debug)]
+struct Unreachable(Arc<AtomicU32>);
+
+impl Credential for Unreachable {
+    fn kind(&self) -> &'static str {
+        "unreachable"
+    }
+
+    fn apply(&self, headers: &mut HeaderMap) -> Result<(), CredentialError> {
+        BearerToken::new("tok-unreachable").apply(headers)
+    }
+
+    fn refresh(
+        &self,
+        _mode: RefreshMode,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CredentialError>> + Send + '_>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Err(CredentialError::Unavailable("connection refused".into())) })
+    }
+
+    fn masked(&self) -> MaskedCredential {
+        MaskedCredential::from_secret("unreachable", "")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_refresh_server_leaves_the_account_refreshing_not_invalid() {
+    let refreshes = Arc::new(AtomicU32::new(0));
+    let pool = Pool::builder()
+        .account(Account::new("a", Unreachable(refreshes.clone())))
+        .account(Account::new("b", BearerToken::new("tok-b")))
+        .strategy(Strategy::FillFirst)
+        .build()
+        .unwrap();
+    let upstream = Upstream::new();
+    upstream.script("tok-unreachable", [Reply::status(401)]);
+    let response = send(AccountPoolLayer::new(pool.clone()), &upstream).await;
+    assert_eq!(served_by(&response), ("b".into(), 2));
+    // The pool refreshes in the background at once, fails the same way, and retries later.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(refreshes.load(Ordering::SeqCst), 2);
+    let snapshot = pool.snapshot();
+    let a = snapshot.account("a").unwrap();
+    assert_eq!(a.state, HealthState::AuthExpired);
+    assert!(
+        a.reason.as_deref().unwrap().contains("connection refused"),
+        "{:?}",
+        a.reason
+    );
+}

@@ -405,7 +405,14 @@ where
                 }
                 Some(Err(e)) => {
                     tracing::debug!(account = %lease.id(), error = %e, "forced credential refresh failed");
-                    break (answer, Outcome::AuthInvalid, selected);
+                    // A refresh that could not reach its server says nothing about the
+                    // credential: the pool keeps refreshing it in the background (and retries
+                    // soon). Any other failure means the credential is invalid.
+                    let outcome = match e {
+                        crate::credential::CredentialError::Unavailable(_) => Outcome::AuthExpired,
+                        _ => Outcome::AuthInvalid,
+                    };
+                    break (answer, outcome, selected);
                 }
                 None => break (Answer::TimedOut, Outcome::Transient, selected),
             }

@@ -51,7 +51,9 @@
 //!   the upstream's own answer.
 //! - **`AuthExpired`** (401): the credential is refreshed at once
 //!   (`refresh(RefreshMode::Forced)`) and the request is sent once more on the same account; if
-//!   the refresh fails, the account is reported `AuthInvalid` and the request moves on.
+//!   the refresh fails, the account is reported `AuthInvalid` (or `AuthExpired` when the
+//!   refresh server could not be reached: the pool then keeps refreshing in the background)
+//!   and the request moves on.
 //! - **Retry budget**: retries are at most 20 % of requests plus 10 per second
 //!   ([`RetryBudget`], tower's `TpsBudget` rule without its lock); replace or turn it off with
 //!   [`retry_budget`](AccountPoolLayer::retry_budget).
