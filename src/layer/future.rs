@@ -335,8 +335,12 @@ where
             let selected =
                 SelectedAccount::new(lease.id().clone(), calls, lease.credential().clone());
             let Some(body) = held.next() else {
-                // Unreachable in practice: a body sent once is never retried.
-                return Ok(exhausted_response(&Exhausted::new()));
+                // Not reached: a body that can be sent only once is never sent again.
+                return Ok(json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "api_error",
+                    "the request body was already sent",
+                ));
             };
             let request = match request_for(&parts, body, &lease, calls) {
                 Ok(request) => request,

@@ -80,6 +80,16 @@
 //!
 //! The inner service receives `Request<ReplayBody<B>>`; to call a service that wants its own
 //! body type (a tonic `Channel`), map the request (`tower::ServiceBuilder::map_request`).
+//! Request and response bodies must be `Unpin` with `Bytes` data, as hyper's, axum's, tonic's
+//! and reqwest's are.
+//!
+//! # Cost
+//!
+//! Per request: one boxed future (the attempt loop), the request head cloned per attempt (so it
+//! can be sent again), the credential header, and the [`SelectedAccount`] inserted in the
+//! request and response extensions. Selection, the budget and the report take no lock. Bodies
+//! up to the replay cap are held as received (a single-frame body is not copied); the JSON
+//! `model` is found by a scan that stops at the field.
 
 mod body;
 mod budget;
