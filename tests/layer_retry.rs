@@ -777,3 +777,19 @@ async fn an_unreachable_refresh_server_leaves_the_account_refreshing_not_invalid
         a.reason
     );
 }
+
+#[tokio::test]
+async fn an_error_body_longer_than_the_classifier_reads_reaches_the_client_whole() {
+    let pool = pool(&["a", "b"]);
+    let upstream = Upstream::new();
+    // 40 KiB of error: the classifier reads 16 KiB; the client gets every byte, in order.
+    let long = format!(
+        r#"{{"type":"error","error":{{"type":"invalid_request_error","message":"{}"}}}}"#,
+        "z".repeat(40 * 1024)
+    );
+    upstream.script("tok-a", [Reply::json(400, &long)]);
+    let response = send(AccountPoolLayer::new(pool), &upstream).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(body_text(response).await, long);
+    assert_eq!(upstream.accounts_called(), ["a"]);
+}

@@ -221,3 +221,55 @@ async fn the_first_chunk_arrives_before_a_slow_upstream_finishes() {
     assert_eq!(last, "last");
     assert_eq!(started.elapsed(), Duration::from_secs(30));
 }
+
+#[tokio::test]
+async fn a_streamed_error_body_is_read_only_up_to_the_limit_and_the_rest_follows() {
+    let pool = pool();
+    let senders: Senders = Arc::default();
+    let upstream = {
+        let senders = senders.clone();
+        service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
+            let senders = senders.clone();
+            async move {
+                let (tx, rx) = mpsc::channel(4);
+                senders
+                    .lock()
+                    .unwrap()
+                    .push((token_of(request.headers()), tx));
+                Ok::<_, std::io::Error>(
+                    Response::builder()
+                        .status(400)
+                        .body(Channel(rx).boxed())
+                        .unwrap(),
+                )
+            }
+        })
+    };
+    // Two frames; the classifier stops after the first (its limit is 16 KiB).
+    let (first, second) = ("a".repeat(20 * 1024), "b".repeat(30 * 1024));
+    let feeder = {
+        let senders = senders.clone();
+        let (first, second) = (first.clone(), second.clone());
+        tokio::spawn(async move {
+            let tx = loop {
+                if let Some((_, tx)) = senders.lock().unwrap().first().cloned() {
+                    break tx;
+                }
+                tokio::task::yield_now().await;
+            };
+            senders.lock().unwrap().clear();
+            tx.send(Ok(Bytes::from(first))).await.unwrap();
+            tx.send(Ok(Bytes::from(second))).await.unwrap();
+        })
+    };
+    let response = AccountPoolLayer::new(pool)
+        .layer(upstream)
+        .oneshot(json_request("m"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    feeder.await.unwrap();
+    assert_eq!(text.len(), first.len() + second.len());
+    assert_eq!(text, format!("{first}{second}"));
+}
