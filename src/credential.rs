@@ -254,3 +254,67 @@ impl Credential for NoCredential {
         }
     }
 }
+
+/// Makes concurrent refreshes of one credential share a single upstream call.
+///
+/// Credential implementations keep one `SingleFlight` and run their refresh through
+/// [`run`](Self::run): the first caller refreshes; callers that arrive while it runs wait and
+/// get its result instead of refreshing again.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use tower_account_pool::credential::SingleFlight;
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let flight = SingleFlight::new();
+/// let calls = AtomicU32::new(0);
+/// let refresh = || async {
+///     calls.fetch_add(1, Ordering::SeqCst);
+///     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+///     Ok(())
+/// };
+/// let (a, b, c) = tokio::join!(flight.run(refresh), flight.run(refresh), flight.run(refresh));
+/// assert_eq!((a, b, c), (Ok(()), Ok(()), Ok(())));
+/// assert_eq!(calls.load(Ordering::SeqCst), 1);
+///
+/// // Later refreshes call the upstream again.
+/// flight.run(refresh).await.unwrap();
+/// assert_eq!(calls.load(Ordering::SeqCst), 2);
+/// # });
+/// ```
+#[derive(Debug, Default)]
+pub struct SingleFlight {
+    /// Completed refreshes so far, and the result of the last one.
+    last: tokio::sync::Mutex<(u64, Option<Result<(), CredentialError>>)>,
+    completed: std::sync::atomic::AtomicU64,
+}
+
+impl SingleFlight {
+    /// A gate with no refresh run yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `refresh`, unless a refresh that started after this call was made completes first,
+    /// in which case its result is returned.
+    pub async fn run<F, Fut>(&self, refresh: F) -> Result<(), CredentialError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(), CredentialError>>,
+    {
+        use std::sync::atomic::Ordering;
+        let seen = self.completed.load(Ordering::Acquire);
+        let mut last = self.last.lock().await;
+        if last.0 != seen {
+            // Someone refreshed while we waited for the gate: share their result.
+            if let Some(result) = &last.1 {
+                return result.clone();
+            }
+        }
+        let result = refresh().await;
+        last.0 += 1;
+        last.1 = Some(result.clone());
+        self.completed.store(last.0, Ordering::Release);
+        result
+    }
+}

@@ -42,6 +42,10 @@
 //! - `admin` (feature `admin`): the admin API, metrics, health endpoint and dashboard.
 //! - [`store`]: persistence of runtime state (memory, the JSON pool file, SQLite, Redis) by a
 //!   background writer.
+//! - [`layer`]: [`AccountPoolLayer`](layer::AccountPoolLayer), the tower middleware that
+//!   selects, injects, classifies, reports and retries on another account.
+//! - [`classify`]: the [`Classifier`](classify::Classifier) trait, the HTTP and gRPC
+//!   classifiers, `Retry-After` parsing.
 //!
 //! ## Cargo features
 //!
@@ -55,15 +59,18 @@ pub mod account;
 #[cfg(feature = "admin")]
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
 pub mod admin;
+pub mod classify;
 pub mod config;
 pub mod credential;
 pub mod health;
+pub mod layer;
 pub mod pool;
 pub mod select;
 pub mod store;
 
 pub use account::{Account, AccountId, AccountSettings};
 pub use health::{HealthPolicy, HealthState, Outcome, OutcomeClass, RateLimitScope};
+pub use layer::{AccountPoolLayer, AccountPoolService, SelectedAccount};
 pub use pool::{
     AccountSnapshot, BuildError, Counters, Lease, PersistedState, Pool, PoolBuilder, PoolError,
     PoolSnapshot, PoolStats, StateChange, SyncReport,

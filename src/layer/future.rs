@@ -1,0 +1,460 @@
+//! The response future and the attempt loop behind it.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::body::{read_prefix, Prefix, ReplayBody, ResponseBody};
+use super::{Config, SelectedAccount};
+use crate::account::AccountId;
+use crate::classify::HeadVerdict;
+use crate::credential::RefreshMode;
+use crate::health::{Outcome, OutcomeClass};
+use crate::pool::Lease;
+use crate::select::{Exhausted, SelectRequest};
+
+type BoxedResult<RB, E> =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<RB>>, E>> + Send>>;
+
+/// The future returned by [`AccountPoolService`](super::AccountPoolService): the whole attempt
+/// loop of one request, up to its response head.
+///
+/// It is one boxed future per request (the loop awaits body reads, credential refreshes and
+/// backoff sleeps, which a hand-written state machine would not make faster).
+pub struct ResponseFuture<RB, E> {
+    inner: BoxedResult<RB, E>,
+}
+
+impl<RB, E> ResponseFuture<RB, E> {
+    pub(crate) fn new(inner: BoxedResult<RB, E>) -> Self {
+        ResponseFuture { inner }
+    }
+}
+
+impl<RB, E> Future for ResponseFuture<RB, E> {
+    type Output = Result<Response<ResponseBody<RB>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<RB, E> fmt::Debug for ResponseFuture<RB, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// A request body as the loop holds it.
+enum Held<B> {
+    /// Buffered whole: sent as many times as needed.
+    Replayable {
+        data: Bytes,
+        trailers: Option<http::HeaderMap>,
+    },
+    /// Larger than the replay cap: sent once.
+    Once(Option<ReplayBody<B>>),
+}
+
+impl<B> Held<B> {
+    fn replayable(&self) -> bool {
+        matches!(self, Held::Replayable { .. })
+    }
+
+    fn next(&mut self) -> Option<ReplayBody<B>> {
+        match self {
+            Held::Replayable { data, trailers } => {
+                Some(ReplayBody::buffered(data.clone(), trailers.clone()))
+            }
+            Held::Once(body) => body.take(),
+        }
+    }
+}
+
+/// How much of a body too large to replay is read to find its model.
+const OVERSIZE_PEEK: usize = 64 * 1024;
+
+/// Buffers a request body up to `cap` bytes (the error of a broken body is not kept: the
+/// client gets a 400).
+async fn hold<B>(mut body: B, cap: usize) -> Result<(Held<B>, Bytes), ()>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let declared_too_large = body.size_hint().lower() > cap as u64;
+    let limit = if declared_too_large {
+        OVERSIZE_PEEK.min(cap.max(1))
+    } else {
+        cap.saturating_add(1)
+    };
+    let prefix = read_prefix(&mut body, limit).await.map_err(drop)?;
+    if prefix.ended && prefix.data.len() <= cap {
+        let data = prefix.data;
+        return Ok((
+            Held::Replayable {
+                data: data.clone(),
+                trailers: prefix.trailers,
+            },
+            data,
+        ));
+    }
+    let data = prefix.data;
+    Ok((
+        Held::Once(Some(ReplayBody::streaming(data.clone(), body))),
+        data,
+    ))
+}
+
+/// What one call to the upstream gave.
+// Boxing the response variant would cost an allocation per request; the enum lives in the
+// request's future, not in a collection.
+#[allow(clippy::large_enum_variant)]
+enum Answer<RB, E> {
+    Response(http::response::Parts, Prefix, RB),
+    Error(E),
+    TimedOut,
+    /// The account's credential could not be put in the request; nothing was sent.
+    NotSent,
+}
+
+fn json_response<RB>(status: StatusCode, kind: &str, message: &str) -> Response<ResponseBody<RB>> {
+    let body = serde_json::json!({
+        "type": "error",
+        "error": { "type": kind, "message": message },
+    });
+    let mut response = Response::new(ResponseBody::local(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The answer when no account can take the request: 429 or 503, `Retry-After`, JSON.
+pub(crate) fn exhausted_response<RB>(exhausted: &Exhausted) -> Response<ResponseBody<RB>> {
+    let (status, kind) = if exhausted.is_rate_limited() {
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error")
+    };
+    let retry_after = exhausted
+        .retry_after()
+        .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+    let reasons: serde_json::Map<String, serde_json::Value> = exhausted
+        .reasons()
+        .map(|(reason, n)| (reason.as_str().to_owned(), n.into()))
+        .collect();
+    let body = serde_json::json!({
+        "type": "error",
+        "error": {
+            "type": kind,
+            "message": exhausted.to_string(),
+            "reasons": reasons,
+            "retry_after_seconds": retry_after,
+        },
+    });
+    let mut response = Response::new(ResponseBody::local(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(seconds) = retry_after {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
+    response.extensions_mut().insert(*exhausted);
+    response
+}
+
+fn request_for<B>(
+    parts: &http::request::Parts,
+    body: ReplayBody<B>,
+    lease: &Lease,
+    call: u32,
+) -> Result<Request<ReplayBody<B>>, crate::credential::CredentialError> {
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    *request.extensions_mut() = parts.extensions.clone();
+    lease.credential().apply(request.headers_mut())?;
+    request.extensions_mut().insert(SelectedAccount::new(
+        lease.id().clone(),
+        call,
+        lease.credential().clone(),
+    ));
+    Ok(request)
+}
+
+/// An upstream answer that was retried, kept in case no other account can take the request.
+type Retried<RB, E> = (Answer<RB, E>, OutcomeClass, SelectedAccount);
+
+/// Awaits `$future` until `$until` (if any): `Some(output)`, or `None` on timeout. A macro, not
+/// an `async fn`, so the loop's state holds no extra wrapper to copy.
+macro_rules! until {
+    ($until:expr, $future:expr) => {
+        match $until {
+            Some(at) => tokio::time::timeout_at(at, $future).await.ok(),
+            None => Some($future.await),
+        }
+    };
+}
+
+/// What the loop hands back when it stops on an upstream answer.
+fn hand_out<RB, E>(
+    answer: Answer<RB, E>,
+    lease: Option<Lease>,
+    selected: SelectedAccount,
+) -> Result<Response<ResponseBody<RB>>, E>
+where
+    RB: Body<Data = Bytes>,
+{
+    match answer {
+        Answer::Response(parts, prefix, body) => {
+            let mut response =
+                Response::from_parts(parts, ResponseBody::upstream_after(prefix, body, lease));
+            response.extensions_mut().insert(selected);
+            Ok(response)
+        }
+        Answer::Error(e) => Err(e),
+        Answer::TimedOut | Answer::NotSent => {
+            let mut response = if matches!(answer, Answer::TimedOut) {
+                json_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout_error",
+                    "the upstream did not answer in time",
+                )
+            } else {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded_error",
+                    "the account's credential could not be applied",
+                )
+            };
+            response.extensions_mut().insert(selected);
+            Ok(response)
+        }
+    }
+}
+
+fn describe<RB, E>(answer: &Answer<RB, E>, outcome: Outcome) -> Cow<'static, str> {
+    match answer {
+        Answer::Response(parts, ..) => match parts.headers.get("grpc-status") {
+            Some(code) => Cow::Owned(format!(
+                "upstream answered grpc-status {} ({})",
+                String::from_utf8_lossy(code.as_bytes()),
+                outcome.class()
+            )),
+            None => Cow::Owned(format!(
+                "upstream answered {} ({})",
+                parts.status,
+                outcome.class()
+            )),
+        },
+        Answer::Error(_) => Cow::Borrowed("upstream call failed"),
+        Answer::TimedOut => Cow::Borrowed("upstream did not answer in time"),
+        Answer::NotSent => Cow::Borrowed("the credential could not be applied"),
+    }
+}
+
+/// The attempt loop of one request.
+pub(crate) async fn run<S, B, RB>(
+    config: Arc<Config>,
+    mut inner: S,
+    request: Request<B>,
+) -> Result<Response<ResponseBody<RB>>, S::Error>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+    B: Body<Data = Bytes> + Unpin,
+    RB: Body<Data = Bytes> + Unpin,
+{
+    let deadline = config.deadline.map(|d| Instant::now() + d);
+    let (parts, body) = request.into_parts();
+    let Some(read) = until!(deadline, hold(body, config.replay_cap)) else {
+        return Ok(json_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout_error",
+            "the request body did not arrive in time",
+        ));
+    };
+    let Ok((mut held, bytes)) = read else {
+        return Ok(json_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "the request body could not be read",
+        ));
+    };
+    let model = config.model.model(&parts, &bytes);
+    let affinity = config
+        .affinity
+        .as_ref()
+        .and_then(|a| a.affinity_key(&parts, &bytes));
+    if let Some(budget) = &config.budget {
+        budget.deposit();
+    }
+
+    let mut tried: Vec<AccountId> = Vec::new();
+    // The last upstream answer that was retried, in case no other account can take the request.
+    // Boxed: it is only set on a retry, and keeps the request's state small.
+    let mut last: Option<Box<Retried<RB, S::Error>>> = None;
+    let mut calls = 0u32;
+    loop {
+        let select = SelectRequest {
+            model: model.as_deref(),
+            affinity_key: affinity.as_deref(),
+            exclude: &tried,
+        };
+        let lease = match config.pool.select(&select) {
+            Ok(lease) => lease,
+            Err(exhausted) => {
+                tracing::debug!(%exhausted, tried = tried.len(), "no account for the request");
+                return match last.map(|last| *last) {
+                    Some((answer, class, selected))
+                        if !matches!(
+                            class,
+                            OutcomeClass::AuthExpired | OutcomeClass::AuthInvalid
+                        ) =>
+                    {
+                        hand_out(answer, None, selected)
+                    }
+                    _ => Ok(exhausted_response(&exhausted)),
+                };
+            }
+        };
+        let mut refreshed = false;
+        let (answer, outcome, selected) = loop {
+            calls += 1;
+            let selected =
+                SelectedAccount::new(lease.id().clone(), calls, lease.credential().clone());
+            let Some(body) = held.next() else {
+                // Not reached: a body that can be sent only once is never sent again.
+                return Ok(json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "api_error",
+                    "the request body was already sent",
+                ));
+            };
+            let request = match request_for(&parts, body, &lease, calls) {
+                Ok(request) => request,
+                Err(e) => {
+                    tracing::warn!(account = %lease.id(), error = %e, "credential could not be applied");
+                    break (Answer::NotSent, Outcome::AuthInvalid, selected);
+                }
+            };
+            let until = match (deadline, config.attempt_timeout) {
+                (Some(d), Some(t)) => Some(d.min(Instant::now() + t)),
+                (d, t) => d.or_else(|| t.map(|t| Instant::now() + t)),
+            };
+            // One call, and what the classifier asks to read; inline (not a nested future) so
+            // its state is not copied on every attempt.
+            let (answer, outcome) = 'call: {
+                match until!(until, std::future::poll_fn(|cx| inner.poll_ready(cx))) {
+                    None => break 'call (Answer::TimedOut, Outcome::Transient),
+                    Some(Err(e)) => break 'call (Answer::Error(e), Outcome::Transient),
+                    Some(Ok(())) => {}
+                }
+                let response = match until!(until, inner.call(request)) {
+                    None => break 'call (Answer::TimedOut, Outcome::Transient),
+                    Some(Err(e)) => break 'call (Answer::Error(e), Outcome::Transient),
+                    Some(Ok(response)) => response,
+                };
+                let (head, mut body) = response.into_parts();
+                let limit = match config.classifier.classify_head(head.status, &head.headers) {
+                    HeadVerdict::Final(outcome) => {
+                        break 'call (Answer::Response(head, Prefix::empty(), body), outcome)
+                    }
+                    HeadVerdict::ReadBody { limit } | HeadVerdict::Peek { bytes: limit } => limit,
+                };
+                match until!(until, read_prefix(&mut body, limit)) {
+                    Some(Ok(prefix)) => {
+                        let outcome = config.classifier.classify_body(
+                            head.status,
+                            &head.headers,
+                            &prefix.data,
+                            prefix.ended,
+                        );
+                        (Answer::Response(head, prefix, body), outcome)
+                    }
+                    // The body broke or stalled while we read it: the client could not use it
+                    // either.
+                    _ => (Answer::TimedOut, Outcome::Transient),
+                }
+            };
+            if outcome != Outcome::AuthExpired {
+                break (answer, outcome, selected);
+            }
+            if refreshed {
+                // Rejected again right after a refresh: the credential is not usable.
+                break (answer, Outcome::AuthInvalid, selected);
+            }
+            if !held.replayable() {
+                // Cannot send again: the pool refreshes the credential in the background.
+                break (answer, outcome, selected);
+            }
+            refreshed = true;
+            let refresh = lease.credential().refresh(RefreshMode::Forced);
+            match until!(deadline, refresh) {
+                Some(Ok(())) => {
+                    tracing::debug!(account = %lease.id(), "credential refreshed; sending again on the same account");
+                    config.pool.record_retry();
+                    drop(answer);
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(account = %lease.id(), error = %e, "forced credential refresh failed");
+                    // A refresh that could not reach its server says nothing about the
+                    // credential: the pool keeps refreshing it in the background (and retries
+                    // soon). Any other failure means the credential is invalid.
+                    let outcome = match e {
+                        crate::credential::CredentialError::Unavailable(_) => Outcome::AuthExpired,
+                        _ => Outcome::AuthInvalid,
+                    };
+                    break (answer, outcome, selected);
+                }
+                None => break (Answer::TimedOut, Outcome::Transient, selected),
+            }
+        };
+
+        match outcome.class() {
+            OutcomeClass::Success => return hand_out(answer, Some(lease), selected),
+            OutcomeClass::ClientError | OutcomeClass::Cancelled => {
+                lease.report(outcome);
+                return hand_out(answer, None, selected);
+            }
+            class => {
+                let message = describe(&answer, outcome);
+                let id = lease.id().clone();
+                lease.report_with_message(outcome, &message);
+                let timed_out = matches!(answer, Answer::TimedOut)
+                    && deadline.is_some_and(|d| Instant::now() >= d);
+                let retries = tried.len() as u32 + 1;
+                let delay = config.backoff.map(|b| b.delay(retries));
+                let in_time =
+                    deadline.is_none_or(|d| Instant::now() + delay.unwrap_or_default() < d);
+                let retry = !timed_out
+                    && retries < config.max_attempts
+                    && held.replayable()
+                    && in_time
+                    && config.budget.as_ref().is_none_or(|b| b.withdraw());
+                if !retry {
+                    tracing::debug!(account = %id, %message, "not retried");
+                    return hand_out(answer, None, selected);
+                }
+                tracing::debug!(account = %id, %message, attempt = retries, "retrying on another account");
+                config.pool.record_retry();
+                tried.push(id);
+                last = Some(Box::new((answer, class, selected)));
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
