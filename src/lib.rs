@@ -50,8 +50,14 @@
 pub mod account;
 pub mod credential;
 pub mod health;
+#[cfg(feature = "kiro")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kiro")))]
+pub mod kiro;
 pub mod pool;
 pub mod select;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
 
 pub use account::{Account, AccountId, AccountSettings};
 pub use health::{HealthPolicy, HealthState, Outcome, OutcomeClass, RateLimitScope};
