@@ -389,10 +389,16 @@ fn respond(
         let _ = tx.try_send(Ok(chunk));
     }
     if break_after {
-        let _ = tx.try_send(Err(io::Error::new(
-            io::ErrorKind::ConnectionReset,
-            "mock connection reset",
-        )));
+        // Let the head and the first frames reach the client, then break the connection.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx
+                .send(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "mock connection reset",
+                )))
+                .await;
+        });
     }
     let mut builder = Response::builder()
         .status(status)
