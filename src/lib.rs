@@ -38,6 +38,9 @@
 //! - [`health`]: [`Outcome`]s, the [`HealthPolicy`] and the state machine.
 //! - [`account`]: [`Account`]s and their settings.
 //! - [`credential`]: the [`Credential`](credential::Credential) trait, bearer tokens and API keys.
+//! - `kiro` (feature `kiro`): Kiro OAuth credentials, the Kiro classifier, the usage probe and the
+//!   AWS event-stream codec.
+//! - `testing` (feature `test-util`): in-process mock upstreams such as `KiroMock`.
 //!
 //! ## Cargo features
 //!

@@ -809,3 +809,74 @@ async fn another_process_refresh_is_adopted_not_repeated() {
     second.apply(&mut b).unwrap();
     assert_eq!(a["authorization"], b["authorization"]);
 }
+
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn tokens_never_reach_the_logs() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mock = KiroMock::start().await;
+    mock.accept_refresh_token(
+        "zed",
+        SECRET_RT,
+        RefreshRule {
+            rotate: true,
+            ..RefreshRule::default()
+        },
+    );
+    let dir = temp_dir("logs");
+    let path = write(
+        &dir,
+        "t.json",
+        &json!({"accessToken": SECRET_AT, "refreshToken": SECRET_RT, "clientSecret": "client-secret-xyz", "clientId": "c", "expiresAt": iso_in(Duration::ZERO)}),
+    );
+    // IdC (client id and secret present): the mock's /token accepts any client for this rule.
+    let cred = KiroCredential::from_file(&path, options(&mock)).unwrap();
+    cred.refresh(RefreshMode::IfNeeded).await.unwrap();
+    let rotated = mock.refresh_tokens_of("zed").pop().unwrap();
+    let issued = mock.access_tokens_of("zed").pop().unwrap();
+    // A failed refresh (the old token is dead) and a broken file.
+    let stale = KiroCredential::from_json(
+        &json!({"refreshToken": SECRET_RT}).to_string(),
+        options(&mock),
+    )
+    .unwrap();
+    let _ = stale.refresh(RefreshMode::Forced).await.unwrap_err();
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, format!("{{\"refreshToken\": \"{SECRET_RT}\"")).unwrap();
+    let _ = KiroCredential::open(&broken, options(&mock));
+    let pool = Pool::builder()
+        .account(Account::new("zed", cred))
+        .build()
+        .unwrap();
+    pool.probe_kiro_account("zed").await.unwrap();
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("Kiro token refreshed"),
+        "the refresh is logged: {logs}"
+    );
+    assert!(logs.contains("not valid JSON"), "the broken file is logged");
+    assert_no_secret(&logs);
+    assert!(!logs.contains(&rotated), "rotated refresh token leaked");
+    assert!(!logs.contains(&issued), "issued access token leaked");
+}
