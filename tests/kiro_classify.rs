@@ -425,6 +425,7 @@ async fn usage_probe_reads_quota_and_feeds_the_pool() {
     );
     assert_eq!(usage.email.as_deref(), Some("soc@example.com"));
     assert_eq!(social.field("email").as_deref(), Some("soc@example.com"));
+    assert_eq!(pool.kiro_usage("soc").unwrap(), Some(usage.clone()));
     let request = mock.requests_to("/getUsageLimits").pop().unwrap();
     let query = request.query.unwrap();
     assert!(query.starts_with("isEmailRequired=true&origin=AI_EDITOR&resourceType=AGENTIC_REQUEST&profileArn=arn%3Aaws%3Acodewhisperer"), "{query}");

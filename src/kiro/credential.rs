@@ -623,10 +623,14 @@ fn read_file(path: &Path) -> Result<TokenFields, KiroError> {
     token_file::parse(&bytes, Some(path))
 }
 
-/// A fresh UUID v4 as a header value.
+/// A fresh UUID v4 as a header value. Invocation ids only need to be unique, not secret, so
+/// they come from the per-thread `fastrand` generator (no system call per request).
 pub(crate) fn invocation_id() -> HeaderValue {
     let mut buf = [0u8; 36];
-    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_be_bytes())
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(&mut buf);
     HeaderValue::from_str(id).expect("a UUID is a valid header value")
 }
 

@@ -273,3 +273,12 @@ impl Pool {
         }
     }
 }
+
+impl Pool {
+    /// The last usage the probe saw for a Kiro account (`None` for other accounts or before the
+    /// first probe).
+    pub fn kiro_usage(&self, id: &str) -> Result<Option<KiroUsage>, PoolError> {
+        let slot = self.slot(id)?;
+        Ok(KiroCredential::from_shared(&slot.credential).and_then(|c| c.last_usage()))
+    }
+}
