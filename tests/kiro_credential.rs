@@ -880,3 +880,34 @@ async fn tokens_never_reach_the_logs() {
     assert!(!logs.contains(&rotated), "rotated refresh token leaked");
     assert!(!logs.contains(&issued), "issued access token leaked");
 }
+
+#[tokio::test]
+async fn a_file_corrupted_after_load_is_left_alone_and_tokens_stay_in_memory() {
+    let mock = KiroMock::start().await;
+    mock.accept_refresh_token(
+        "oz",
+        SECRET_RT,
+        RefreshRule {
+            rotate: true,
+            ..RefreshRule::default()
+        },
+    );
+    let dir = temp_dir("corrupt-later");
+    let path = write(&dir, "t.json", &json!({"refreshToken": SECRET_RT}));
+    let cred = KiroCredential::from_file(&path, options(&mock)).unwrap();
+    std::fs::write(&path, "{oops").unwrap();
+    cred.refresh(RefreshMode::Forced).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "{oops",
+        "never overwritten"
+    );
+    // The rotated refresh token lives on in memory: the next refresh uses it.
+    cred.refresh(RefreshMode::Forced).await.unwrap();
+    assert_eq!(mock.refresh_calls(), 2);
+    let second: Value = serde_json::from_slice(&mock.requests_to("/refreshToken")[1].body).unwrap();
+    assert!(second["refreshToken"]
+        .as_str()
+        .unwrap()
+        .starts_with("rt-oz-"));
+}

@@ -252,6 +252,9 @@ pub(crate) struct Inner {
     refresh_lock: tokio::sync::Mutex<()>,
     refresh_generation: AtomicU64,
     last_result: Mutex<Result<(), CredentialError>>,
+    /// Fingerprint of the tokens last read from or written to the file: a re-read adopts the
+    /// file only when someone else changed it since (not when our own write-back failed).
+    disk_tokens: AtomicU64,
     pub(crate) usage: Mutex<Option<KiroUsage>>,
 }
 
@@ -311,6 +314,7 @@ impl fmt::Debug for KiroCredential {
 
 impl KiroCredential {
     fn build(path: Option<PathBuf>, state: TokenState, options: KiroOptions) -> Self {
+        let disk_tokens = state.fields.as_ref().map_or(0, fingerprint);
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let instance = NEXT.fetch_add(1, Ordering::Relaxed);
         let client = options.client.clone().unwrap_or_else(shared_client);
@@ -323,6 +327,7 @@ impl KiroCredential {
             refresh_lock: tokio::sync::Mutex::new(()),
             refresh_generation: AtomicU64::new(0),
             last_result: Mutex::new(Ok(())),
+            disk_tokens: AtomicU64::new(disk_tokens),
             usage: Mutex::new(None),
         });
         registry()
@@ -518,14 +523,11 @@ impl KiroCredential {
             let current = inner.state.load_full();
             match reread {
                 Ok(fields) => {
-                    let changed = match &current.fields {
-                        None => true,
-                        Some(old) => {
-                            old.access_token != fields.access_token
-                                || old.refresh_token != fields.refresh_token
-                        }
-                    };
+                    let on_disk = fingerprint(&fields);
+                    let changed = current.fields.is_none()
+                        || inner.disk_tokens.load(Ordering::Acquire) != on_disk;
                     if changed {
+                        inner.disk_tokens.store(on_disk, Ordering::Release);
                         let usable = !self.needs_refresh(&fields);
                         tracing::info!(file = %origin, "Kiro token file changed on disk; adopting it");
                         inner.state.store(Arc::new(TokenState::from_fields(fields)));
@@ -602,7 +604,9 @@ impl KiroCredential {
             })
             .await;
             match written {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => inner
+                    .disk_tokens
+                    .store(fingerprint(&next), Ordering::Release),
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "refreshed Kiro token kept in memory only")
                 }
@@ -613,6 +617,16 @@ impl KiroCredential {
         }
         Ok(())
     }
+}
+
+/// A fingerprint of a file's tokens (never the tokens themselves).
+fn fingerprint(fields: &TokenFields) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    let mut hasher = KEYS.get_or_init(Default::default).build_hasher();
+    fields.access_token.hash(&mut hasher);
+    fields.refresh_token.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn read_file(path: &Path) -> Result<TokenFields, KiroError> {
