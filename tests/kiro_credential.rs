@@ -911,3 +911,47 @@ async fn a_file_corrupted_after_load_is_left_alone_and_tokens_stay_in_memory() {
         .unwrap()
         .starts_with("rt-oz-"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_credentials_on_one_file_refresh_once_under_the_file_lock() {
+    let mock = KiroMock::start().await;
+    mock.accept_refresh_token(
+        "pat",
+        SECRET_RT,
+        RefreshRule {
+            rotate: true,
+            delay: Duration::from_millis(100),
+            ..RefreshRule::default()
+        },
+    );
+    let dir = temp_dir("file-lock");
+    let path = write(
+        &dir,
+        "t.json",
+        &json!({"accessToken": SECRET_AT, "refreshToken": SECRET_RT, "expiresAt": iso_in(Duration::from_secs(30))}),
+    );
+    // Two credentials stand for two processes sharing the token file.
+    let creds = [
+        Arc::new(KiroCredential::from_file(&path, options(&mock)).unwrap()),
+        Arc::new(KiroCredential::from_file(&path, options(&mock)).unwrap()),
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let cred = creds[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            cred.refresh(RefreshMode::IfNeeded).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        mock.refresh_calls(),
+        1,
+        "one refresh for both holders of the file"
+    );
+    let (mut a, mut b) = (HeaderMap::new(), HeaderMap::new());
+    creds[0].apply(&mut a).unwrap();
+    creds[1].apply(&mut b).unwrap();
+    assert_eq!(a["authorization"], b["authorization"]);
+}
