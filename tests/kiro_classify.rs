@@ -441,6 +441,11 @@ async fn usage_probe_reads_quota_and_feeds_the_pool() {
     assert_eq!(usage.subscription.as_deref(), Some("KIRO PRO"));
     let expected_reset = SystemTime::UNIX_EPOCH + Duration::from_secs(reset_secs);
     assert_eq!(idc.quota_reset(), Some(expected_reset));
+    assert_eq!(kiro::quota_reset_of(&idc), Some(expected_reset));
+    assert_eq!(
+        kiro::quota_reset_of(&tower_account_pool::credential::BearerToken::new("x")),
+        None
+    );
     let query = mock
         .requests_to("/getUsageLimits")
         .pop()

@@ -288,7 +288,7 @@ fn registry() -> &'static Mutex<HashMap<u64, Weak<Inner>>> {
 ///   first takes an advisory lock on `<file>.lock` and re-reads the file, so several processes
 ///   sharing a token file refresh it once and adopt each other's tokens.
 /// - [`field`](Credential::field): `profileArn` (social accounts only), `region`, `authMethod`,
-///   `email` (after a usage probe).
+///   and after a usage probe `email` and `nextDateReset` (epoch milliseconds).
 #[derive(Clone)]
 pub struct KiroCredential {
     pub(crate) inner: Arc<Inner>,
@@ -690,6 +690,12 @@ impl Credential for KiroCredential {
             "region" => self.region(),
             "authMethod" => self.auth_method().map(|m| m.as_str().to_owned()),
             "email" => self.last_usage().and_then(|u| u.email),
+            "nextDateReset" => self.quota_reset().map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis()
+                    .to_string()
+            }),
             INSTANCE_FIELD => Some(self.inner.instance.to_string()),
             _ => None,
         }

@@ -28,7 +28,8 @@
 //! - [`KiroCredential`]: loads every token-file shape, infers and validates the
 //!   [`AuthMethod`], refreshes (single flight, rotation, atomic write-back), injects
 //!   `Authorization` and `amz-sdk-invocation-id`.
-//! - [`classify_response`] / [`classify_stream_start`]: the Kiro classifier rows.
+//! - [`classify_response`] / [`classify_stream_start`]: the Kiro classifier rows;
+//!   [`quota_reset_of`] gives them a pool credential's `nextDateReset`.
 //! - [`probe`] / [`Pool::probe_kiro_account`]: the usage-limits probe, feeding quota state.
 //! - [`spawn_refresher`] / [`spawn_usage_prober`]: background tasks over every Kiro account.
 //! - [`eventstream`]: the AWS event-stream framing (CRC-checked decoder and encoder).
@@ -63,6 +64,16 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::credential::RefreshMode;
 use crate::health::HealthState;
 use crate::pool::{Pool, Slot};
+
+/// When a pool credential's quota resets, as its last usage probe said (`None` for other
+/// credentials or before the first probe). Pass it to [`classify_response`] and
+/// [`classify_stream_start`]. Reads the credential's `nextDateReset` field: no lock.
+pub fn quota_reset_of(
+    credential: &dyn crate::credential::Credential,
+) -> Option<std::time::SystemTime> {
+    let ms: u64 = credential.field("nextDateReset")?.parse().ok()?;
+    std::time::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
 
 /// Kiro accounts of the pool, as they are now.
 fn kiro_slots(pool: &crate::pool::Shared) -> Vec<Arc<Slot>> {
