@@ -569,3 +569,24 @@ async fn quota_exhausted_accounts_are_skipped_until_reset() {
         "back after the reset: {picked:?}"
     );
 }
+
+#[test]
+fn usage_shapes_and_absurd_values() {
+    use tower_account_pool::kiro::KiroUsage;
+    let usage = KiroUsage::from_json(
+        &json!({"nextDateReset": 1e300, "usageBreakdownList": [{"currentUsage": "x"}]}),
+    );
+    assert_eq!(usage.next_reset, None);
+    assert_eq!((usage.used, usage.limit), (0.0, 0.0));
+    assert!(!usage.is_exhausted(), "an unknown limit is not exhaustion");
+    // The reset from the breakdown item when the top level has none; bonuses are not counted.
+    let usage = KiroUsage::from_json(&json!({"usageBreakdownList": [
+        {"currentUsage": 5, "usageLimit": 5, "nextDateReset": 1800000000,
+         "bonuses": [{"currentUsage": 1, "usageLimit": 100}]}]}));
+    assert!(usage.is_exhausted());
+    assert_eq!(
+        usage.next_reset,
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+    );
+    assert_eq!(usage.email, None);
+}

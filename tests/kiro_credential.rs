@@ -955,3 +955,49 @@ async fn two_credentials_on_one_file_refresh_once_under_the_file_lock() {
     creds[1].apply(&mut b).unwrap();
     assert_eq!(a["authorization"], b["authorization"]);
 }
+
+#[tokio::test]
+async fn absurd_lifetimes_are_capped_not_panicking() {
+    let mock = KiroMock::start().await;
+    mock.accept_refresh_token(
+        "quinn",
+        SECRET_RT,
+        RefreshRule {
+            expires_in: Some(u64::MAX),
+            ..RefreshRule::default()
+        },
+    );
+    let cred = KiroCredential::from_json(
+        &json!({"refreshToken": SECRET_RT}).to_string(),
+        options(&mock),
+    )
+    .unwrap();
+    cred.refresh(RefreshMode::Forced).await.unwrap();
+    let expires = cred.expires_at().unwrap();
+    assert!(expires <= SystemTime::now() + Duration::from_secs(30 * 86_400));
+    assert!(expires > SystemTime::now() + Duration::from_secs(29 * 86_400));
+    // No expiresIn at all: one hour.
+    mock.accept_refresh_token(
+        "rae",
+        "rt-rae-0000000001",
+        RefreshRule {
+            expires_in: None,
+            ..RefreshRule::default()
+        },
+    );
+    let cred = KiroCredential::from_json(
+        &json!({"refreshToken": "rt-rae-0000000001"}).to_string(),
+        options(&mock),
+    )
+    .unwrap();
+    cred.refresh(RefreshMode::Forced).await.unwrap();
+    let left = cred
+        .expires_at()
+        .unwrap()
+        .duration_since(SystemTime::now())
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(3500) && left <= Duration::from_secs(3600),
+        "{left:?}"
+    );
+}

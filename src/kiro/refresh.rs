@@ -11,6 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use super::credential::{AuthMethod, KiroOptions, DEFAULT_TOKEN_LIFETIME};
+
+/// The longest token lifetime believed from a refresh answer.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 use super::token_file::{parse_iso8601, TokenFields};
 use crate::credential::CredentialError;
 
@@ -116,16 +119,22 @@ pub(crate) async fn call(
         ))
     })?;
     let now = SystemTime::now();
+    // An upstream lifetime is capped at 30 days: absurd values must not overflow or pin a
+    // token as fresh forever.
+    let max = now + MAX_TOKEN_LIFETIME;
+    let default = now + DEFAULT_TOKEN_LIFETIME;
     let expires_at = match (value.get("expiresIn"), value.get("expiresAt")) {
-        (Some(Value::Number(n)), _) if n.as_f64().is_some_and(|s| s > 0.0) => {
-            now + Duration::from_secs_f64(n.as_f64().unwrap_or_default())
-        }
-        (_, Some(Value::String(s))) => parse_iso8601(s).unwrap_or(now + DEFAULT_TOKEN_LIFETIME),
+        (Some(Value::Number(n)), _) if n.as_f64().is_some_and(|s| s > 0.0) => n
+            .as_f64()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .and_then(|d| now.checked_add(d))
+            .map_or(max, |t| t.min(max)),
+        (_, Some(Value::String(s))) => parse_iso8601(s).map_or(default, |t| t.min(max)),
         (_, Some(Value::Number(n))) => n
             .as_u64()
-            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
-            .unwrap_or(now + DEFAULT_TOKEN_LIFETIME),
-        _ => now + DEFAULT_TOKEN_LIFETIME,
+            .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+            .map_or(default, |t| t.min(max)),
+        _ => default,
     };
     Ok(Refreshed {
         access_token,

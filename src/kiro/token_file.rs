@@ -130,7 +130,7 @@ pub(crate) fn from_map(map: &Map<String, Value>, origin: &str) -> Result<TokenFi
                     expected: "an ISO 8601 date or epoch milliseconds",
                 })?;
             (
-                Some(UNIX_EPOCH + Duration::from_millis(ms as u64)),
+                UNIX_EPOCH.checked_add(Duration::from_millis(ms as u64)),
                 ExpiryFormat::EpochMs,
             )
         }
@@ -139,7 +139,7 @@ pub(crate) fn from_map(map: &Map<String, Value>, origin: &str) -> Result<TokenFi
                 s.trim()
                     .parse::<u64>()
                     .ok()
-                    .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+                    .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
             });
             match parsed {
                 Some(t) => (Some(t), ExpiryFormat::Iso),
@@ -386,7 +386,7 @@ pub fn parse_iso8601(s: &str) -> Option<SystemTime> {
         "Z" | "z" | "" => 0,
         rest if rest.len() == 6
             && (rest.starts_with('+') || rest.starts_with('-'))
-            && &rest[3..4] == ":" =>
+            && rest.as_bytes()[3] == b':' =>
         {
             let h = num(at + 1..at + 3)? as i64;
             let m = num(at + 4..at + 6)? as i64;
@@ -447,6 +447,35 @@ mod tests {
             "2026-01-01",
         ] {
             assert_eq!(parse_iso8601(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn parsers_never_panic_on_arbitrary_input() {
+        let alphabet: Vec<char> = "0123456789-:T.Z+ zé€\"{}[],acdefiknorstuxAHISR"
+            .chars()
+            .collect();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let len = rng.usize(..32);
+            let s: String = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let _ = parse_iso8601(&s);
+            let mut date = String::from("2026-01-01T00:00:00");
+            date.push_str(&s);
+            let _ = parse_iso8601(&date);
+            let _ = parse(s.as_bytes(), None);
+        }
+        // Offsets with multi-byte characters where the colon should be.
+        assert_eq!(parse_iso8601("2026-01-01T00:00:00+1é00"), None);
+        for _ in 0..2_000 {
+            let json = format!(
+                r#"{{"refreshToken":"r","expiresAt":{},"authMethod":"{}"}}"#,
+                ["1", "\"2026-01-01T00:00:00Z\"", "-5", "1e300", "null", "[]"][rng.usize(..6)],
+                ["social", "IdC", "x", ""][rng.usize(..4)]
+            );
+            let _ = parse(json.as_bytes(), None);
         }
     }
 

@@ -81,7 +81,7 @@ fn number(v: &Value, keys: &[&str]) -> f64 {
 
 fn epoch_secs(v: Option<&Value>) -> Option<SystemTime> {
     let secs = v?.as_f64().filter(|s| *s > 0.0)?;
-    UNIX_EPOCH.checked_add(Duration::from_secs_f64(secs))
+    UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(secs).ok()?)
 }
 
 impl KiroUsage {
