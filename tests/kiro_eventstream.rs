@@ -171,3 +171,41 @@ fn impossible_lengths_are_rejected() {
         })
     );
 }
+
+/// Re-seals a frame's CRCs after a mutation so the decoder reaches the header parser.
+fn reseal(frame: &mut [u8]) {
+    let prelude = crc32fast::hash(&frame[..8]);
+    frame[8..12].copy_from_slice(&prelude.to_be_bytes());
+    let end = frame.len() - 4;
+    let message = crc32fast::hash(&frame[..end]);
+    frame[end..].copy_from_slice(&message.to_be_bytes());
+}
+
+#[test]
+fn mutated_frames_never_panic() {
+    let original = every_header_type().encode().unwrap();
+    let mut rng = fastrand::Rng::with_seed(42);
+    for round in 0..20_000 {
+        let mut frame = original.clone();
+        for _ in 0..rng.usize(1..4) {
+            // Mutate the header block (bytes 12..) so lengths and tags go wrong.
+            let at = rng.usize(12..frame.len() - 4);
+            frame[at] = rng.u8(..);
+        }
+        reseal(&mut frame);
+        let _ = decode(&frame);
+        // Random garbage in random chunks.
+        let mut decoder = Decoder::new();
+        let garbage: Vec<u8> = (0..rng.usize(..64)).map(|_| rng.u8(..)).collect();
+        for chunk in garbage.chunks(rng.usize(1..8)) {
+            decoder.push(chunk);
+            if decoder.next_message().is_err() {
+                break;
+            }
+        }
+        let _ = decoder.finish();
+        if round % 1000 == 0 {
+            assert_eq!(decode(&original).unwrap().unwrap().1, original.len());
+        }
+    }
+}
