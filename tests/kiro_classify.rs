@@ -467,7 +467,7 @@ async fn usage_probe_reads_quota_and_feeds_the_pool() {
         mock.revoke_access_token(&token);
     }
     assert!(pool.probe_kiro_account("soc").await.is_err());
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if pool.snapshot().account("soc").unwrap().state == HealthState::Healthy
             && mock
                 .requests_to("/refreshToken")
@@ -589,4 +589,55 @@ fn usage_shapes_and_absurd_values() {
         Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
     );
     assert_eq!(usage.email, None);
+}
+
+#[tokio::test]
+async fn usage_prober_probes_every_kiro_account() {
+    let mock = KiroMock::start().await;
+    mock.accept_access_token("u1", "at-u1-0000000001");
+    mock.accept_access_token("u2", "at-u2-0000000001");
+    mock.set_usage("u2", json!({"nextDateReset": 4_000_000_000u64, "usageBreakdownList": [{"currentUsage": 50, "usageLimit": 50}]}));
+    let options = KiroOptions::with_base_url(mock.url());
+    let far = kiro::token_file::format_iso8601(SystemTime::now() + Duration::from_secs(7200));
+    let cred = |t: &str| {
+        KiroCredential::from_json(
+            &json!({"accessToken": t, "refreshToken": "r", "expiresAt": far}).to_string(),
+            options.clone(),
+        )
+        .unwrap()
+    };
+    let pool = Pool::builder()
+        .account(Account::new("u1", cred("at-u1-0000000001")))
+        .account(Account::new("u2", cred("at-u2-0000000001")))
+        .account(Account::new(
+            "static",
+            tower_account_pool::credential::BearerToken::new("s"),
+        ))
+        .build()
+        .unwrap();
+    let handle = kiro::spawn_usage_prober(&pool, Duration::from_secs(3600));
+    for _ in 0..1000 {
+        if pool.kiro_usage("u1").unwrap().is_some() && pool.kiro_usage("u2").unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle.abort();
+    assert_eq!(
+        mock.requests_to("/getUsageLimits").len(),
+        2,
+        "the static account is not probed"
+    );
+    assert_eq!(pool.kiro_usage("static").unwrap(), None);
+    let snapshot = pool.snapshot();
+    assert_eq!(snapshot.account("u1").unwrap().state, HealthState::Healthy);
+    assert_eq!(
+        snapshot.account("u2").unwrap().state,
+        HealthState::QuotaExhausted
+    );
+    assert_eq!(
+        mock.refresh_calls(),
+        0,
+        "fresh tokens are not refreshed before probing"
+    );
 }

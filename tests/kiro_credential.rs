@@ -743,7 +743,7 @@ async fn pool_refresher_refreshes_unused_accounts_and_marks_dead_ones() {
         .unwrap();
     let handle = kiro::spawn_refresher(&pool, Duration::from_secs(3600));
     // The first pass runs at once; wait for its calls.
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if mock.refresh_calls() >= 2
             && pool.snapshot().account("dead").unwrap().state == HealthState::AuthInvalid
         {
