@@ -46,6 +46,9 @@
 //!   selects, injects, classifies, reports and retries on another account.
 //! - [`classify`]: the [`Classifier`](classify::Classifier) trait, the HTTP and gRPC
 //!   classifiers, `Retry-After` parsing.
+//! - `kiro` (feature `kiro`): Kiro OAuth credentials, the Kiro classifier, the usage probe and the
+//!   AWS event-stream codec.
+//! - `testing` (feature `test-util`): in-process mock upstreams such as `KiroMock`.
 //!
 //! ## Cargo features
 //!
@@ -63,10 +66,16 @@ pub mod classify;
 pub mod config;
 pub mod credential;
 pub mod health;
+#[cfg(feature = "kiro")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kiro")))]
+pub mod kiro;
 pub mod layer;
 pub mod pool;
 pub mod select;
 pub mod store;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
 
 pub use account::{Account, AccountId, AccountSettings};
 pub use health::{HealthPolicy, HealthState, Outcome, OutcomeClass, RateLimitScope};

@@ -1,0 +1,233 @@
+//! The Kiro classifier: upstream answers → [`Outcome`]s, on structured data.
+//!
+//! | answer | outcome |
+//! |---|---|
+//! | 2xx | `Success` (use [`classify_stream_start`] on the first bytes of a stream) |
+//! | 402, or any body/reason with `MONTHLY_REQUEST_COUNT` | `QuotaExhausted { reset_at }`: the usage probe's `nextDateReset`, else the first of next month 00:00 UTC |
+//! | 429, or `ThrottlingException` | `RateLimited` for the whole account, `Retry-After` honoured (seconds or HTTP date) |
+//! | 403 with a suspension pattern (`temporarily is suspended`, `violation of terms`, `appeal`, …) | `Suspended` |
+//! | 403 with `quota` / `limit exceeded` | `QuotaExhausted` |
+//! | 403 "The bearer token included in the request is invalid", any other 403, 401 | `AuthExpired` (the pool force-refreshes) |
+//! | 400 `ValidationException`, other 4xx | `ClientError` |
+//! | 408, 5xx, a broken event stream | `Transient` |
+//!
+//! The exception type comes from the `x-amzn-errortype` header or the body's `__type`; the
+//! reason from the body's `reason`.
+//!
+//! ```
+//! use http::{HeaderMap, StatusCode};
+//! use tower_account_pool::kiro::classify_response;
+//! use tower_account_pool::Outcome;
+//!
+//! let body = br#"{"message":"The bearer token included in the request is invalid.","reason":null}"#;
+//! let outcome = classify_response(StatusCode::FORBIDDEN, &HeaderMap::new(), body, None);
+//! assert_eq!(outcome, Outcome::AuthExpired);
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use super::eventstream::{self, Message};
+use super::token_file::first_of_next_month_utc;
+use crate::health::{Outcome, RateLimitScope};
+
+/// Body patterns of a suspended or blocked account (403).
+pub const SUSPENSION_PATTERNS: &[&str] = &[
+    "temporarily is suspended",
+    "temporarily suspended",
+    "suspended",
+    "disabled",
+    "violation of terms",
+    "terms of service",
+    "appeal",
+    "payment required",
+    "not authorized to access",
+    "not allowed",
+    "locked",
+];
+
+/// Body patterns of a 403 that is about quota rather than the account.
+pub const QUOTA_PATTERNS: &[&str] = &["quota", "limit exceeded"];
+
+/// The marker of Kiro's monthly quota.
+pub const MONTHLY_QUOTA_MARKER: &str = "MONTHLY_REQUEST_COUNT";
+
+/// Classifies a complete (non-stream or error) answer.
+///
+/// `quota_reset` is when the account's quota resets, as its usage probe last said
+/// ([`KiroCredential::quota_reset`](super::KiroCredential::quota_reset)); without it a quota
+/// error resets at the first of next month, UTC.
+pub fn classify_response(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    quota_reset: Option<SystemTime>,
+) -> Outcome {
+    if status.is_success() {
+        return Outcome::Success;
+    }
+    let error_type = headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(short_type);
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let error_type = error_type.or_else(|| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get("__type"))
+            .and_then(Value::as_str)
+            .map(short_type)
+    });
+    let text = String::from_utf8_lossy(body);
+    let retry_after = retry_after(headers);
+    classify(
+        Some(status.as_u16()),
+        error_type.as_deref(),
+        parsed.as_ref(),
+        &text,
+        retry_after,
+        quota_reset,
+    )
+}
+
+/// Classifies the first bytes of a 2xx event stream.
+///
+/// `None`: not enough bytes for the first frame yet. `Some(Success)`: the first frame is an
+/// ordinary event. An `exception` or `error` frame gives its class (as
+/// [`classify_response`] would); bytes that are not a valid frame give `Transient`.
+pub fn classify_stream_start(
+    first_bytes: &[u8],
+    quota_reset: Option<SystemTime>,
+) -> Option<Outcome> {
+    match eventstream::decode(first_bytes) {
+        Ok(None) => None,
+        Err(_) => Some(Outcome::Transient),
+        Ok(Some((message, _))) => Some(classify_frame(&message, quota_reset)),
+    }
+}
+
+/// Classifies one decoded event-stream frame: `Success` for events, the exception's class
+/// otherwise.
+pub fn classify_frame(message: &Message, quota_reset: Option<SystemTime>) -> Outcome {
+    match message.message_type() {
+        Some("exception") | Some("error") => {}
+        _ => return Outcome::Success,
+    }
+    let parsed: Option<Value> = serde_json::from_slice(&message.payload).ok();
+    let error_type = message
+        .exception_type()
+        .or_else(|| message.header_str(":error-code"))
+        .map(short_type)
+        .or_else(|| {
+            parsed
+                .as_ref()
+                .and_then(|v| v.get("__type"))
+                .and_then(Value::as_str)
+                .map(short_type)
+        });
+    let mut text = String::from_utf8_lossy(&message.payload).into_owned();
+    if let Some(m) = message.header_str(":error-message") {
+        text.push(' ');
+        text.push_str(m);
+    }
+    classify(
+        None,
+        error_type.as_deref(),
+        parsed.as_ref(),
+        &text,
+        None,
+        quota_reset,
+    )
+}
+
+/// `ThrottlingException:http://…` and `com.amazon…#ThrottlingException` → `ThrottlingException`.
+fn short_type(raw: &str) -> String {
+    let raw = raw.split(':').next().unwrap_or(raw);
+    raw.rsplit('#').next().unwrap_or(raw).trim().to_owned()
+}
+
+fn quota(reset: Option<SystemTime>) -> Outcome {
+    Outcome::QuotaExhausted {
+        reset_at: Some(reset.unwrap_or_else(|| first_of_next_month_utc(SystemTime::now()))),
+    }
+}
+
+fn contains_any(haystack: &str, needles: &[&str]) -> bool {
+    needles.iter().any(|n| haystack.contains(n))
+}
+
+fn classify(
+    status: Option<u16>,
+    error_type: Option<&str>,
+    parsed: Option<&Value>,
+    text: &str,
+    retry_after: Option<Duration>,
+    quota_reset: Option<SystemTime>,
+) -> Outcome {
+    let reason = parsed
+        .and_then(|v| v.get("reason"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let lower = text.to_ascii_lowercase();
+    let rate_limited = Outcome::RateLimited {
+        retry_after,
+        scope: RateLimitScope::Account,
+    };
+    if status == Some(402) || reason == MONTHLY_QUOTA_MARKER || text.contains(MONTHLY_QUOTA_MARKER)
+    {
+        return quota(quota_reset);
+    }
+    let error_type = error_type.unwrap_or_default();
+    match error_type {
+        "ThrottlingException" | "TooManyRequestsException" => return rate_limited,
+        "ServiceQuotaExceededException" => return quota(quota_reset),
+        "ValidationException"
+        | "ResourceNotFoundException"
+        | "ConflictException"
+        | "ContentLengthExceededException" => return Outcome::ClientError,
+        "InternalServerException" | "ServiceUnavailableException" => return Outcome::Transient,
+        "ExpiredTokenException" | "UnauthorizedException" | "InvalidTokenException" => {
+            return Outcome::AuthExpired
+        }
+        _ => {}
+    }
+    let forbidden = status == Some(403) || error_type == "AccessDeniedException";
+    if forbidden {
+        if lower.contains("bearer token") && lower.contains("invalid") {
+            return Outcome::AuthExpired;
+        }
+        if contains_any(&lower, SUSPENSION_PATTERNS) {
+            return Outcome::Suspended;
+        }
+        if contains_any(&lower, QUOTA_PATTERNS) {
+            return quota(quota_reset);
+        }
+        return Outcome::AuthExpired;
+    }
+    match status {
+        Some(429) => rate_limited,
+        Some(401) => Outcome::AuthExpired,
+        Some(408) => Outcome::Transient,
+        Some(s) if s >= 500 => Outcome::Transient,
+        Some(s) if (400..500).contains(&s) => Outcome::ClientError,
+        Some(_) => Outcome::Transient,
+        // An exception frame of an unknown type: the upstream failed mid-answer.
+        None => Outcome::Transient,
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+}

@@ -1,0 +1,156 @@
+//! Kiro (AWS CodeWhisperer) accounts: OAuth token files, refresh, the usage probe and the Kiro
+//! classifier (feature `kiro`).
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_account_pool::kiro::{self, KiroCredential, KiroOptions};
+//! use tower_account_pool::{Account, Pool};
+//!
+//! # let dir = std::env::temp_dir().join(format!("kiro-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! # let path = dir.join("kiro-auth-token.json");
+//! # std::fs::write(&path, r#"{"refreshToken":"aorAAAAAG-doc-example","authMethod":"social"}"#).unwrap();
+//! // A token file holding only a refresh token starts fine: the first refresh fetches a token.
+//! let credential = KiroCredential::from_file(&path, KiroOptions::default())?;
+//! assert_eq!(credential.auth_method(), Some(kiro::AuthMethod::Social));
+//! assert_eq!(credential.region().as_deref(), Some("us-east-1"));
+//!
+//! let pool = Pool::builder().account(Account::new("kiro-1", credential)).build()?;
+//! # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! # rt.block_on(async {
+//! // Refresh every Kiro account of the pool before it expires, used or not.
+//! let refresher = kiro::spawn_refresher(&pool, Duration::from_secs(60));
+//! # refresher.abort();
+//! # });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! - [`KiroCredential`]: loads every token-file shape, infers and validates the
+//!   [`AuthMethod`], refreshes (single flight, rotation, atomic write-back), injects
+//!   `Authorization` and `amz-sdk-invocation-id`.
+//! - [`classify_response`] / [`classify_stream_start`]: the Kiro classifier rows;
+//!   [`quota_reset_of`] gives them a pool credential's `nextDateReset`.
+//! - [`probe`] / [`Pool::probe_kiro_account`]: the usage-limits probe, feeding quota state.
+//! - [`spawn_refresher`] / [`spawn_usage_prober`]: background tasks over every Kiro account.
+//! - [`eventstream`]: the AWS event-stream framing (CRC-checked decoder and encoder).
+//!
+//! Quota-aware selection beyond the health state (preferring the account whose quota resets
+//! soonest) is not implemented: an exhausted account is skipped through
+//! `Outcome::QuotaExhausted` until its reset, which the classifier and the probe both report.
+
+mod classify;
+mod credential;
+pub mod eventstream;
+mod refresh;
+pub mod token_file;
+mod usage;
+
+pub use classify::{
+    classify_frame, classify_response, classify_stream_start, retry_after, MONTHLY_QUOTA_MARKER,
+    QUOTA_PATTERNS, SUSPENSION_PATTERNS,
+};
+pub use credential::{
+    AuthMethod, KiroCredential, KiroEndpoints, KiroError, KiroOptions, DEFAULT_HTTP_TIMEOUT,
+    DEFAULT_REFRESH_WINDOW, DEFAULT_TOKEN_LIFETIME, INVOCATION_ID, KIND,
+};
+pub use usage::{probe, KiroUsage, ProbeError};
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::credential::RefreshMode;
+use crate::health::HealthState;
+use crate::pool::{Pool, Slot};
+
+/// When a pool credential's quota resets, as its last usage probe said (`None` for other
+/// credentials or before the first probe). Pass it to [`classify_response`] and
+/// [`classify_stream_start`]. Reads the credential's `nextDateReset` field: no lock.
+pub fn quota_reset_of(
+    credential: &dyn crate::credential::Credential,
+) -> Option<std::time::SystemTime> {
+    let ms: u64 = credential.field("nextDateReset")?.parse().ok()?;
+    std::time::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
+
+/// Kiro accounts of the pool, as they are now.
+fn kiro_slots(pool: &crate::pool::Shared) -> Vec<Arc<Slot>> {
+    pool.roster
+        .load()
+        .slots
+        .iter()
+        .filter(|s| s.credential.kind() == KIND)
+        .cloned()
+        .collect()
+}
+
+/// One proactive-refresh pass over every Kiro account: `refresh(IfNeeded)` on each (a no-op
+/// outside the refresh window). A rejected refresh marks the account `AuthInvalid` with the
+/// reason; an account waiting on its credential becomes healthy when the refresh succeeds.
+/// Accounts already in `AuthExpired` / `AuthInvalid` are left to the pool's own retry schedule.
+pub async fn refresh_pass(pool: &Pool) {
+    let mut tasks = JoinSet::new();
+    for slot in kiro_slots(&pool.shared) {
+        if matches!(
+            slot.runtime.state(),
+            HealthState::AuthExpired | HealthState::AuthInvalid
+        ) {
+            continue;
+        }
+        let shared = pool.shared.clone();
+        tasks.spawn(async move {
+            let generation = slot.runtime.generation.load(Ordering::Acquire);
+            let result = slot.credential.refresh(RefreshMode::IfNeeded).await;
+            if let Err(e) = &result {
+                tracing::warn!(account = %slot.id, error = %e, "Kiro proactive refresh failed");
+            }
+            shared.after_refresh(&slot, generation, &result, false);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Refreshes every Kiro account of the pool (used or not) every `interval`, starting now. The
+/// task ends when the pool is dropped; abort the handle to stop it sooner.
+pub fn spawn_refresher(pool: &Pool, interval: Duration) -> JoinHandle<()> {
+    let weak = Arc::downgrade(&pool.shared);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(shared) = weak.upgrade() else { return };
+            let pool = Pool { shared };
+            refresh_pass(&pool).await;
+        }
+    })
+}
+
+/// Probes every Kiro account's usage limits every `interval` (± 10 % jitter), starting now, and
+/// reports each result to the pool ([`Pool::probe_kiro_account`]). The task ends when the pool
+/// is dropped.
+pub fn spawn_usage_prober(pool: &Pool, interval: Duration) -> JoinHandle<()> {
+    let weak = Arc::downgrade(&pool.shared);
+    tokio::spawn(async move {
+        loop {
+            let Some(shared) = weak.upgrade() else { return };
+            let pool = Pool { shared };
+            let mut tasks = JoinSet::new();
+            for slot in kiro_slots(&pool.shared) {
+                if !slot.settings.enabled {
+                    continue;
+                }
+                let pool = pool.clone();
+                tasks.spawn(async move {
+                    let _ = pool.probe_kiro_account(slot.id.as_str()).await;
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+            drop(pool);
+            let jitter = 0.9 + fastrand::f64() * 0.2;
+            tokio::time::sleep(interval.mul_f64(jitter)).await;
+        }
+    })
+}
