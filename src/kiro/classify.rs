@@ -231,3 +231,86 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(SystemTime::now()).unwrap_or_default())
 }
+
+/// The Kiro classifier for [`AccountPoolLayer`](crate::layer::AccountPoolLayer): the table in
+/// the [module docs](self), wired to the layer's [`Classifier`](crate::classify::Classifier).
+///
+/// Error answers are read (up to [`body_limit`](Self::body_limit) bytes) and classified with
+/// [`classify_response`]. A 2xx answer is peeked at: the layer reads the first chunk of the
+/// event stream (at least the 16 bytes of the smallest frame, so a stream is never held back
+/// waiting for more), and an exception frame there — a failure sent in-band — fails the
+/// attempt over to another account before anything reaches the client. A quota reset is
+/// taken as the first of next month UTC here (the classifier does not see the account); the
+/// usage probe reports the exact `nextDateReset`.
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use tower_account_pool::classify::{Classifier, HeadVerdict};
+/// use tower_account_pool::kiro::eventstream::Message;
+/// use tower_account_pool::kiro::KiroClassifier;
+/// use tower_account_pool::Outcome;
+///
+/// let classifier = KiroClassifier::default();
+/// let verdict = classifier.classify_head(StatusCode::OK, &HeaderMap::new());
+/// assert_eq!(verdict, HeadVerdict::Peek { bytes: 16 });
+///
+/// let throttled = Message::exception("ThrottlingException", br#"{"message":"Too many requests"}"#);
+/// let bytes = throttled.encode().unwrap();
+/// let outcome = classifier.classify_body(StatusCode::OK, &HeaderMap::new(), &bytes, false);
+/// assert!(matches!(outcome, Outcome::RateLimited { .. }));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KiroClassifier {
+    /// Most bytes of an error body read to classify it (default 16 KiB).
+    pub body_limit: usize,
+}
+
+impl Default for KiroClassifier {
+    fn default() -> Self {
+        KiroClassifier {
+            body_limit: 16 * 1024,
+        }
+    }
+}
+
+/// The smallest event-stream frame: prelude (12 bytes) and message CRC (4 bytes).
+const MIN_FRAME: usize = 16;
+
+impl crate::classify::Classifier for KiroClassifier {
+    fn classify_head(
+        &self,
+        status: StatusCode,
+        _headers: &HeaderMap,
+    ) -> crate::classify::HeadVerdict {
+        use crate::classify::HeadVerdict;
+        if status.is_success() {
+            HeadVerdict::Peek { bytes: MIN_FRAME }
+        } else if status.is_server_error() {
+            HeadVerdict::Final(Outcome::Transient)
+        } else {
+            HeadVerdict::ReadBody {
+                limit: self.body_limit,
+            }
+        }
+    }
+
+    fn classify_body(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        complete: bool,
+    ) -> Outcome {
+        if !status.is_success() {
+            return classify_response(status, headers, body, None);
+        }
+        match classify_stream_start(body, None) {
+            Some(outcome) => outcome,
+            // The first frame is not whole yet: nothing in-band to see, the stream goes on.
+            None if !complete => Outcome::Success,
+            // A 2xx whose whole body is a partial frame: the stream broke.
+            None if !body.is_empty() => Outcome::Transient,
+            None => Outcome::Success,
+        }
+    }
+}

@@ -46,8 +46,8 @@ pub mod token_file;
 mod usage;
 
 pub use classify::{
-    classify_frame, classify_response, classify_stream_start, retry_after, MONTHLY_QUOTA_MARKER,
-    QUOTA_PATTERNS, SUSPENSION_PATTERNS,
+    classify_frame, classify_response, classify_stream_start, retry_after, KiroClassifier,
+    MONTHLY_QUOTA_MARKER, QUOTA_PATTERNS, SUSPENSION_PATTERNS,
 };
 pub use credential::{
     AuthMethod, KiroCredential, KiroEndpoints, KiroError, KiroOptions, DEFAULT_HTTP_TIMEOUT,

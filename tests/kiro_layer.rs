@@ -1,0 +1,117 @@
+//! The Kiro classifier through the layer, against the Kiro mock: an exception frame at the
+//! start of a 200 stream fails over to another account before the client sees anything, and a
+//! 403 invalid-token answer refreshes the token and resends on the same account.
+#![cfg(all(feature = "kiro", feature = "test-util"))]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::{Layer, ServiceExt};
+use tower_account_pool::kiro::eventstream::decode_all;
+use tower_account_pool::kiro::{KiroClassifier, KiroCredential, KiroOptions};
+use tower_account_pool::layer::{AccountPoolLayer, ReplayBody, SelectedAccount};
+use tower_account_pool::testing::{KiroMock, RefreshRule, Reply};
+use tower_account_pool::{Account, HealthState, Pool, Strategy};
+
+fn kiro_account(mock: &KiroMock, name: &str) -> Account {
+    let json = format!(
+        r#"{{"accessToken":"at-{name}","refreshToken":"rt-{name}","authMethod":"social",
+            "profileArn":"arn:aws:codewhisperer:us-east-1:0:profile/{name}",
+            "expiresAt":"2099-01-01T00:00:00Z"}}"#
+    );
+    let credential = KiroCredential::from_json(&json, KiroOptions::with_base_url(mock.url()))
+        .expect("valid inline credentials");
+    mock.accept_access_token(name, &format!("at-{name}"));
+    mock.accept_refresh_token(name, &format!("rt-{name}"), RefreshRule::default());
+    Account::new(name, credential)
+}
+
+async fn send(mock: &KiroMock, pool: &Pool) -> (http::StatusCode, SelectedAccount, Vec<String>) {
+    let client: Client<_, ReplayBody<Full<Bytes>>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let service = AccountPoolLayer::new(pool.clone())
+        .classifier(KiroClassifier::default())
+        .layer(client);
+    let request = http::Request::post(format!("{}/generateAssistantResponse", mock.url()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"claude-sonnet-4-5","conversationState":{}}"#,
+        )))
+        .unwrap();
+    let response = service.oneshot(request).await.expect("a response");
+    let status = response.status();
+    let selected = response
+        .extensions()
+        .get::<SelectedAccount>()
+        .cloned()
+        .expect("the selected account");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let texts = decode_all(&body)
+        .unwrap()
+        .iter()
+        .filter(|m| m.event_type() == Some("assistantResponseEvent"))
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    (status, selected, texts)
+}
+
+#[tokio::test]
+async fn an_exception_frame_at_the_start_of_a_stream_fails_over() {
+    let mock = KiroMock::start().await;
+    let pool = Pool::builder()
+        .account(kiro_account(&mock, "alice"))
+        .account(kiro_account(&mock, "bob"))
+        .strategy(Strategy::FillFirst)
+        .build()
+        .unwrap();
+    mock.script(
+        "alice",
+        [Reply::ExceptionFrame {
+            after: vec![],
+            exception_type: "ThrottlingException".into(),
+            message: "Too many requests, please wait before trying again.".into(),
+        }],
+    );
+    mock.script("bob", [Reply::success(&["Hello", " from bob"])]);
+
+    let (status, selected, texts) = send(&mock, &pool).await;
+    assert_eq!(status, 200);
+    assert_eq!((selected.id().as_str(), selected.attempt()), ("bob", 2));
+    assert_eq!(
+        texts.len(),
+        2,
+        "bob's whole stream reached the client: {texts:?}"
+    );
+    assert!(texts[0].contains("Hello"));
+    let alice = pool.snapshot().account("alice").unwrap().clone();
+    assert_eq!(alice.state, HealthState::RateLimited);
+    assert_eq!(alice.counters.rate_limited, 1);
+}
+
+#[tokio::test]
+async fn an_invalid_token_is_refreshed_and_resent_on_the_same_account() {
+    let mock = KiroMock::start().await;
+    let pool = Pool::builder()
+        .account(kiro_account(&mock, "alice"))
+        .account(kiro_account(&mock, "bob"))
+        .strategy(Strategy::FillFirst)
+        .build()
+        .unwrap();
+    // The mock no longer takes alice's token: the first answer is 403 invalid token.
+    mock.revoke_access_token("at-alice");
+    mock.script("alice", [Reply::success(&["after refresh"])]);
+
+    let (status, selected, texts) = send(&mock, &pool).await;
+    assert_eq!(status, 200);
+    assert_eq!(selected.id().as_str(), "alice");
+    assert_eq!(texts.len(), 1);
+    assert_eq!(mock.refresh_calls(), 1, "exactly one refresh");
+    let chats = mock.requests_to("/generateAssistantResponse");
+    assert_eq!(chats.len(), 2, "the original request and its resend");
+    assert!(chats.iter().all(|r| r.account.as_deref() != Some("bob")));
+    assert_eq!(
+        pool.snapshot().account("alice").unwrap().state,
+        HealthState::Healthy
+    );
+}
