@@ -687,3 +687,66 @@ async fn an_account_added_at_runtime_does_not_overwrite_shared_state() {
     handle_b.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_migrate_example_moves_v1_to_v2_after_a_backup() {
+    let dir = temp_dir("migrate-example");
+    let path = dir.join("provider_pool.db");
+    create(&path, V1);
+    let rows_before = count(&path, "SELECT count(*) FROM providers");
+    let run = |args: &[&str]| {
+        // Same features as the test build, so only the example itself is compiled.
+        Command::new(env!("CARGO"))
+            .args([
+                "run",
+                "--quiet",
+                "--all-features",
+                "--example",
+                "migrate",
+                "--",
+            ])
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo runs")
+    };
+    let backup = dir.join("before-v2.db");
+    let output = run(&[
+        "--sqlite-v1-to-v2",
+        path.to_str().unwrap(),
+        "--backup",
+        backup.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains(&format!("backed up {}", path.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("moved {rows_before} accounts")),
+        "{stdout}"
+    );
+    assert_eq!(
+        count(&backup, "SELECT count(*) FROM providers"),
+        rows_before
+    );
+    assert_eq!(count(&path, "SELECT count(*) FROM accounts"), rows_before);
+
+    // Run again: the database is v2 now, and the backup path is taken; nothing changes.
+    let again = run(&[
+        "--sqlite-v1-to-v2",
+        path.to_str().unwrap(),
+        "--backup",
+        backup.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).starts_with("error: "));
+    assert_eq!(count(&path, "SELECT count(*) FROM accounts"), rows_before);
+
+    let misuse = run(&["--sqlite-v1-to-v2", path.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(misuse.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&misuse.stderr)
+        .contains("error: --sqlite-v1-to-v2 takes only --backup"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
