@@ -154,3 +154,47 @@ pub fn spawn_usage_prober(pool: &Pool, interval: Duration) -> JoinHandle<()> {
         }
     })
 }
+
+/// Opens the `KIRO_OAUTH_CREDS_FILE_PATH` of each pool-file account as a [`KiroCredential`],
+/// for [`PoolFile::build_with`](crate::config::PoolFile::build_with) and
+/// [`FileWatcher::resolver`](crate::config::FileWatcher::resolver).
+///
+/// Paths are used as the pool file writes them (relative ones against the working directory,
+/// as the older gateway did). A missing or broken token file loads its account unavailable,
+/// with the reason naming the file; fixing the file brings it back on the next refresh.
+///
+/// ```no_run
+/// use tower_account_pool::config::PoolFile;
+/// use tower_account_pool::kiro::{KiroOptions, KiroResolver};
+/// use tower_account_pool::Pool;
+///
+/// let file = PoolFile::load("configs/account_pool.json")?;
+/// let pool = file.build_with(Pool::builder(), &KiroResolver::new(KiroOptions::default()))?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct KiroResolver {
+    options: KiroOptions,
+}
+
+impl KiroResolver {
+    /// A resolver whose credentials use `options` (endpoints, refresh window, HTTP timeout).
+    pub fn new(options: KiroOptions) -> Self {
+        KiroResolver { options }
+    }
+}
+
+impl crate::config::CredentialResolver for KiroResolver {
+    fn open(
+        &self,
+        path: &std::path::Path,
+        _entry: &crate::config::AccountEntry,
+    ) -> crate::config::OpenedCredential {
+        let credential = KiroCredential::open(path, self.options.clone());
+        let unavailable = credential.load_error().map(|e| e.to_string());
+        crate::config::OpenedCredential {
+            credential: Arc::new(credential),
+            unavailable,
+        }
+    }
+}
