@@ -113,6 +113,9 @@ pub enum PoolError {
     /// The change would make the pool invalid.
     #[error(transparent)]
     Invalid(#[from] BuildError),
+    /// A store could not write the pool's state.
+    #[error("store {0}")]
+    Store(String),
     /// The credential could not be refreshed.
     #[error("account `{id}`: {source}")]
     Credential {
@@ -441,7 +444,13 @@ pub(crate) struct Shared {
     pub(crate) retries: AtomicU64,
     /// Use order for the least-recently-used strategy (touched by that strategy only).
     pub(crate) use_tickets: AtomicU64,
+    /// What [`Pool::shutdown`] waits for: the flush of every attached store.
+    pub(crate) flushers: Mutex<Vec<Flusher>>,
 }
+
+/// Flushes one attached store; `Ok` when it has nothing left to write (or has stopped).
+pub(crate) type Flusher =
+    Box<dyn Fn() -> crate::credential::BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 // ===== Pool =====
 
@@ -536,6 +545,7 @@ impl PoolBuilder {
                 exhaustions: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
                 use_tickets: AtomicU64::new(0),
+                flushers: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -639,6 +649,30 @@ impl Pool {
                 self.shared.exhaustions.fetch_add(1, Ordering::Relaxed);
                 Err(exhausted)
             }
+        }
+    }
+
+    /// Flushes every store attached to the pool (see [`StoreHandle`](crate::store::StoreHandle))
+    /// and waits until each has written everything: call it when the service stops, after the
+    /// last request. Stores keep running; it can be called again.
+    pub async fn shutdown(&self) -> Result<(), PoolError> {
+        let flushes: Vec<_> = {
+            let flushers = self
+                .shared
+                .flushers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            flushers.iter().map(|flush| flush()).collect()
+        };
+        let mut failed = Vec::new();
+        for flush in flushes {
+            if let Err(e) = flush.await {
+                failed.push(e);
+            }
+        }
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(PoolError::Store(failed.join("; "))),
         }
     }
 

@@ -215,3 +215,48 @@ async fn state_is_restored_at_start() {
     assert_eq!(store.get("acct-1").unwrap().counters.successes, 7);
     assert_eq!(store.get("acct-1").unwrap().state, HealthState::Suspended);
 }
+
+#[tokio::test]
+async fn pool_shutdown_flushes_every_attached_store() {
+    let pool = pool(2);
+    let first = MemoryStore::new();
+    let second = MemoryStore::new();
+    // A long interval: only an explicit flush writes within this test.
+    let slow = WriterConfig::default().interval(Duration::from_secs(3600));
+    let first_handle = StoreHandle::start_with(&pool, first.clone(), slow.clone())
+        .await
+        .unwrap();
+    let _second_handle = StoreHandle::start_with(&pool, second.clone(), slow)
+        .await
+        .unwrap();
+    serve(&pool, 6, Outcome::Success);
+    pool.shutdown().await.unwrap();
+    assert_eq!(stored_total(&first, &pool), 6);
+    assert_eq!(stored_total(&second, &pool), 6);
+
+    // A store already shut down is not waited for; the others still are.
+    first_handle.shutdown().await.unwrap();
+    serve(&pool, 2, Outcome::Success);
+    pool.shutdown().await.unwrap();
+    assert_eq!(stored_total(&second, &pool), 8);
+}
+
+#[tokio::test]
+async fn pool_shutdown_reports_a_store_that_cannot_write() {
+    let pool = pool(1);
+    let store = Recording::default();
+    let slow = WriterConfig::default().interval(Duration::from_secs(3600));
+    let _handle = StoreHandle::start_with(&pool, store.clone(), slow)
+        .await
+        .unwrap();
+    serve(&pool, 1, Outcome::Success);
+    store.fail_next.store(1, Ordering::Release);
+    let err = pool.shutdown().await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "store `recording` could not write: disk on fire"
+    );
+    // Nothing was lost: the next shutdown writes it.
+    pool.shutdown().await.unwrap();
+    assert_eq!(stored_total(&store.inner, &pool), 1);
+}

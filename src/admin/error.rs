@@ -77,6 +77,11 @@ impl From<PoolError> for ApiError {
                 "refresh_failed",
                 format!("account `{id}`: {source}"),
             ),
+            PoolError::Store(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("store {message}"),
+            ),
         }
     }
 }

@@ -498,6 +498,29 @@ impl StoreHandle {
                 }
             }
         });
+        // `Pool::shutdown` flushes through a weak sender: the pool never keeps a writer alive.
+        let flush_commands = commands.downgrade();
+        let name = writer.store.name();
+        pool.shared
+            .flushers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(move || {
+                let commands = flush_commands.upgrade();
+                Box::pin(async move {
+                    let Some(commands) = commands else {
+                        return Ok(()); // stopped, after its final flush
+                    };
+                    let (reply, answer) = oneshot::channel();
+                    if commands.send(Command::Flush(reply)).await.is_err() {
+                        return Ok(());
+                    }
+                    answer
+                        .await
+                        .unwrap_or(Ok(()))
+                        .map_err(|e| format!("`{name}` could not write: {e}"))
+                })
+            }));
         let stats = writer.stats.clone();
         let task = tokio::spawn(writer.run(receiver, stopped));
         Ok(StoreHandle {
