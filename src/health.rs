@@ -369,26 +369,31 @@ pub(crate) struct Details {
 
 /// An account's runtime state: atomics read lock-free by selection, plus a per-account lock
 /// taken only on state transitions.
+///
+/// The fields selection and a successful report touch come first, so that for a healthy
+/// account they share one cache line (`repr(C)` keeps the order).
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub(crate) struct Runtime {
-    pub(crate) state: AtomicU8,
     /// Deadline of the account-wide block in pool milliseconds (0: none, `NEVER`: indefinite).
     pub(crate) until_ms: AtomicU64,
     /// Latest deadline of any model block (0 when there are none), for a lock-free fast path.
     pub(crate) model_blocks_until: AtomicU64,
-    pub(crate) model_blocks: RwLock<Vec<ModelBlock>>,
+    pub(crate) last_used_ms: AtomicU64,
     pub(crate) in_flight: AtomicU32,
     pub(crate) consecutive_failures: AtomicU32,
-    pub(crate) ejection_level: AtomicU32,
     pub(crate) rate_limit_level: AtomicU32,
     pub(crate) quota_level: AtomicU32,
+    pub(crate) state: AtomicU8,
+    /// Outcome counters; `Success` and `ClientError` still fall in the first cache line.
+    pub(crate) outcomes: [AtomicU64; OutcomeClass::ALL.len()],
+    pub(crate) ejection_level: AtomicU32,
     /// Bumped on every transition; background refreshes act only if it did not move.
     pub(crate) generation: AtomicU64,
-    pub(crate) last_used_ms: AtomicU64,
     /// Pool-wide use order, kept only by the least-recently-used strategy (0: never used).
     pub(crate) use_ticket: AtomicU64,
-    pub(crate) outcomes: [AtomicU64; OutcomeClass::ALL.len()],
     pub(crate) swrr_current: AtomicI64,
+    pub(crate) model_blocks: RwLock<Vec<ModelBlock>>,
     pub(crate) details: Mutex<Details>,
 }
 

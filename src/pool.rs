@@ -132,17 +132,30 @@ pub enum PoolError {
 #[derive(Debug)]
 pub(crate) struct Clock {
     epoch: tokio::time::Instant,
+    /// Wall-clock milliseconds at `coarse_epoch`, for "last used".
+    wall_epoch_ms: u64,
+    coarse_epoch: coarsetime::Instant,
 }
 
 impl Clock {
     fn new() -> Self {
         Clock {
             epoch: tokio::time::Instant::now(),
+            wall_epoch_ms: epoch_ms::millis(&SystemTime::now()),
+            coarse_epoch: coarsetime::Instant::now_without_cache_update(),
         }
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Wall-clock milliseconds, from the kernel's coarse monotonic clock (a few ms of
+    /// resolution, read without a timestamp-counter instruction): enough for "last used".
+    pub(crate) fn wall_ms_coarse(&self) -> u64 {
+        let since =
+            coarsetime::Instant::now_without_cache_update().duration_since(self.coarse_epoch);
+        self.wall_epoch_ms + since.as_millis()
     }
 
     /// A clock read deferred until (and unless) something needs it.
@@ -201,20 +214,24 @@ impl LazyNow<'_> {
     }
 }
 
-/// Wall-clock milliseconds from the kernel's coarse clock (a few ms of resolution, a fraction
-/// of the cost of a precise read): enough for "last used".
-fn wall_ms_coarse() -> u64 {
-    coarsetime::Clock::now_since_epoch().as_millis().max(1)
-}
-
 /// One account as the roster holds it: settings are immutable here (a change swaps in a new
 /// slot); the runtime state is shared across such swaps.
+///
+/// What selection reads comes first (`repr(C)` keeps the order): the runtime pointer and
+/// copies of the settings it checks, so a visit costs one cache line here.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Slot {
+    pub(crate) runtime: Arc<Runtime>,
+    /// `settings.enabled`.
+    pub(crate) enabled: bool,
+    /// Whether the settings restrict models at all (else no model check is needed).
+    pub(crate) model_rules: bool,
+    /// `settings.max_in_flight`.
+    pub(crate) max_in_flight: Option<u32>,
     pub(crate) id: AccountId,
     pub(crate) credential: SharedCredential,
     pub(crate) settings: AccountSettings,
-    pub(crate) runtime: Arc<Runtime>,
     /// The pool, reached only off the fast path (leases hold slots, not the pool, so the
     /// pool-wide reference count is never touched per request).
     pub(crate) shared: Weak<Shared>,
@@ -557,14 +574,37 @@ fn new_slot(
     shared: &Weak<Shared>,
     models: &Arc<Models>,
 ) -> Arc<Slot> {
-    Arc::new(Slot {
-        id: account.id,
-        credential: account.credential,
-        settings: account.settings,
+    Slot::new(
+        account.id,
+        account.credential,
+        account.settings,
         runtime,
-        shared: shared.clone(),
-        models: models.clone(),
-    })
+        shared.clone(),
+        models.clone(),
+    )
+}
+
+impl Slot {
+    fn new(
+        id: AccountId,
+        credential: SharedCredential,
+        settings: AccountSettings,
+        runtime: Arc<Runtime>,
+        shared: Weak<Shared>,
+        models: Arc<Models>,
+    ) -> Arc<Slot> {
+        Arc::new(Slot {
+            runtime,
+            enabled: settings.enabled,
+            model_rules: settings.models.is_some() || !settings.not_supported_models.is_empty(),
+            max_in_flight: settings.max_in_flight,
+            id,
+            credential,
+            settings,
+            shared,
+            models,
+        })
+    }
 }
 
 fn validate_settings(id: &AccountId, index: usize, s: &AccountSettings) -> Result<(), BuildError> {
@@ -865,14 +905,14 @@ impl Pool {
         }
         validate_settings(&old.id, index, &settings)?;
         let mut slots = roster.slots.clone();
-        slots[index] = Arc::new(Slot {
-            id: old.id.clone(),
-            credential: old.credential.clone(),
+        slots[index] = Slot::new(
+            old.id.clone(),
+            old.credential.clone(),
             settings,
-            runtime: old.runtime.clone(),
-            shared: old.shared.clone(),
-            models: old.models.clone(),
-        });
+            old.runtime.clone(),
+            old.shared.clone(),
+            old.models.clone(),
+        );
         self.shared.roster.store(Arc::new(Roster::new(slots)));
         Ok(())
     }
@@ -1142,10 +1182,10 @@ impl Shared {
         model: Option<&str>,
         now: &LazyNow<'_>,
     ) -> Result<bool, (Unavailable, u64)> {
-        if !slot.settings.enabled {
+        if !slot.enabled {
             return Err((Unavailable::Disabled, 0));
         }
-        if !slot.settings.allows_model(model) {
+        if slot.model_rules && !slot.settings.allows_model(model) {
             return Err((Unavailable::ModelNotAllowed, 0));
         }
         let rt = &slot.runtime;
@@ -1188,7 +1228,7 @@ impl Shared {
     ) -> Result<(), Unavailable> {
         let rt = &slot.runtime;
         let before = rt.in_flight.fetch_add(1, Ordering::AcqRel);
-        if slot.settings.max_in_flight.is_some_and(|max| before >= max) {
+        if slot.max_in_flight.is_some_and(|max| before >= max) {
             rt.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(Unavailable::AtCapacity);
         }
@@ -1227,7 +1267,8 @@ impl Shared {
                 return Err(Unavailable::Ejected);
             }
         }
-        rt.last_used_ms.store(wall_ms_coarse(), Ordering::Relaxed);
+        rt.last_used_ms
+            .store(self.clock.wall_ms_coarse(), Ordering::Relaxed);
         if self.strategy == Strategy::LeastRecentlyUsed {
             let ticket = self.use_tickets.fetch_add(1, Ordering::Relaxed) + 1;
             rt.use_ticket.store(ticket, Ordering::Relaxed);

@@ -330,7 +330,6 @@ impl Shared {
         match Self::health_verdict(slot, request.model, now) {
             Ok(probe) => {
                 let busy = slot
-                    .settings
                     .max_in_flight
                     .is_some_and(|max| slot.runtime.in_flight.load(Ordering::Acquire) >= max);
                 if busy {
