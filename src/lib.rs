@@ -71,6 +71,7 @@ pub mod health;
 pub mod kiro;
 pub mod layer;
 pub mod pool;
+mod private_file;
 pub mod select;
 pub mod store;
 #[cfg(feature = "test-util")]

@@ -1,9 +1,8 @@
 //! [`JsonFileStore`]: runtime state kept in the pool file itself.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
@@ -58,7 +57,6 @@ struct Inner {
     path: PathBuf,
     _lock: File,
     writing: Mutex<()>,
-    seq: AtomicU64,
     /// This store created the file: accounts missing from it are added (a file that existed
     /// before belongs to whoever edits it, and only its accounts get state).
     created: std::sync::atomic::AtomicBool,
@@ -90,7 +88,6 @@ impl JsonFileStore {
                 path,
                 _lock: lock,
                 writing: Mutex::new(()),
-                seq: AtomicU64::new(0),
                 created: std::sync::atomic::AtomicBool::new(false),
             }),
         };
@@ -114,9 +111,10 @@ impl JsonFileStore {
     }
 
     fn remove_stale_temporaries(&self) {
-        let (Some(dir), Some(prefix)) =
-            (parent_dir(&self.inner.path), temp_prefix(&self.inner.path))
-        else {
+        let (Some(dir), Some(prefix)) = (
+            parent_dir(&self.inner.path),
+            crate::private_file::temp_prefix(&self.inner.path),
+        ) else {
             return;
         };
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -178,32 +176,10 @@ impl Inner {
     /// Atomic replace: temporary file in the same directory (mode 0600), fsync, rename,
     /// directory fsync.
     fn replace(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let dir = parent_dir(&self.path).unwrap_or_else(|| PathBuf::from("."));
-        let prefix = temp_prefix(&self.path).unwrap_or_else(|| ".pool.tmp-".into());
-        let temp = dir.join(format!(
-            "{prefix}{}-{}",
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        ));
-        let io = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| StoreError::Io { path, source }
-        };
-        let result = (|| {
-            let mut file = open_private(&temp, true).map_err(io(&temp))?;
-            file.write_all(bytes).map_err(io(&temp))?;
-            file.sync_all().map_err(io(&temp))?;
-            drop(file);
-            fs::rename(&temp, &self.path).map_err(io(&self.path))?;
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&dir))?;
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        result
+        crate::private_file::replace(&self.path, bytes).map_err(|source| StoreError::Io {
+            path: self.display(),
+            source,
+        })
     }
 }
 
@@ -219,10 +195,6 @@ fn parent_dir(path: &Path) -> Option<PathBuf> {
         Some(p) => Some(p.to_path_buf()),
         None => None,
     }
-}
-
-fn temp_prefix(path: &Path) -> Option<String> {
-    Some(format!(".{}.tmp-", path.file_name()?.to_string_lossy()))
 }
 
 fn open_private(path: &Path, create_new: bool) -> std::io::Result<File> {
