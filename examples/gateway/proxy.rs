@@ -1,0 +1,367 @@
+//! The gateway's HTTP side: a reverse proxy through `AccountPoolLayer`, the admin router under
+//! `/admin`, request-body limits, and graceful shutdown.
+//!
+//! Shared by `examples/gateway` (its `main`), `examples/loadgen` and the gateway tests, so not
+//! every item is used by every one of them.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{StatusCode, Uri};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tower::{Layer, Service, ServiceExt};
+use tower_account_pool::admin::{self, AdminConfig};
+use tower_account_pool::layer::{AccountPoolLayer, AccountPoolService, ReplayBody};
+use tower_account_pool::{kiro, Pool};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The inner service: a reqwest client (http and https upstreams), the request's URI already
+/// pointing at the upstream.
+#[derive(Clone)]
+pub struct Upstream {
+    client: reqwest::Client,
+}
+
+impl Upstream {
+    pub fn new() -> Result<Self, BoxError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()?;
+        Ok(Upstream { client })
+    }
+}
+
+impl Service<http::Request<ReplayBody<Full<Bytes>>>> for Upstream {
+    type Response = http::Response<reqwest::Body>;
+    type Error = reqwest::Error;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<http::Response<reqwest::Body>, reqwest::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let request = reqwest::Request::try_from(request.map(reqwest::Body::wrap))?;
+            let response = client.execute(request).await?;
+            Ok(http::Response::from(response))
+        })
+    }
+}
+
+/// How the gateway treats requests.
+#[derive(Clone)]
+pub struct ProxyOptions {
+    /// Base URL every request is forwarded to (its path and query are appended).
+    pub upstream: String,
+    /// Largest request body accepted (413 above it).
+    pub body_cap: usize,
+    /// Longest time a client may take to send its body (408 after it).
+    pub body_timeout: Duration,
+    /// The admin router's configuration; `None` serves no `/admin`.
+    pub admin: Option<AdminConfig>,
+}
+
+impl ProxyOptions {
+    pub fn new(upstream: impl Into<String>) -> Self {
+        ProxyOptions {
+            upstream: upstream.into().trim_end_matches('/').to_owned(),
+            body_cap: 8 * 1024 * 1024,
+            body_timeout: Duration::from_secs(30),
+            admin: None,
+        }
+    }
+}
+
+struct Proxy {
+    service: AccountPoolService<Upstream>,
+    options: ProxyOptions,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Gateway {
+    /// Serves `layer` over the upstream on `listener` until [`shutdown`](Self::shutdown) or
+    /// `signal` resolves, whichever comes first.
+    pub fn start(
+        listener: tokio::net::TcpListener,
+        pool: Pool,
+        layer: AccountPoolLayer,
+        options: ProxyOptions,
+    ) -> Result<Gateway, BoxError> {
+        let addr = listener.local_addr()?;
+        let proxy = Arc::new(Proxy {
+            service: layer.layer(Upstream::new()?),
+            options: options.clone(),
+        });
+        let mut app = axum::Router::new();
+        if let Some(config) = options.admin {
+            app = app.nest("/admin", admin::router(pool, config));
+        }
+        let app = app.fallback(move |request: Request| forward(proxy.clone(), request));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Gateway {
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections and waits for the requests in flight (streams included) to
+    /// finish.
+    pub async fn shutdown(mut self) -> Result<(), BoxError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await??;
+        Ok(())
+    }
+
+    /// Waits until the server ends by itself (it does not without `shutdown`).
+    pub async fn wait(&mut self) -> Result<(), BoxError> {
+        (&mut self.task).await??;
+        Ok(())
+    }
+}
+
+/// A JSON error in the shape the layer uses for its own answers.
+pub fn error_response(status: StatusCode, kind: &str, message: &str) -> Response {
+    let body = serde_json::json!({"type": "error", "error": {"type": kind, "message": message}});
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Connection-level headers a proxy must not forward (RFC 9110 §7.6.1), plus the client's own
+/// `authorization` (the pool injects the account's) and `host` (the upstream's is set).
+fn dropped_request_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "authorization"
+            | "x-api-key"
+    )
+}
+
+fn dropped_response_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"))
+}
+
+/// Reads a body up to `cap` bytes within `timeout`.
+async fn read_body(body: Body, cap: usize, timeout: Duration) -> Result<Bytes, Response> {
+    let limited = Limited::new(body, cap);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout_error",
+            &format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
+        )),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(cap)),
+        Ok(Err(_)) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "the request body could not be read",
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+fn too_large(cap: usize) -> Response {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        &format!("the request body is larger than the limit of {cap} bytes"),
+    )
+}
+
+/// Forwards one request through the pool.
+async fn forward(proxy: Arc<Proxy>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let options = &proxy.options;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > options.body_cap as u64) {
+        return too_large(options.body_cap);
+    }
+    let bytes = match read_body(body, options.body_cap, options.body_timeout).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    if !bytes.is_empty() && is_json(&parts.headers) {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!("the request body is not valid JSON: {e}"),
+            );
+        }
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = match format!("{}{}", options.upstream, path).parse() {
+        Ok(uri) => uri,
+        Err(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "the request path cannot be forwarded",
+            )
+        }
+    };
+    let mut upstream = http::Request::new(Full::new(bytes));
+    *upstream.method_mut() = parts.method;
+    *upstream.uri_mut() = uri;
+    for (name, value) in &parts.headers {
+        if !dropped_request_header(name) {
+            upstream.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    let service = proxy.service.clone();
+    match service.oneshot(upstream).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            let names: Vec<HeaderName> = parts
+                .headers
+                .keys()
+                .filter(|n| dropped_response_header(n))
+                .cloned()
+                .collect();
+            for name in names {
+                parts.headers.remove(name);
+            }
+            // Streamed as it arrives: axum polls the layer's body frame by frame.
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e.without_url(), "upstream call failed on every attempt");
+            error_response(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "the upstream could not be reached",
+            )
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Kiro accounts at start: one refresh pass (expired tokens are renewed before the first
+/// request) and one usage probe per account, awaited; then the periodic refresher and prober,
+/// first run after their interval. Abort the returned tasks at shutdown.
+pub async fn kiro_startup(
+    pool: &Pool,
+    refresh_every: Duration,
+    probe_every: Duration,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    kiro::refresh_pass(pool).await;
+    let mut probes = tokio::task::JoinSet::new();
+    for account in pool.snapshot().accounts {
+        if account.credential.kind == kiro::KIND && account.settings.enabled {
+            let pool = pool.clone();
+            probes.spawn(async move {
+                let _ = pool.probe_kiro_account(account.id.as_str()).await;
+            });
+        }
+    }
+    while probes.join_next().await.is_some() {}
+    let later =
+        |pool: Pool, every: Duration, start: fn(&Pool, Duration) -> tokio::task::JoinHandle<()>| {
+            tokio::spawn(async move {
+                tokio::time::sleep(every).await;
+                let _ = start(&pool, every).await;
+            })
+        };
+    vec![
+        later(pool.clone(), refresh_every, kiro::spawn_refresher),
+        later(pool.clone(), probe_every, kiro::spawn_usage_prober),
+    ]
+}
