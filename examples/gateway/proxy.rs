@@ -16,7 +16,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use hyper_util::rt::TokioExecutor;
 use tower::{Layer, Service, ServiceExt};
 use tower_account_pool::admin::{self, AdminConfig};
 use tower_account_pool::layer::{AccountPoolLayer, AccountPoolService, ReplayBody};
@@ -24,28 +25,61 @@ use tower_account_pool::{kiro, Pool};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The inner service: a reqwest client (http and https upstreams), the request's URI already
-/// pointing at the upstream.
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    ReplayBody<Full<Bytes>>,
+>;
+
+/// A response body from either client.
+pub type UpstreamBody = Either<hyper::body::Incoming, reqwest::Body>;
+
+/// The inner service, the request's URI already pointing at the upstream: a hyper-util client
+/// for `http://` upstreams (the lighter path), reqwest (rustls) for `https://` ones.
 #[derive(Clone)]
 pub struct Upstream {
-    client: reqwest::Client,
+    http: HttpClient,
+    https: reqwest::Client,
 }
 
 impl Upstream {
     pub fn new() -> Result<Self, BoxError> {
-        let client = reqwest::Client::builder()
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        let https = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
             .build()?;
-        Ok(Upstream { client })
+        Ok(Upstream { http, https })
     }
 }
 
+/// Why an upstream call failed (no URL in the message: it could carry credentials).
+#[derive(Debug)]
+pub enum UpstreamError {
+    Http(hyper_util::client::legacy::Error),
+    Https(reqwest::Error),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Http(e) => write!(f, "upstream call failed: {e}"),
+            UpstreamError::Https(e) => write!(f, "upstream call failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {}
+
 impl Service<http::Request<ReplayBody<Full<Bytes>>>> for Upstream {
-    type Response = http::Response<reqwest::Body>;
-    type Error = reqwest::Error;
+    type Response = http::Response<UpstreamBody>;
+    type Error = UpstreamError;
     type Future = std::pin::Pin<
-        Box<dyn Future<Output = Result<http::Response<reqwest::Body>, reqwest::Error>> + Send>,
+        Box<dyn Future<Output = Result<http::Response<UpstreamBody>, UpstreamError>> + Send>,
     >;
 
     fn poll_ready(
@@ -56,11 +90,23 @@ impl Service<http::Request<ReplayBody<Full<Bytes>>>> for Upstream {
     }
 
     fn call(&mut self, request: http::Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
-        let client = self.client.clone();
+        if request.uri().scheme_str() == Some("http") {
+            let call = self.http.request(request);
+            return Box::pin(async move {
+                call.await
+                    .map(|r| r.map(Either::Left))
+                    .map_err(UpstreamError::Http)
+            });
+        }
+        let client = self.https.clone();
         Box::pin(async move {
-            let request = reqwest::Request::try_from(request.map(reqwest::Body::wrap))?;
-            let response = client.execute(request).await?;
-            Ok(http::Response::from(response))
+            let request = reqwest::Request::try_from(request.map(reqwest::Body::wrap))
+                .map_err(|e| UpstreamError::Https(e.without_url()))?;
+            let response = client
+                .execute(request)
+                .await
+                .map_err(|e| UpstreamError::Https(e.without_url()))?;
+            Ok(http::Response::from(response).map(Either::Right))
         })
     }
 }
@@ -302,7 +348,7 @@ async fn forward(proxy: Arc<Proxy>, request: Request) -> Response {
             Response::from_parts(parts, Body::new(body))
         }
         Err(e) => {
-            tracing::warn!(error = %e.without_url(), "upstream call failed on every attempt");
+            tracing::warn!(error = %e, "upstream call failed on every attempt");
             error_response(
                 StatusCode::BAD_GATEWAY,
                 "api_error",
