@@ -6,7 +6,7 @@
 //! reached an account inside a window where it was disabled or cooling down (the upstream keeps
 //! the windows and checks every arrival against them).
 //!
-//! `CHAOS_REQUESTS` sets the number of requests (default 15,000 so the debug build stays well
+//! `CHAOS_REQUESTS` sets the number of requests (default 30,000 so the debug build stays well
 //! under a minute on a small machine; the figure is 50,000).
 #![cfg(all(feature = "kiro", feature = "admin"))]
 
@@ -261,7 +261,7 @@ async fn chaos_every_request_answered_counters_match_no_request_to_a_cooling_acc
     let requests: usize = std::env::var("CHAOS_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(15_000);
+        .unwrap_or(30_000);
     let ledger: Shared = Arc::default();
     let upstream = upstream(ledger.clone()).await;
     let pool = Pool::builder()
