@@ -82,6 +82,20 @@ async fn the_demo_serves_every_client_and_its_table_tells_each_account_apart() {
     for r in &rows {
         assert_eq!(r.requests as usize, r.upstream_saw, "{}: {table}", r.id);
     }
+    // Each chat request carried its own account's profileArn, set by the gateway per attempt
+    // (the clients send none), and the rest of the client's body unchanged.
+    let chats = demo.mock.requests_to("/generateAssistantResponse");
+    assert!(!chats.is_empty());
+    for chat in &chats {
+        let account = chat.account.as_deref().expect("a known token");
+        let body: serde_json::Value = serde_json::from_slice(&chat.body).unwrap();
+        assert_eq!(body["profileArn"], demo::profile_arn(account), "{body}");
+        assert_eq!(body["model"], demo::MODEL);
+        assert_eq!(
+            body["conversationState"]["currentMessage"]["userInputMessage"]["content"],
+            "Hello"
+        );
+    }
     let successes: u64 = rows.iter().map(|r| r.successes).sum();
     assert_eq!(successes, 120, "one upstream success per client request");
 

@@ -90,10 +90,16 @@ pub struct Row {
     pub reason: String,
 }
 
+/// The `profileArn` of a demo account (social login).
+pub fn profile_arn(name: &str) -> String {
+    format!("arn:aws:codewhisperer:us-east-1:000000000000:profile/{name}")
+}
+
 fn token_file(access: Option<&str>, refresh: &str, expires_at: &str, name: &str) -> String {
     let access = access.map_or(String::new(), |a| format!(r#""accessToken":"{a}","#));
+    let arn = profile_arn(name);
     format!(
-        r#"{{{access}"refreshToken":"{refresh}","authMethod":"social","profileArn":"arn:aws:codewhisperer:us-east-1:000000000000:profile/{name}","expiresAt":"{expires_at}"}}"#
+        r#"{{{access}"refreshToken":"{refresh}","authMethod":"social","profileArn":"{arn}","expiresAt":"{expires_at}"}}"#
     )
 }
 
@@ -148,7 +154,11 @@ pub async fn start(listen: SocketAddr, admin_token: Option<String>) -> Result<De
     let admin_token = admin_token.unwrap_or_else(|| format!("{:032x}", fastrand::u128(..)));
     let mut options = ProxyOptions::new(mock.url());
     options.admin = Some(AdminConfig::new(&admin_token)?);
-    let layer = AccountPoolLayer::new(pool.clone()).classifier(KiroClassifier::default());
+    // Three accounts fail every request until they cool down; with a fourth attempt (each on
+    // a different account) every client request reaches a working one, whatever the order.
+    let layer = AccountPoolLayer::new(pool.clone())
+        .classifier(KiroClassifier::default())
+        .max_attempts(4);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let gateway = Gateway::start(listener, pool.clone(), layer, options)?;
     Ok(Demo {

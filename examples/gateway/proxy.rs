@@ -20,15 +20,18 @@ use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, Service, ServiceExt};
 use tower_account_pool::admin::{self, AdminConfig};
-use tower_account_pool::layer::{AccountPoolLayer, AccountPoolService, ReplayBody};
+use tower_account_pool::layer::{
+    AccountPoolLayer, AccountPoolService, ReplayBody, SelectedAccount,
+};
 use tower_account_pool::{kiro, Pool};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    ReplayBody<Full<Bytes>>,
->;
+/// The body sent upstream: the layer's as is, or rewritten (see [`for_account`]).
+type OutBody = Either<ReplayBody<Full<Bytes>>, Full<Bytes>>;
+
+type HttpClient =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, OutBody>;
 
 /// A response body from either client.
 pub type UpstreamBody = Either<hyper::body::Incoming, reqwest::Body>;
@@ -90,25 +93,73 @@ impl Service<http::Request<ReplayBody<Full<Bytes>>>> for Upstream {
     }
 
     fn call(&mut self, request: http::Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
-        if request.uri().scheme_str() == Some("http") {
-            let call = self.http.request(request);
+        let plain_http = request.uri().scheme_str() == Some("http");
+        if plain_http && !is_kiro(&request) {
+            // The common path: nothing to rewrite, no clone of the client.
+            let call = self.http.request(request.map(Either::Left));
             return Box::pin(async move {
                 call.await
                     .map(|r| r.map(Either::Left))
                     .map_err(UpstreamError::Http)
             });
         }
-        let client = self.https.clone();
+        let (http, https) = (self.http.clone(), self.https.clone());
         Box::pin(async move {
+            let request = for_account(request).await;
+            if plain_http {
+                return http
+                    .request(request)
+                    .await
+                    .map(|r| r.map(Either::Left))
+                    .map_err(UpstreamError::Http);
+            }
             let request = reqwest::Request::try_from(request.map(reqwest::Body::wrap))
                 .map_err(|e| UpstreamError::Https(e.without_url()))?;
-            let response = client
+            let response = https
                 .execute(request)
                 .await
                 .map_err(|e| UpstreamError::Https(e.without_url()))?;
             Ok(http::Response::from(response).map(Either::Right))
         })
     }
+}
+
+fn is_kiro<B>(request: &http::Request<B>) -> bool {
+    request
+        .extensions()
+        .get::<SelectedAccount>()
+        .is_some_and(|s| s.credential_kind() == kiro::KIND)
+}
+
+/// Kiro's chat body names the account: social accounts send their `profileArn` as a top-level
+/// field, Builder ID / IdC accounts must send none. The layer picks the account per attempt,
+/// so the field is set here, from the [`SelectedAccount`] (a read-only credential field, not a
+/// secret). Other accounts' requests, and bodies that are not a JSON object, pass unchanged.
+async fn for_account(request: http::Request<ReplayBody<Full<Bytes>>>) -> http::Request<OutBody> {
+    if !is_kiro(&request) {
+        return request.map(Either::Left);
+    }
+    let arn = request
+        .extensions()
+        .get::<SelectedAccount>()
+        .and_then(|s| s.field("profileArn"));
+    let (mut parts, body) = request.into_parts();
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    let bytes = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            match arn {
+                Some(arn) => map.insert("profileArn".into(), arn.into()),
+                None => map.remove("profileArn"),
+            };
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Bytes::from(serde_json::Value::Object(map).to_string())
+        }
+        _ => bytes,
+    };
+    http::Request::from_parts(parts, Either::Right(Full::new(bytes)))
 }
 
 /// How the gateway treats requests.
