@@ -183,6 +183,7 @@ async fn run(target: &str, concurrency: usize, requests: usize) -> Result<Report
     Ok(report)
 }
 
+#[cfg_attr(not(all(feature = "kiro", feature = "admin")), allow(dead_code))]
 /// An upstream that answers every request at once with a small JSON body.
 async fn instant_upstream() -> Result<SocketAddr, BoxError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
