@@ -21,10 +21,11 @@ mod proxy;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tower_account_pool::admin::AdminConfig;
-use tower_account_pool::config::PoolFile;
+use tower_account_pool::config::{FileWatcher, PoolFile};
 use tower_account_pool::kiro::{self, KiroClassifier, KiroOptions, KiroResolver};
 use tower_account_pool::store::{JsonFileStore, SqliteStore, StoreHandle};
 use tower_account_pool::{AccountPoolLayer, Pool};
@@ -169,6 +170,11 @@ async fn serve(args: Args) -> Result<(), BoxError> {
             return Err(format!("--store: `{other}` is not json, sqlite:PATH or redis:URL").into())
         }
     };
+    // Hot reload: edits of the pool file (accounts added, removed, changed) reach the running
+    // pool; a broken edit is logged and ignored. Stops when `_watch` is dropped.
+    let _watch = FileWatcher::new(&pool, &pool_path)
+        .resolver(Arc::new(KiroResolver::new(KiroOptions::default())))
+        .start();
     let kiro_accounts = pool
         .snapshot()
         .accounts
