@@ -1,0 +1,375 @@
+//! A small HTTP load generator: throughput and latency percentiles.
+//!
+//! ```sh
+//! cargo run --release --example loadgen -- --target http://127.0.0.1:8080/v1/messages \
+//!     --concurrency 64 --requests 100000
+//!
+//! # The gateway comparison (in-process instant upstream, gateway, loadgen; one process):
+//! cargo run --release --example loadgen --features kiro,admin -- --compare --requests 200000
+//! ```
+//!
+//! `--compare` measures (a) direct to an instant local upstream, (b) through the gateway with
+//! one account, (c) through the gateway with 1,000 accounts of which 500 are cooling down, at
+//! `--concurrency` (default 64), and prints a Markdown table. `--soak N` then sends N more
+//! requests through (c) and prints the process's resident memory every N/10 requests.
+
+#[cfg(all(feature = "kiro", feature = "admin"))]
+#[path = "gateway/proxy.rs"]
+mod proxy;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body every load request carries.
+const BODY: &str =
+    r#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+
+#[derive(Debug)]
+struct Args {
+    target: Option<String>,
+    concurrency: usize,
+    requests: usize,
+    compare: bool,
+    soak: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        target: None,
+        concurrency: 64,
+        requests: 100_000,
+        compare: false,
+        soak: 0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        let number = |name: &str, text: String| {
+            text.replace('_', "")
+                .parse::<usize>()
+                .map_err(|_| format!("{name}: `{text}` is not a number"))
+        };
+        match arg.as_str() {
+            "--target" => args.target = Some(value("--target")?),
+            "--concurrency" => args.concurrency = number("--concurrency", value("--concurrency")?)?,
+            "--requests" => args.requests = number("--requests", value("--requests")?)?,
+            "--soak" => args.soak = number("--soak", value("--soak")?)?,
+            "--compare" => args.compare = true,
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    if args.target.is_none() && !args.compare {
+        return Err("give --target URL or --compare".into());
+    }
+    if args.concurrency == 0 || args.requests == 0 {
+        return Err("--concurrency and --requests must be at least 1".into());
+    }
+    Ok(args)
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+struct Report {
+    requests: usize,
+    ok: usize,
+    non_2xx: usize,
+    errors: usize,
+    elapsed: Duration,
+    /// Sorted latencies in microseconds.
+    latencies: Vec<u32>,
+}
+
+impl Report {
+    fn throughput(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * self.latencies.len() as f64).ceil() as usize;
+        let index = rank.clamp(1, self.latencies.len()) - 1;
+        Duration::from_micros(u64::from(self.latencies[index]))
+    }
+
+    fn print(&self, label: &str) {
+        println!(
+            "{label}: {} requests in {:.2} s = {:.0} req/s; {} ok, {} non-2xx, {} errors; latency p50 {} p90 {} p99 {} max {}",
+            self.requests,
+            self.elapsed.as_secs_f64(),
+            self.throughput(),
+            self.ok,
+            self.non_2xx,
+            self.errors,
+            ms(self.percentile(50.0)),
+            ms(self.percentile(90.0)),
+            ms(self.percentile(99.0)),
+            ms(self.percentile(100.0)),
+        );
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// `requests` POSTs of [`BODY`] to `target` from `concurrency` workers over one shared
+/// keep-alive connection pool; each response body is read to its end.
+async fn run(target: &str, concurrency: usize, requests: usize) -> Result<Report, BoxError> {
+    let uri: http::Uri = target.parse()?;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(concurrency)
+        .build_http();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, uri, next) = (client.clone(), uri.clone(), next.clone());
+        workers.spawn(async move {
+            let mut latencies = Vec::with_capacity(requests / concurrency + 1);
+            let (mut ok, mut non_2xx, mut errors) = (0, 0, 0);
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
+                let request = http::Request::post(uri.clone())
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+                    .expect("a valid request");
+                let sent = Instant::now();
+                match client.request(request).await {
+                    Ok(response) => {
+                        let success = response.status().is_success();
+                        match response.into_body().collect().await {
+                            Ok(_) if success => ok += 1,
+                            Ok(_) => non_2xx += 1,
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    Err(_) => errors += 1,
+                }
+                let micros = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                latencies.push(micros);
+            }
+            (latencies, ok, non_2xx, errors)
+        });
+    }
+    let mut report = Report {
+        requests: 0,
+        ok: 0,
+        non_2xx: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::with_capacity(requests),
+    };
+    while let Some(joined) = workers.join_next().await {
+        let (latencies, ok, non_2xx, errors) = joined?;
+        report.latencies.extend(latencies);
+        report.ok += ok;
+        report.non_2xx += non_2xx;
+        report.errors += errors;
+    }
+    report.elapsed = started.elapsed();
+    report.requests = report.latencies.len();
+    report.latencies.sort_unstable();
+    Ok(report)
+}
+
+#[cfg_attr(not(all(feature = "kiro", feature = "admin")), allow(dead_code))]
+/// An upstream that answers every request at once with a small JSON body.
+async fn instant_upstream() -> Result<SocketAddr, BoxError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |request: http::Request<hyper::body::Incoming>| async move {
+                        // Read the request body, as a real upstream would.
+                        let _ = request.into_body().collect().await;
+                        let body = Full::new(Bytes::from_static(
+                            br#"{"id":"msg_1","type":"message","content":[{"type":"text","text":"hi"}]}"#,
+                        ));
+                        let mut response = http::Response::new(body);
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, Infallible>(response)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[cfg_attr(not(all(feature = "kiro", feature = "admin")), allow(dead_code))]
+/// Resident memory of this process, from `/proc/self/status` (Linux).
+fn resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(all(feature = "kiro", feature = "admin"))]
+async fn compare(args: &Args) -> Result<(), BoxError> {
+    use tower_account_pool::credential::BearerToken;
+    use tower_account_pool::{Account, AccountPoolLayer, Outcome, Pool, RateLimitScope};
+
+    let upstream = instant_upstream().await?;
+    let upstream_url = format!("http://{upstream}");
+    let gateway_for =
+        |accounts: usize, cooling: usize| -> Result<(Pool, proxy::Gateway), BoxError> {
+            let pool = Pool::builder()
+                .accounts((0..accounts).map(|i| {
+                    Account::new(
+                        format!("acct-{i:04}"),
+                        BearerToken::new(format!("sk-load-test-token-{i:04}")),
+                    )
+                }))
+                .build()?;
+            // Every other account cools down for an hour (account-wide rate limit).
+            for i in (0..accounts).step_by(2).take(cooling) {
+                pool.report_probe(
+                    &format!("acct-{i:04}"),
+                    Outcome::RateLimited {
+                        retry_after: Some(Duration::from_secs(3600)),
+                        scope: RateLimitScope::Account,
+                    },
+                )?;
+            }
+            let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            std_listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(std_listener)?;
+            let layer = AccountPoolLayer::new(pool.clone());
+            let gateway = proxy::Gateway::start(
+                listener,
+                pool.clone(),
+                layer,
+                proxy::ProxyOptions::new(upstream_url.clone()),
+            )?;
+            Ok((pool, gateway))
+        };
+
+    let (c, n) = (args.concurrency, args.requests);
+    println!(
+        "concurrency {c}, {n} requests per case, {} CPUs",
+        std::thread::available_parallelism().map_or(0, |p| p.get())
+    );
+    // Warm-up: connections and allocator.
+    run(&format!("{upstream_url}/v1/messages"), c, n / 10 + 1).await?;
+    let direct = run(&format!("{upstream_url}/v1/messages"), c, n).await?;
+    direct.print("(a) direct");
+
+    let (_pool1, gateway1) = gateway_for(1, 0)?;
+    let url1 = format!("http://{}/v1/messages", gateway1.addr());
+    run(&url1, c, n / 10 + 1).await?;
+    let one = run(&url1, c, n).await?;
+    one.print("(b) gateway, 1 account");
+    gateway1.shutdown().await?;
+
+    let (pool_k, gateway_k) = gateway_for(1000, 500)?;
+    let available = pool_k.snapshot().available();
+    let url_k = format!("http://{}/v1/messages", gateway_k.addr());
+    run(&url_k, c, n / 10 + 1).await?;
+    let many = run(&url_k, c, n).await?;
+    many.print(&format!(
+        "(c) gateway, 1,000 accounts ({available} available)"
+    ));
+
+    println!("\n| case | req/s | p50 | p90 | p99 | max | non-2xx + errors |");
+    println!("|---|---|---|---|---|---|---|");
+    for (label, r) in [
+        ("(a) direct to the upstream", &direct),
+        ("(b) gateway, 1 account", &one),
+        ("(c) gateway, 1,000 accounts, 500 cooling down", &many),
+    ] {
+        println!(
+            "| {label} | {:.0} | {} | {} | {} | {} | {} |",
+            r.throughput(),
+            ms(r.percentile(50.0)),
+            ms(r.percentile(90.0)),
+            ms(r.percentile(99.0)),
+            ms(r.percentile(100.0)),
+            r.non_2xx + r.errors
+        );
+    }
+    let ratio = many.throughput() / direct.throughput();
+    let p99_gap = many.percentile(99.0).as_secs_f64() - direct.percentile(99.0).as_secs_f64();
+    println!(
+        "\n(c)/(a) throughput: {:.0} % (target ≥ 85 %: {}); p99 (c) − (a): {:.3} ms (target ≤ 1 ms: {})",
+        ratio * 100.0,
+        if ratio >= 0.85 { "met" } else { "NOT met" },
+        p99_gap * 1000.0,
+        if p99_gap <= 0.001 { "met" } else { "NOT met" },
+    );
+
+    if args.soak > 0 {
+        let step = (args.soak / 10).max(1);
+        println!(
+            "\nsoak: {} requests through (c), resident memory every {step}:",
+            args.soak
+        );
+        println!("  start: {} KiB", resident_kib().unwrap_or(0));
+        let mut sent = 0;
+        while sent < args.soak {
+            let batch = step.min(args.soak - sent);
+            let r = run(&url_k, c, batch).await?;
+            sent += batch;
+            println!(
+                "  after {sent}: {} KiB ({:.0} req/s, {} failed)",
+                resident_kib().unwrap_or(0),
+                r.throughput(),
+                r.non_2xx + r.errors
+            );
+        }
+    }
+    gateway_k.shutdown().await?;
+    Ok(())
+}
+
+#[cfg(not(all(feature = "kiro", feature = "admin")))]
+async fn compare(_args: &Args) -> Result<(), BoxError> {
+    Err("--compare runs the gateway in process: build with --features kiro,admin".into())
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("error: {message}\nusage: loadgen --target URL [--concurrency C] [--requests N]\n       loadgen --compare [--concurrency C] [--requests N] [--soak N]   (features kiro,admin)");
+            std::process::exit(2);
+        }
+    };
+    let result = if args.compare {
+        compare(&args).await
+    } else {
+        let target = args.target.as_deref().unwrap_or_default();
+        run(target, args.concurrency, args.requests)
+            .await
+            .map(|report| {
+                report.print(target);
+            })
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
