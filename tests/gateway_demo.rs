@@ -90,7 +90,10 @@ async fn the_demo_serves_every_client_and_its_table_tells_each_account_apart() {
         let account = chat.account.as_deref().expect("a known token");
         let body: serde_json::Value = serde_json::from_slice(&chat.body).unwrap();
         assert_eq!(body["profileArn"], demo::profile_arn(account), "{body}");
-        let length = chat.headers.get("content-length").expect("a content-length");
+        let length = chat
+            .headers
+            .get("content-length")
+            .expect("a content-length");
         assert_eq!(length.to_str().unwrap(), chat.body.len().to_string());
         assert_eq!(body["model"], demo::MODEL);
         assert_eq!(
