@@ -409,14 +409,54 @@ impl Shared {
     ) -> Option<(&'s Arc<Slot>, bool)> {
         let n = slots.len() as u64;
         let cursor = self.models.cursor(model);
-        let start = cursor.fetch_add(1, Ordering::Relaxed);
-        let (slot, probe, skipped) = self.scan_from(slots, start % n, request, now, exhausted)?;
-        // Continue after the account picked, so a run of unavailable accounts does not make
-        // the next available one take all their turns.
-        if skipped > 0 {
-            cursor.fetch_max(start + skipped + 1, Ordering::Relaxed);
+        let counted = *exhausted;
+        let mut start = cursor.load(Ordering::Relaxed);
+        loop {
+            let found = (0..n).find_map(|skipped| {
+                let slot = &slots[((start + skipped) % n) as usize];
+                Some((slot, self.check(slot, request, now, exhausted)?, skipped))
+            });
+            let Some((slot, probe, skipped)) = found else {
+                // No account available: the turn is spent all the same.
+                cursor.fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
+            // Take the turns up to this account (so a run of unavailable accounts does not make
+            // the next available one take all their turns): one atomic step, retried from the
+            // new position if another selection moved the cursor meanwhile.
+            let next = start + skipped + 1;
+            if let Err(moved) =
+                cursor.compare_exchange_weak(start, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                start = moved;
+                *exhausted = counted;
+                continue;
+            }
+            if self.acquire(slot, probe, now, exhausted) {
+                if skipped > 0 {
+                    // Unavailable accounts are interleaved with available ones: read the state
+                    // of the next turns' accounts now, off the critical path, so that it is in
+                    // cache when they are visited.
+                    for ahead in [next + 1, next + 2] {
+                        let runtime = &slots[(ahead % n) as usize].runtime;
+                        std::hint::black_box(runtime.state.load(Ordering::Relaxed));
+                    }
+                }
+                return Some((slot, probe));
+            }
+            // Lost a race for that account (its in-flight limit, or a state change): go on
+            // with the accounts after it, once each.
+            for offset in skipped + 1..n {
+                let slot = &slots[((start + offset) % n) as usize];
+                if let Some(probe) = self.check(slot, request, now, exhausted) {
+                    if self.acquire(slot, probe, now, exhausted) {
+                        cursor.fetch_max(start + offset + 1, Ordering::Relaxed);
+                        return Some((slot, probe));
+                    }
+                }
+            }
+            return None;
         }
-        Some((slot, probe))
     }
 
     fn two_choices<'s>(

@@ -197,14 +197,44 @@ fn request_for<B>(
 /// An upstream answer that was retried, kept in case no other account can take the request.
 type Retried<RB, E> = (Answer<RB, E>, OutcomeClass, SelectedAccount);
 
-/// Awaits `$future` until `$until` (if any): `Some(output)`, or `None` on timeout. A macro, not
-/// an `async fn`, so the loop's state holds no extra wrapper to copy.
+pin_project_lite::pin_project! {
+    /// A future run until an optional deadline: one type (so one await point in the loop's
+    /// state machine) for both cases. With a deadline it is tokio's own [`tokio::time::Timeout`].
+    #[project = UntilProj]
+    enum Until<F> {
+        Timed { #[pin] inner: tokio::time::Timeout<F> },
+        Plain { #[pin] inner: F },
+    }
+}
+
+impl<F: Future> Until<F> {
+    fn new(until: Option<Instant>, future: F) -> Self {
+        match until {
+            Some(at) => Until::Timed {
+                inner: tokio::time::timeout_at(at, future),
+            },
+            None => Until::Plain { inner: future },
+        }
+    }
+}
+
+impl<F: Future> Future for Until<F> {
+    /// `None` when the deadline passed first.
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            UntilProj::Timed { inner } => inner.poll(cx).map(Result::ok),
+            UntilProj::Plain { inner } => inner.poll(cx).map(Some),
+        }
+    }
+}
+
+/// Awaits `$future` until `$until` (if any): `Some(output)`, or `None` on timeout. One await
+/// point whether or not there is a deadline, so what is live across it is stored once.
 macro_rules! until {
     ($until:expr, $future:expr) => {
-        match $until {
-            Some(at) => tokio::time::timeout_at(at, $future).await.ok(),
-            None => Some($future.await),
-        }
+        Until::new($until, $future).await
     };
 }
 
@@ -266,10 +296,16 @@ fn describe<RB, E>(answer: &Answer<RB, E>, outcome: Outcome) -> Cow<'static, str
 }
 
 /// The attempt loop of one request.
+///
+/// Its state machine is boxed once per request and moved whole, so it is kept small: every
+/// await point stores only what is live across it (values are scoped tightly, each deadline
+/// wrapper is one [`Until`] await, and the retry backoff is slept at the top of the next
+/// round, where the previous answer is gone).
 pub(crate) async fn run<S, B, RB>(
     config: Arc<Config>,
     mut inner: S,
-    request: Request<B>,
+    parts: http::request::Parts,
+    body: B,
 ) -> Result<Response<ResponseBody<RB>>, S::Error>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
@@ -277,20 +313,22 @@ where
     RB: Body<Data = Bytes> + Unpin,
 {
     let deadline = config.deadline.map(|d| Instant::now() + d);
-    let (parts, body) = request.into_parts();
-    let Some(read) = until!(deadline, hold(body, config.replay_cap)) else {
-        return Ok(json_response(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout_error",
-            "the request body did not arrive in time",
-        ));
-    };
-    let Ok((mut held, bytes)) = read else {
-        return Ok(json_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "the request body could not be read",
-        ));
+    let (mut held, bytes) = match until!(deadline, hold(body, config.replay_cap)) {
+        None => {
+            return Ok(json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout_error",
+                "the request body did not arrive in time",
+            ))
+        }
+        Some(Err(())) => {
+            return Ok(json_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "the request body could not be read",
+            ))
+        }
+        Some(Ok(read)) => read,
     };
     let model = config.model.model(&parts, &bytes);
     let affinity = config
@@ -306,13 +344,18 @@ where
     // Boxed: it is only set on a retry, and keeps the request's state small.
     let mut last: Option<Box<Retried<RB, S::Error>>> = None;
     let mut calls = 0u32;
+    // The backoff before the next round, slept at its top.
+    let mut pause: Option<std::time::Duration> = None;
     loop {
-        let select = SelectRequest {
+        if let Some(delay) = pause.take() {
+            tokio::time::sleep(delay).await;
+        }
+        let selection = config.pool.select(&SelectRequest {
             model: model.as_deref(),
             affinity_key: affinity.as_deref(),
             exclude: &tried,
-        };
-        let lease = match config.pool.select(&select) {
+        });
+        let lease = match selection {
             Ok(lease) => lease,
             Err(exhausted) => {
                 tracing::debug!(%exhausted, tried = tried.len(), "no account for the request");
@@ -342,20 +385,20 @@ where
                     "the request body was already sent",
                 ));
             };
-            let request = match request_for(&parts, body, &lease, calls) {
-                Ok(request) => request,
-                Err(e) => {
-                    tracing::warn!(account = %lease.id(), error = %e, "credential could not be applied");
-                    break (Answer::NotSent, Outcome::AuthInvalid, selected);
-                }
-            };
-            let until = match (deadline, config.attempt_timeout) {
-                (Some(d), Some(t)) => Some(d.min(Instant::now() + t)),
-                (d, t) => d.or_else(|| t.map(|t| Instant::now() + t)),
-            };
             // One call, and what the classifier asks to read; inline (not a nested future) so
-            // its state is not copied on every attempt.
+            // its state is not copied on every attempt. The request lives in this block only.
             let (answer, outcome) = 'call: {
+                let request = match request_for(&parts, body, &lease, calls) {
+                    Ok(request) => request,
+                    Err(e) => {
+                        tracing::warn!(account = %lease.id(), error = %e, "credential could not be applied");
+                        break 'call (Answer::NotSent, Outcome::AuthInvalid);
+                    }
+                };
+                let until = match (deadline, config.attempt_timeout) {
+                    (Some(d), Some(t)) => Some(d.min(Instant::now() + t)),
+                    (d, t) => d.or_else(|| t.map(|t| Instant::now() + t)),
+                };
                 match until!(until, std::future::poll_fn(|cx| inner.poll_ready(cx))) {
                     None => break 'call (Answer::TimedOut, Outcome::Transient),
                     Some(Err(e)) => break 'call (Answer::Error(e), Outcome::Transient),
@@ -451,9 +494,7 @@ where
                 config.pool.record_retry();
                 tried.push(id);
                 last = Some(Box::new((answer, class, selected)));
-                if let Some(delay) = delay {
-                    tokio::time::sleep(delay).await;
-                }
+                pause = delay;
             }
         }
     }

@@ -371,7 +371,13 @@ where
         // The ready service goes with the request; this one gets a fresh clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        // Boxed where it is made: the loop's state is a few KiB, and every move copies it.
-        ResponseFuture::new(Box::pin(future::run(self.config.clone(), inner, request)))
+        // Boxed where it is made: every move of the loop's state copies it whole.
+        let (parts, body) = request.into_parts();
+        ResponseFuture::new(Box::pin(future::run(
+            self.config.clone(),
+            inner,
+            parts,
+            body,
+        )))
     }
 }
