@@ -367,7 +367,6 @@ impl Shared {
         }
     }
 
-    /// The first account that can take the request, starting at `start` and wrapping around.
     /// The first account that can take the request, starting at `start` and wrapping around;
     /// with how many accounts were skipped before it.
     fn scan_from<'s>(
