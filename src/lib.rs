@@ -42,7 +42,7 @@
 //! - `admin` (feature `admin`): the admin API, metrics, health endpoint and dashboard.
 //! - [`store`]: persistence of runtime state (memory, the JSON pool file, SQLite, Redis) by a
 //!   background writer.
-//! - [`layer`]: [`AccountPoolLayer`](layer::AccountPoolLayer), the tower middleware that
+//! - [`layer`]: [`AccountPoolLayer`], the tower middleware that
 //!   selects, injects, classifies, reports and retries on another account.
 //! - [`classify`]: the [`Classifier`](classify::Classifier) trait, the HTTP and gRPC
 //!   classifiers, `Retry-After` parsing.

@@ -38,7 +38,7 @@
 //! soonest) is not implemented: an exhausted account is skipped through
 //! `Outcome::QuotaExhausted` until its reset, which the classifier and the probe both report.
 
-mod classify;
+pub mod classify;
 mod credential;
 pub mod eventstream;
 mod refresh;
