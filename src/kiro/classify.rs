@@ -218,18 +218,10 @@ fn classify(
     }
 }
 
-/// `Retry-After` as seconds or an HTTP date.
+/// `Retry-After` as seconds or an HTTP date (or `retry-after-ms`), as of now: the layer's
+/// [`retry_after`](crate::classify::retry_after).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+    crate::classify::retry_after(headers, SystemTime::now())
 }
 
 /// The Kiro classifier for [`AccountPoolLayer`](crate::layer::AccountPoolLayer): the table in
