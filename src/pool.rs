@@ -1000,20 +1000,8 @@ impl Pool {
             .store(saved.consecutive_failures, Ordering::Release);
         rt.ejection_level
             .store(saved.ejection_level, Ordering::Release);
-        let c = &saved.counters;
-        for (class, value) in [
-            (OutcomeClass::Success, c.successes),
-            (OutcomeClass::ClientError, c.client_errors),
-            (OutcomeClass::RateLimited, c.rate_limited),
-            (OutcomeClass::QuotaExhausted, c.quota_exhausted),
-            (OutcomeClass::AuthExpired, c.auth_expired),
-            (OutcomeClass::AuthInvalid, c.auth_invalid),
-            (OutcomeClass::Suspended, c.suspended),
-            (OutcomeClass::ModelUnsupported, c.model_unsupported),
-            (OutcomeClass::Transient, c.transient),
-            (OutcomeClass::Cancelled, c.cancelled),
-        ] {
-            rt.outcomes[class as usize].store(value, Ordering::Relaxed);
+        for &class in OutcomeClass::ALL {
+            rt.outcomes[class as usize].store(saved.counters.outcome(class), Ordering::Relaxed);
         }
         let last_used = saved.last_used.map_or(0, |t| epoch_ms::millis(&t));
         rt.last_used_ms.store(last_used, Ordering::Relaxed);
@@ -1779,19 +1767,13 @@ impl Shared {
             .settings
             .max_in_flight
             .is_none_or(|max| in_flight < max);
-        let counters = Counters {
+        let mut counters = Counters {
             requests: rt.requests(),
-            successes: rt.outcome_count(OutcomeClass::Success),
-            client_errors: rt.outcome_count(OutcomeClass::ClientError),
-            rate_limited: rt.outcome_count(OutcomeClass::RateLimited),
-            quota_exhausted: rt.outcome_count(OutcomeClass::QuotaExhausted),
-            auth_expired: rt.outcome_count(OutcomeClass::AuthExpired),
-            auth_invalid: rt.outcome_count(OutcomeClass::AuthInvalid),
-            suspended: rt.outcome_count(OutcomeClass::Suspended),
-            model_unsupported: rt.outcome_count(OutcomeClass::ModelUnsupported),
-            transient: rt.outcome_count(OutcomeClass::Transient),
-            cancelled: rt.outcome_count(OutcomeClass::Cancelled),
+            ..Counters::default()
         };
+        for &class in OutcomeClass::ALL {
+            *counters.outcome_mut(class) = rt.outcome_count(class);
+        }
         AccountSnapshot {
             id: slot.id.clone(),
             settings: slot.settings.clone(),
@@ -1937,27 +1919,43 @@ pub struct Counters {
 impl Counters {
     /// Sum of every outcome counted.
     pub fn outcomes(&self) -> u64 {
-        self.successes
-            + self.client_errors
-            + self.rate_limited
-            + self.quota_exhausted
-            + self.auth_expired
-            + self.auth_invalid
-            + self.suspended
-            + self.model_unsupported
-            + self.transient
-            + self.cancelled
+        OutcomeClass::ALL.iter().map(|c| self.outcome(*c)).sum()
     }
 
     /// Outcomes that were the account's fault.
     pub fn errors(&self) -> u64 {
-        self.rate_limited
-            + self.quota_exhausted
-            + self.auth_expired
-            + self.auth_invalid
-            + self.suspended
-            + self.model_unsupported
-            + self.transient
+        let harmless = [
+            OutcomeClass::Success,
+            OutcomeClass::ClientError,
+            OutcomeClass::Cancelled,
+        ];
+        OutcomeClass::ALL
+            .iter()
+            .filter(|c| !harmless.contains(c))
+            .map(|c| self.outcome(*c))
+            .sum()
+    }
+
+    /// The count of one outcome class.
+    pub fn outcome(&self, class: OutcomeClass) -> u64 {
+        let mut copy = *self;
+        *copy.outcome_mut(class)
+    }
+
+    /// The counter of one outcome class, to set it.
+    pub fn outcome_mut(&mut self, class: OutcomeClass) -> &mut u64 {
+        match class {
+            OutcomeClass::Success => &mut self.successes,
+            OutcomeClass::ClientError => &mut self.client_errors,
+            OutcomeClass::RateLimited => &mut self.rate_limited,
+            OutcomeClass::QuotaExhausted => &mut self.quota_exhausted,
+            OutcomeClass::AuthExpired => &mut self.auth_expired,
+            OutcomeClass::AuthInvalid => &mut self.auth_invalid,
+            OutcomeClass::Suspended => &mut self.suspended,
+            OutcomeClass::ModelUnsupported => &mut self.model_unsupported,
+            OutcomeClass::Transient => &mut self.transient,
+            OutcomeClass::Cancelled => &mut self.cancelled,
+        }
     }
 }
 

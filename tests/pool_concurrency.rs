@@ -134,13 +134,7 @@ fn run_contention(strategy: Strategy) {
         assert_eq!(c.outcomes(), expected, "{strategy:?} {}", account.id);
         for class in OutcomeClass::ALL {
             let seen = per_class[&(account.id.clone(), *class)].load(Ordering::Relaxed);
-            let counted = match class {
-                OutcomeClass::Success => c.successes,
-                OutcomeClass::ClientError => c.client_errors,
-                OutcomeClass::RateLimited => c.rate_limited,
-                OutcomeClass::Cancelled => c.cancelled,
-                _ => 0,
-            };
+            let counted = c.outcome(*class);
             assert_eq!(counted, seen, "{strategy:?} {} {class}", account.id);
         }
         total += c.requests;

@@ -200,18 +200,7 @@ pub(crate) fn render(pool: &Pool, snapshot: &PoolSnapshot, latency: &SelectionLa
     for (a, id) in snapshot.accounts.iter().zip(&ids) {
         let c = &a.counters;
         for class in OutcomeClass::ALL {
-            let value = match class {
-                OutcomeClass::Success => c.successes,
-                OutcomeClass::ClientError => c.client_errors,
-                OutcomeClass::RateLimited => c.rate_limited,
-                OutcomeClass::QuotaExhausted => c.quota_exhausted,
-                OutcomeClass::AuthExpired => c.auth_expired,
-                OutcomeClass::AuthInvalid => c.auth_invalid,
-                OutcomeClass::Suspended => c.suspended,
-                OutcomeClass::ModelUnsupported => c.model_unsupported,
-                OutcomeClass::Transient => c.transient,
-                OutcomeClass::Cancelled => c.cancelled,
-            };
+            let value = c.outcome(*class);
             let _ = writeln!(
                 out,
                 "account_pool_account_outcomes_total{{account=\"{id}\",class=\"{}\"}} {value}",

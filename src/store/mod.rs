@@ -286,36 +286,37 @@ pub(crate) fn parse_state(label: &str) -> Option<HealthState> {
 const COUNTERS: usize = 1 + OutcomeClass::ALL.len();
 type CounterArray = [u64; COUNTERS];
 
+/// The stores' names of the counters, in array order (`requests`, then the outcome classes).
+const COUNTER_NAMES: [&str; COUNTERS] = [
+    "requests",
+    "successes",
+    "client_errors",
+    "rate_limited",
+    "quota_exhausted",
+    "auth_expired",
+    "auth_invalid",
+    "suspended",
+    "model_unsupported",
+    "transient",
+    "cancelled",
+];
+
 fn counters_to_array(c: &Counters) -> CounterArray {
-    [
-        c.requests,
-        c.successes,
-        c.client_errors,
-        c.rate_limited,
-        c.quota_exhausted,
-        c.auth_expired,
-        c.auth_invalid,
-        c.suspended,
-        c.model_unsupported,
-        c.transient,
-        c.cancelled,
-    ]
+    std::array::from_fn(|i| match i {
+        0 => c.requests,
+        i => c.outcome(OutcomeClass::ALL[i - 1]),
+    })
 }
 
 fn counters_from_array(a: &CounterArray) -> Counters {
-    Counters {
+    let mut counters = Counters {
         requests: a[0],
-        successes: a[1],
-        client_errors: a[2],
-        rate_limited: a[3],
-        quota_exhausted: a[4],
-        auth_expired: a[5],
-        auth_invalid: a[6],
-        suspended: a[7],
-        model_unsupported: a[8],
-        transient: a[9],
-        cancelled: a[10],
+        ..Counters::default()
+    };
+    for (i, &class) in OutcomeClass::ALL.iter().enumerate() {
+        *counters.outcome_mut(class) = a[i + 1];
     }
+    counters
 }
 
 /// The counters in array order: `requests`, then the outcome classes in their order.

@@ -11,25 +11,11 @@ use redis::AsyncCommands;
 
 use super::{
     counters_from_array, counters_to_array, time, AccountWrite, CounterArray, CounterTotals, Store,
-    StoreError, StoredAccount, COUNTERS,
+    StoreError, StoredAccount, COUNTERS, COUNTER_NAMES,
 };
 use crate::account::AccountId;
 use crate::health::{HealthState, LastError, OutcomeClass};
 use crate::pool::PersistedState;
-
-const COUNTER_FIELDS: [&str; COUNTERS] = [
-    "requests",
-    "successes",
-    "client_errors",
-    "rate_limited",
-    "quota_exhausted",
-    "auth_expired",
-    "auth_invalid",
-    "suspended",
-    "model_unsupported",
-    "transient",
-    "cancelled",
-];
 
 /// Every this many polls, all accounts are re-read (in case a notification was missed).
 const FULL_SYNC_EVERY: u64 = 25;
@@ -290,7 +276,7 @@ fn state_of(h: &HashMap<String, String>) -> PersistedState {
     let int = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok());
     let text = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
     let when = |k: &str| int(k).map(time::from_epoch_ms);
-    let counters: CounterArray = std::array::from_fn(|i| int(COUNTER_FIELDS[i]).unwrap_or(0));
+    let counters: CounterArray = std::array::from_fn(|i| int(COUNTER_NAMES[i]).unwrap_or(0));
     let last_error = match (when("last_error_ms"), text("last_error_message")) {
         (Some(at), Some(message)) => Some(LastError {
             at,
@@ -337,7 +323,7 @@ impl Store for RedisStore {
             let key = self.account_key(id);
             let s = &w.state;
             let delta = counters_to_array(&w.delta);
-            for (field, d) in COUNTER_FIELDS.iter().zip(delta) {
+            for (field, d) in COUNTER_NAMES.iter().zip(delta) {
                 pipe.hincr(&key, *field, d);
             }
             let mut fields: Vec<(&str, String)> = Vec::new();

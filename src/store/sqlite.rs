@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::json::run_blocking;
 use super::{
     counters_from_array, counters_to_array, time, AccountWrite, CounterArray, CounterTotals, Store,
-    StoreError, StoredAccount, COUNTERS,
+    StoreError, StoredAccount, COUNTERS, COUNTER_NAMES,
 };
 use crate::account::AccountId;
 use crate::health::{HealthState, LastError, OutcomeClass};
@@ -53,20 +53,6 @@ const V1_INDEXES: &[&str] = &[
     "idx_providers_type_health",
     "idx_usage_cache_type_expires",
     "idx_health_history_time",
-];
-
-const COUNTER_COLUMNS: [&str; COUNTERS] = [
-    "requests",
-    "successes",
-    "client_errors",
-    "rate_limited",
-    "quota_exhausted",
-    "auth_expired",
-    "auth_invalid",
-    "suspended",
-    "model_unsupported",
-    "transient",
-    "cancelled",
 ];
 
 /// Which of the older gateway's schemas a database has.
@@ -166,7 +152,7 @@ fn detect(conn: &Connection) -> rusqlite::Result<Option<SchemaVersion>> {
 }
 
 fn state_table_sql() -> String {
-    let counters: Vec<String> = COUNTER_COLUMNS
+    let counters: Vec<String> = COUNTER_NAMES
         .iter()
         .map(|c| format!("{c} INTEGER NOT NULL DEFAULT 0"))
         .collect();
@@ -428,7 +414,7 @@ impl Db {
         format!(
             "s.state, s.reason, s.until_ms, s.ejection_level, s.consecutive_failures, s.last_used_ms, \
              s.last_error_ms, s.last_error_class, s.last_error_message, {}",
-            COUNTER_COLUMNS
+            COUNTER_NAMES
                 .iter()
                 .map(|c| format!("s.{c}"))
                 .collect::<Vec<_>>()
@@ -544,9 +530,9 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut totals = Vec::with_capacity(batch.len());
-        let counter_list = COUNTER_COLUMNS.join(", ");
+        let counter_list = COUNTER_NAMES.join(", ");
         let counter_params: Vec<String> = (0..COUNTERS).map(|i| format!("?{}", 12 + i)).collect();
-        let counter_updates: Vec<String> = COUNTER_COLUMNS
+        let counter_updates: Vec<String> = COUNTER_NAMES
             .iter()
             .map(|c| format!("{c} = {c} + excluded.{c}"))
             .collect();
