@@ -262,7 +262,31 @@ impl std::error::Error for Exhausted {}
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::pool::{Grant, LazyNow, ModelRef, Shared, Slot};
+use crate::pool::{Gate, Grant, LazyNow, ModelRef, Roster, Shared, Slot};
+
+/// One priority tier of the roster: its slots and, index for index, their [`Gate`]s.
+#[derive(Clone, Copy)]
+struct Tier<'s> {
+    slots: &'s [Arc<Slot>],
+    gates: &'s [Gate],
+}
+
+impl<'s> Tier<'s> {
+    fn of(roster: &'s Roster, range: std::ops::Range<usize>) -> Tier<'s> {
+        Tier {
+            slots: &roster.slots[range.clone()],
+            gates: &roster.gates[range],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// An account a strategy picked (and acquired): its index in the tier, and whether the
+/// request is its half-open probe.
+type Pick = (usize, bool);
 
 impl Shared {
     /// Chooses an account: the sticky pin first, then the strategy, tier by tier.
@@ -273,14 +297,16 @@ impl Shared {
         let pin = request.affinity_key.map(|key| self.sticky.hash(key));
 
         if let Some(hash) = pin {
-            if let Some(slot) = self
+            if let Some(&index) = self
                 .sticky
                 .get(hash, now.get())
-                .and_then(|id| roster.get(id.as_str()))
+                .and_then(|id| roster.index.get(id.as_str()))
             {
+                let tier = Tier::of(&roster, index..index + 1);
                 let mut ignored = Exhausted::new();
-                if let Some(probe) = self.check(slot, request, now, &mut ignored) {
-                    if self.acquire(slot, probe, now, &mut ignored) {
+                if let Some(probe) = self.check(tier, 0, request, now, &mut ignored) {
+                    if self.acquire(tier, 0, probe, now, &mut ignored) {
+                        let slot = &tier.slots[0];
                         self.sticky.pin(hash, &slot.id, now.get());
                         return Ok(grant(slot, &model, probe));
                     }
@@ -289,22 +315,23 @@ impl Shared {
         }
 
         let mut exhausted = Exhausted::new();
-        for tier in &roster.tiers {
-            let slots = &roster.slots[tier.clone()];
+        for range in &roster.tiers {
+            let tier = Tier::of(&roster, range.clone());
             let picked = match self.strategy {
                 Strategy::RoundRobin => {
-                    self.round_robin(slots, &model, request, now, &mut exhausted)
+                    self.round_robin(tier, &model, request, now, &mut exhausted)
                 }
-                Strategy::FillFirst => self.scan(slots, 0, request, now, &mut exhausted),
+                Strategy::FillFirst => self.scan(tier, 0, request, now, &mut exhausted),
                 Strategy::LeastInFlight => {
-                    self.two_choices(slots, &model, request, now, &mut exhausted)
+                    self.two_choices(tier, &model, request, now, &mut exhausted)
                 }
                 Strategy::LeastRecentlyUsed => {
-                    self.least_recent(slots, &model, request, now, &mut exhausted)
+                    self.least_recent(tier, &model, request, now, &mut exhausted)
                 }
-                Strategy::Weighted => self.weighted(slots, &model, request, now, &mut exhausted),
+                Strategy::Weighted => self.weighted(tier, &model, request, now, &mut exhausted),
             };
-            if let Some((slot, probe)) = picked {
+            if let Some((index, probe)) = picked {
+                let slot = &tier.slots[index];
                 if let Some(hash) = pin {
                     self.sticky.pin(hash, &slot.id, now.get());
                 }
@@ -314,25 +341,34 @@ impl Shared {
         Err(exhausted)
     }
 
-    /// Whether `slot` may take `request` now: `Some(probe)` if so; otherwise the reason is
-    /// counted in `exhausted`.
+    /// Whether the tier's account `i` may take `request` now: `Some(probe)` if so; otherwise
+    /// the reason is counted in `exhausted`. Reads the account's gate and runtime state; its
+    /// slot only for an exclusion list or model rules.
+    #[inline]
     fn check(
         &self,
-        slot: &Slot,
+        tier: Tier<'_>,
+        i: usize,
         request: &SelectRequest<'_>,
         now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
     ) -> Option<bool> {
-        if request.excludes(&slot.id) {
+        let gate = &tier.gates[i];
+        if !request.exclude.is_empty() && request.excludes(&tier.slots[i].id) {
             exhausted.add(Unavailable::Excluded, None);
             return None;
         }
-        match Self::health_verdict(slot, request.model, now) {
+        let verdict = Self::gate_verdict(
+            gate.enabled,
+            gate.model_rules,
+            &gate.runtime,
+            &tier.slots[i],
+            request.model,
+            now,
+        );
+        match verdict {
             Ok(probe) => {
-                let busy = slot
-                    .max_in_flight
-                    .is_some_and(|max| slot.runtime.in_flight.load(Ordering::Acquire) >= max);
-                if busy {
+                if gate.runtime.in_flight.load(Ordering::Acquire) >= gate.max_in_flight {
                     exhausted.add(Unavailable::AtCapacity, None);
                     return None;
                 }
@@ -353,12 +389,13 @@ impl Shared {
 
     fn acquire(
         &self,
-        slot: &Arc<Slot>,
+        tier: Tier<'_>,
+        i: usize,
         probe: bool,
         now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
     ) -> bool {
-        match self.try_acquire(slot, probe, now) {
+        match self.try_acquire(&tier.slots[i], &tier.gates[i], probe, now) {
             Ok(()) => true,
             Err(reason) => {
                 exhausted.add(reason, None);
@@ -367,55 +404,42 @@ impl Shared {
         }
     }
 
-    /// The first account that can take the request, starting at `start` and wrapping around;
-    /// with how many accounts were skipped before it.
-    fn scan_from<'s>(
+    /// The first account that can take the request, starting at `start` and wrapping around.
+    fn scan(
         &self,
-        slots: &'s [Arc<Slot>],
+        tier: Tier<'_>,
         start: u64,
         request: &SelectRequest<'_>,
         now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
-    ) -> Option<(&'s Arc<Slot>, bool, u64)> {
-        let n = slots.len() as u64;
+    ) -> Option<Pick> {
+        let n = tier.len() as u64;
         (0..n).find_map(|skipped| {
-            let slot = &slots[((start + skipped) % n) as usize];
-            let probe = self.check(slot, request, now, exhausted)?;
-            self.acquire(slot, probe, now, exhausted)
-                .then_some((slot, probe, skipped))
+            let i = ((start + skipped) % n) as usize;
+            let probe = self.check(tier, i, request, now, exhausted)?;
+            self.acquire(tier, i, probe, now, exhausted)
+                .then_some((i, probe))
         })
     }
 
-    fn scan<'s>(
+    fn round_robin(
         &self,
-        slots: &'s [Arc<Slot>],
-        start: u64,
-        request: &SelectRequest<'_>,
-        now: &LazyNow<'_>,
-        exhausted: &mut Exhausted,
-    ) -> Option<(&'s Arc<Slot>, bool)> {
-        self.scan_from(slots, start, request, now, exhausted)
-            .map(|(slot, probe, _)| (slot, probe))
-    }
-
-    fn round_robin<'s>(
-        &self,
-        slots: &'s [Arc<Slot>],
+        tier: Tier<'_>,
         model: &ModelRef,
         request: &SelectRequest<'_>,
         now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
-    ) -> Option<(&'s Arc<Slot>, bool)> {
-        let n = slots.len() as u64;
+    ) -> Option<Pick> {
+        let n = tier.len() as u64;
         let cursor = self.models.cursor(model);
         let counted = *exhausted;
         let mut start = cursor.load(Ordering::Relaxed);
         loop {
             let found = (0..n).find_map(|skipped| {
-                let slot = &slots[((start + skipped) % n) as usize];
-                Some((slot, self.check(slot, request, now, exhausted)?, skipped))
+                let i = ((start + skipped) % n) as usize;
+                Some((i, self.check(tier, i, request, now, exhausted)?, skipped))
             });
-            let Some((slot, probe, skipped)) = found else {
+            let Some((i, probe, skipped)) = found else {
                 // No account available: the turn is spent all the same.
                 cursor.fetch_add(1, Ordering::Relaxed);
                 return None;
@@ -431,26 +455,26 @@ impl Shared {
                 *exhausted = counted;
                 continue;
             }
-            if self.acquire(slot, probe, now, exhausted) {
+            if self.acquire(tier, i, probe, now, exhausted) {
                 if skipped > 0 {
                     // Unavailable accounts are interleaved with available ones: read the state
                     // of the next turns' accounts now, off the critical path, so that it is in
                     // cache when they are visited.
                     for ahead in [next + 1, next + 2] {
-                        let runtime = &slots[(ahead % n) as usize].runtime;
+                        let runtime = &tier.gates[(ahead % n) as usize].runtime;
                         std::hint::black_box(runtime.state.load(Ordering::Relaxed));
                     }
                 }
-                return Some((slot, probe));
+                return Some((i, probe));
             }
             // Lost a race for that account (its in-flight limit, or a state change): go on
             // with the accounts after it, once each.
             for offset in skipped + 1..n {
-                let slot = &slots[((start + offset) % n) as usize];
-                if let Some(probe) = self.check(slot, request, now, exhausted) {
-                    if self.acquire(slot, probe, now, exhausted) {
+                let i = ((start + offset) % n) as usize;
+                if let Some(probe) = self.check(tier, i, request, now, exhausted) {
+                    if self.acquire(tier, i, probe, now, exhausted) {
                         cursor.fetch_max(start + offset + 1, Ordering::Relaxed);
-                        return Some((slot, probe));
+                        return Some((i, probe));
                     }
                 }
             }
@@ -458,93 +482,93 @@ impl Shared {
         }
     }
 
-    fn two_choices<'s>(
+    fn two_choices(
         &self,
-        slots: &'s [Arc<Slot>],
+        tier: Tier<'_>,
         model: &ModelRef,
         request: &SelectRequest<'_>,
         now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
-    ) -> Option<(&'s Arc<Slot>, bool)> {
-        let n = slots.len();
+    ) -> Option<Pick> {
+        let n = tier.len();
         if n >= 2 {
             let a = fastrand::usize(..n);
             let b = (a + 1 + fastrand::usize(..n - 1)) % n;
             let mut sampled = Exhausted::new();
-            let ca = self.check(&slots[a], request, now, &mut sampled);
-            let cb = self.check(&slots[b], request, now, &mut sampled);
-            let load = |i: usize| slots[i].runtime.in_flight.load(Ordering::Relaxed);
+            let ca = self.check(tier, a, request, now, &mut sampled);
+            let cb = self.check(tier, b, request, now, &mut sampled);
+            let load = |i: usize| tier.gates[i].runtime.in_flight.load(Ordering::Relaxed);
             let order = match (ca, cb) {
                 (Some(_), Some(_)) if load(b) < load(a) => [(b, cb), (a, ca)],
                 _ => [(a, ca), (b, cb)],
             };
             for (i, verdict) in order {
                 if let Some(probe) = verdict {
-                    if self.acquire(&slots[i], probe, now, &mut sampled) {
-                        return Some((&slots[i], probe));
+                    if self.acquire(tier, i, probe, now, &mut sampled) {
+                        return Some((i, probe));
                     }
                 }
             }
         }
-        self.round_robin(slots, model, request, now, exhausted)
+        self.round_robin(tier, model, request, now, exhausted)
     }
 
-    fn least_recent<'s>(
+    fn least_recent(
         &self,
-        slots: &'s [Arc<Slot>],
+        tier: Tier<'_>,
         model: &ModelRef,
         request: &SelectRequest<'_>,
         now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
-    ) -> Option<(&'s Arc<Slot>, bool)> {
+    ) -> Option<Pick> {
         let mut sampled = Exhausted::new();
-        let best = slots
-            .iter()
-            .filter_map(|s| Some((s, self.check(s, request, now, &mut sampled)?)))
-            .min_by_key(|(s, _)| s.runtime.use_ticket.load(Ordering::Relaxed));
-        if let Some((slot, probe)) = best {
-            if self.acquire(slot, probe, now, &mut sampled) {
-                return Some((slot, probe));
+        let best = (0..tier.len())
+            .filter_map(|i| Some((i, self.check(tier, i, request, now, &mut sampled)?)))
+            .min_by_key(|&(i, _)| tier.gates[i].runtime.use_ticket.load(Ordering::Relaxed));
+        if let Some((i, probe)) = best {
+            if self.acquire(tier, i, probe, now, &mut sampled) {
+                return Some((i, probe));
             }
         }
-        self.round_robin(slots, model, request, now, exhausted)
+        self.round_robin(tier, model, request, now, exhausted)
     }
 
-    fn weighted<'s>(
+    fn weighted(
         &self,
-        slots: &'s [Arc<Slot>],
+        tier: Tier<'_>,
         model: &ModelRef,
         request: &SelectRequest<'_>,
         now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
-    ) -> Option<(&'s Arc<Slot>, bool)> {
+    ) -> Option<Pick> {
         let mut sampled = Exhausted::new();
         let mut total = 0i64;
-        let mut best: Option<(&Arc<Slot>, bool, i64)> = None;
-        for slot in slots {
-            let Some(probe) = self.check(slot, request, now, &mut sampled) else {
+        let mut best: Option<(usize, bool, i64)> = None;
+        for i in 0..tier.len() {
+            let Some(probe) = self.check(tier, i, request, now, &mut sampled) else {
                 continue;
             };
-            let weight = i64::from(slot.settings.weight);
+            let weight = i64::from(tier.slots[i].settings.weight);
             total += weight;
-            let current = slot
+            let current = tier.gates[i]
                 .runtime
                 .swrr_current
                 .fetch_add(weight, Ordering::Relaxed)
                 + weight;
             if best.is_none_or(|(_, _, c)| current > c) {
-                best = Some((slot, probe, current));
+                best = Some((i, probe, current));
             }
         }
-        if let Some((slot, probe, _)) = best {
-            slot.runtime
+        if let Some((i, probe, _)) = best {
+            tier.gates[i]
+                .runtime
                 .swrr_current
                 .fetch_sub(total, Ordering::Relaxed);
-            if self.acquire(slot, probe, now, &mut sampled) {
-                return Some((slot, probe));
+            if self.acquire(tier, i, probe, now, &mut sampled) {
+                return Some((i, probe));
             }
         }
-        self.round_robin(slots, model, request, now, exhausted)
+        self.round_robin(tier, model, request, now, exhausted)
     }
 }
 
