@@ -125,15 +125,25 @@ fn least_in_flight_spreads_load_over_many_accounts() {
         .strategy(Strategy::LeastInFlight)
         .build()
         .unwrap();
-    // Hold every lease: the power of two choices keeps the spread tight.
-    let held: Vec<_> = (0..100)
-        .map(|_| pool.select(&SelectRequest::default()).unwrap())
-        .collect();
-    let snapshot = pool.snapshot();
-    let max = snapshot.accounts.iter().map(|a| a.in_flight).max().unwrap();
-    let min = snapshot.accounts.iter().map(|a| a.in_flight).min().unwrap();
-    assert!(max - min <= 3, "in-flight spread {min}..{max}");
-    drop(held);
+    // Hold 100 leases on 10 accounts, then release them; 200 rounds. The power of two choices
+    // keeps the spread (most minus fewest in flight) near 2.6 on average; a random pick would
+    // average about 9.6, and one round alone says little (the spread of two choices exceeds 3
+    // in about 11 % of rounds), so the test reads the mean.
+    let rounds = 200;
+    let mut spreads = 0;
+    for _ in 0..rounds {
+        let held: Vec<_> = (0..100)
+            .map(|_| pool.select(&SelectRequest::default()).unwrap())
+            .collect();
+        let snapshot = pool.snapshot();
+        let max = snapshot.accounts.iter().map(|a| a.in_flight).max().unwrap();
+        let min = snapshot.accounts.iter().map(|a| a.in_flight).min().unwrap();
+        spreads += max - min;
+        drop(held);
+    }
+    let mean = f64::from(spreads) / f64::from(rounds);
+    assert!(mean < 4.0, "mean in-flight spread {mean:.2} over {rounds} rounds");
+    assert!(pool.snapshot().accounts.iter().all(|a| a.in_flight == 0));
 }
 
 #[test]
