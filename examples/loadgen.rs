@@ -10,7 +10,10 @@
 //!
 //! `--compare` measures (a) direct to an instant local upstream, (b) through the gateway with
 //! one account, (c) through the gateway with 1,000 accounts of which 500 are cooling down, at
-//! `--concurrency` (default 64), and prints a Markdown table. `--soak N` then sends N more
+//! `--concurrency` (default 64), and prints a Markdown table. It also measures (p) a bare
+//! proxy on the gateway's own server and client stack with no pool: the ceiling for any
+//! gateway built on hyper here, since every request then makes two HTTP exchanges instead of
+//! one on the same cores. `--soak N` then sends N more
 //! requests through (c) and prints the process's resident memory every N/10 requests.
 
 #[cfg(all(feature = "kiro", feature = "admin"))]
@@ -219,6 +222,40 @@ async fn instant_upstream() -> Result<SocketAddr, BoxError> {
     Ok(addr)
 }
 
+#[cfg(all(feature = "kiro", feature = "admin"))]
+/// The floor of any proxy on this stack: the gateway's server (`axum::serve`) and inner client
+/// (hyper-util's), forwarding each request as it comes, with no pool, no layer, no body check.
+/// What the gateway costs beyond this is the pool's and the gateway's own work.
+async fn bare_proxy(upstream: SocketAddr) -> Result<SocketAddr, BoxError> {
+    use axum::response::IntoResponse as _;
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, axum::body::Body> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let client = client.clone();
+        async move {
+            let (mut parts, body) = request.into_parts();
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = match format!("http://{upstream}{path}").parse() {
+                Ok(uri) => uri,
+                Err(_) => return http::StatusCode::BAD_REQUEST.into_response(),
+            };
+            parts.headers.remove(http::header::HOST);
+            match client.request(http::Request::from_parts(parts, body)).await {
+                Ok(response) => response.map(axum::body::Body::new).into_response(),
+                Err(_) => http::StatusCode::BAD_GATEWAY.into_response(),
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
+
 #[cfg_attr(not(all(feature = "kiro", feature = "admin")), allow(dead_code))]
 /// Resident memory of this process, from `/proc/self/status` (Linux).
 fn resident_kib() -> Option<u64> {
@@ -277,6 +314,11 @@ async fn compare(args: &Args) -> Result<(), BoxError> {
     let direct = run(&format!("{upstream_url}/v1/messages"), c, n).await?;
     direct.print("(a) direct");
 
+    let bare = format!("http://{}/v1/messages", bare_proxy(upstream).await?);
+    run(&bare, c, n / 10 + 1).await?;
+    let floor = run(&bare, c, n).await?;
+    floor.print("(p) bare proxy, no pool");
+
     let (_pool1, gateway1) = gateway_for(1, 0)?;
     let url1 = format!("http://{}/v1/messages", gateway1.addr());
     run(&url1, c, n / 10 + 1).await?;
@@ -297,6 +339,7 @@ async fn compare(args: &Args) -> Result<(), BoxError> {
     println!("|---|---|---|---|---|---|---|");
     for (label, r) in [
         ("(a) direct to the upstream", &direct),
+        ("(p) bare proxy on the same stack, no pool", &floor),
         ("(b) gateway, 1 account", &one),
         ("(c) gateway, 1,000 accounts, 500 cooling down", &many),
     ] {
@@ -310,6 +353,11 @@ async fn compare(args: &Args) -> Result<(), BoxError> {
             r.non_2xx + r.errors
         );
     }
+    println!(
+        "\n(p)/(a) throughput: {:.0} % (what one proxy hop leaves on this machine); (c)/(p): {:.0} %",
+        floor.throughput() / direct.throughput() * 100.0,
+        many.throughput() / floor.throughput() * 100.0,
+    );
     let ratio = many.throughput() / direct.throughput();
     let p99_gap = many.percentile(99.0).as_secs_f64() - direct.percentile(99.0).as_secs_f64();
     println!(

@@ -142,7 +142,10 @@ fn least_in_flight_spreads_load_over_many_accounts() {
         drop(held);
     }
     let mean = f64::from(spreads) / f64::from(rounds);
-    assert!(mean < 4.0, "mean in-flight spread {mean:.2} over {rounds} rounds");
+    assert!(
+        mean < 4.0,
+        "mean in-flight spread {mean:.2} over {rounds} rounds"
+    );
     assert!(pool.snapshot().accounts.iter().all(|a| a.in_flight == 0));
 }
 

@@ -287,6 +287,7 @@ const COUNTERS: usize = 1 + OutcomeClass::ALL.len();
 type CounterArray = [u64; COUNTERS];
 
 /// The stores' names of the counters, in array order (`requests`, then the outcome classes).
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
     "successes",
