@@ -13,8 +13,11 @@
 //! `--concurrency` (default 64), and prints a Markdown table. It also measures (p) a bare
 //! proxy on the gateway's own server and client stack with no pool: the ceiling for any
 //! gateway built on hyper here, since every request then makes two HTTP exchanges instead of
-//! one on the same cores. `--soak N` then sends N more
-//! requests through (c) and prints the process's resident memory every N/10 requests.
+//! one on the same cores. With `--pinned` (Linux, needs `taskset`) this process, with the
+//! load generator and the upstream, runs on CPU 0 and each proxy in a child process (this
+//! program again, `--child ROLE --upstream ADDR`) on CPU 1. `--soak N` then sends N more
+//! requests through (c) and prints resident memory every N/10 requests (the gateway child's
+//! when pinned).
 
 #[cfg(all(feature = "kiro", feature = "admin"))]
 #[path = "gateway/proxy.rs"]
@@ -43,7 +46,13 @@ struct Args {
     concurrency: usize,
     requests: usize,
     compare: bool,
+    /// `--pinned`: load generator and upstream on CPU 0, each proxy in a child on CPU 1.
+    pinned: bool,
     soak: usize,
+    /// Internal: this process is a `--pinned` comparison's child.
+    child: Option<ChildRole>,
+    /// Internal: the child's upstream address.
+    upstream: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -52,7 +61,10 @@ fn parse_args() -> Result<Args, String> {
         concurrency: 64,
         requests: 100_000,
         compare: false,
+        pinned: false,
         soak: 0,
+        child: None,
+        upstream: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -68,11 +80,20 @@ fn parse_args() -> Result<Args, String> {
             "--requests" => args.requests = number("--requests", value("--requests")?)?,
             "--soak" => args.soak = number("--soak", value("--soak")?)?,
             "--compare" => args.compare = true,
+            "--pinned" => args.pinned = true,
+            "--child" => args.child = Some(ChildRole::parse(&value("--child")?)?),
+            "--upstream" => args.upstream = Some(value("--upstream")?),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
-    if args.target.is_none() && !args.compare {
+    if args.child.is_some() != args.upstream.is_some() {
+        return Err("--child and --upstream go together".into());
+    }
+    if args.target.is_none() && !args.compare && args.child.is_none() {
         return Err("give --target URL or --compare".into());
+    }
+    if args.pinned && !args.compare {
+        return Err("--pinned goes with --compare".into());
     }
     if args.concurrency == 0 || args.requests == 0 {
         return Err("--concurrency and --requests must be at least 1".into());
@@ -257,92 +278,245 @@ async fn bare_proxy(upstream: SocketAddr) -> Result<SocketAddr, BoxError> {
 }
 
 #[cfg_attr(not(all(feature = "kiro", feature = "admin")), allow(dead_code))]
-/// Resident memory of this process, from `/proc/self/status` (Linux).
-fn resident_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// Resident memory of this process or of `pid`, from `/proc` (Linux).
+fn resident_kib(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A gateway with `accounts` accounts of which `cooling` (every other one) are rate limited
+/// for an hour, forwarding to `upstream_url`.
 #[cfg(all(feature = "kiro", feature = "admin"))]
-async fn compare(args: &Args) -> Result<(), BoxError> {
+async fn start_gateway(
+    upstream_url: &str,
+    accounts: usize,
+    cooling: usize,
+) -> Result<(tower_account_pool::Pool, proxy::Gateway), BoxError> {
     use tower_account_pool::credential::BearerToken;
     use tower_account_pool::{Account, AccountPoolLayer, Outcome, Pool, RateLimitScope};
 
-    let upstream = instant_upstream().await?;
-    let upstream_url = format!("http://{upstream}");
-    let gateway_for =
-        |accounts: usize, cooling: usize| -> Result<(Pool, proxy::Gateway), BoxError> {
-            let pool = Pool::builder()
-                .accounts((0..accounts).map(|i| {
-                    Account::new(
-                        format!("acct-{i:04}"),
-                        BearerToken::new(format!("sk-load-test-token-{i:04}")),
-                    )
-                }))
-                .build()?;
-            // Every other account cools down for an hour (account-wide rate limit).
-            for i in (0..accounts).step_by(2).take(cooling) {
-                pool.report_probe(
-                    &format!("acct-{i:04}"),
-                    Outcome::RateLimited {
-                        retry_after: Some(Duration::from_secs(3600)),
-                        scope: RateLimitScope::Account,
-                    },
-                )?;
-            }
-            let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-            std_listener.set_nonblocking(true)?;
-            let listener = tokio::net::TcpListener::from_std(std_listener)?;
-            let layer = AccountPoolLayer::new(pool.clone());
-            let gateway = proxy::Gateway::start(
-                listener,
-                pool.clone(),
-                layer,
-                proxy::ProxyOptions::new(upstream_url.clone()),
-            )?;
-            Ok((pool, gateway))
-        };
+    let pool = Pool::builder()
+        .accounts((0..accounts).map(|i| {
+            Account::new(
+                format!("acct-{i:04}"),
+                BearerToken::new(format!("sk-load-test-token-{i:04}")),
+            )
+        }))
+        .build()?;
+    for i in (0..accounts).step_by(2).take(cooling) {
+        pool.report_probe(
+            &format!("acct-{i:04}"),
+            Outcome::RateLimited {
+                retry_after: Some(Duration::from_secs(3600)),
+                scope: RateLimitScope::Account,
+            },
+        )?;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let layer = AccountPoolLayer::new(pool.clone());
+    let gateway = proxy::Gateway::start(
+        listener,
+        pool.clone(),
+        layer,
+        proxy::ProxyOptions::new(upstream_url),
+    )?;
+    Ok((pool, gateway))
+}
 
+/// Pins every thread of this process (and the threads it starts later) to `cpu`.
+#[cfg(all(feature = "kiro", feature = "admin"))]
+fn pin_self(cpu: usize) -> Result<(), BoxError> {
+    let status = std::process::Command::new("taskset")
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("--pinned needs `taskset` (util-linux): {e}"))?;
+    if !status.success() {
+        return Err(format!("taskset could not pin this process to CPU {cpu}").into());
+    }
+    Ok(())
+}
+
+/// What a `--pinned` comparison runs in a child process on the other CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildRole {
+    /// The gateway with this many accounts, half of them cooling down (`--child gateway:N`).
+    Gateway(usize),
+    /// The bare proxy (`--child bare`).
+    Bare,
+}
+
+impl ChildRole {
+    fn parse(text: &str) -> Result<ChildRole, String> {
+        match text.split_once(':') {
+            None if text == "bare" => Ok(ChildRole::Bare),
+            Some(("gateway", n)) => n
+                .parse()
+                .map(ChildRole::Gateway)
+                .map_err(|_| format!("--child gateway:N: `{n}` is not a number")),
+            _ => Err(format!(
+                "--child: `{text}` is neither `bare` nor `gateway:N`"
+            )),
+        }
+    }
+
+    #[cfg(all(feature = "kiro", feature = "admin"))]
+    fn arg(self) -> String {
+        match self {
+            ChildRole::Gateway(n) => format!("gateway:{n}"),
+            ChildRole::Bare => "bare".into(),
+        }
+    }
+}
+
+/// Starts the proxy `role` names in this process: its address, and the gateway to stop.
+#[cfg(all(feature = "kiro", feature = "admin"))]
+async fn start_role(
+    role: ChildRole,
+    upstream: SocketAddr,
+) -> Result<(SocketAddr, Option<proxy::Gateway>), BoxError> {
+    Ok(match role {
+        ChildRole::Bare => (bare_proxy(upstream).await?, None),
+        ChildRole::Gateway(n) => {
+            let (_pool, gateway) = start_gateway(&format!("http://{upstream}"), n, n / 2).await?;
+            (gateway.addr(), Some(gateway))
+        }
+    })
+}
+
+/// The child's side: serve the role, print `listening ADDR`, stop when stdin closes.
+#[cfg(all(feature = "kiro", feature = "admin"))]
+async fn serve_child(role: ChildRole, upstream: &str) -> Result<(), BoxError> {
+    use tokio::io::AsyncReadExt as _;
+    let (addr, gateway) = start_role(role, upstream.parse()?).await?;
+    println!("listening {addr}");
+    let mut sink = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+    if let Some(gateway) = gateway {
+        gateway.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// A proxy under test: in this process, or (pinned) a child process on CPU 1.
+#[cfg(all(feature = "kiro", feature = "admin"))]
+struct Proxied {
+    url: String,
+    gateway: Option<proxy::Gateway>,
+    child: Option<tokio::process::Child>,
+}
+
+#[cfg(all(feature = "kiro", feature = "admin"))]
+impl Proxied {
+    async fn start(role: ChildRole, upstream: SocketAddr, pinned: bool) -> Result<Self, BoxError> {
+        use tokio::io::AsyncBufReadExt as _;
+        if pinned {
+            let mut child = tokio::process::Command::new("taskset")
+                .arg("-c")
+                .arg("1")
+                .arg(std::env::current_exe()?)
+                .args(["--child", &role.arg(), "--upstream", &upstream.to_string()])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let stdout = child.stdout.take().ok_or("the child has no stdout")?;
+            let mut line = String::new();
+            tokio::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .await?;
+            let addr = line
+                .trim()
+                .strip_prefix("listening ")
+                .ok_or_else(|| format!("the child did not start: `{}`", line.trim()))?;
+            return Ok(Proxied {
+                url: format!("http://{addr}/v1/messages"),
+                gateway: None,
+                child: Some(child),
+            });
+        }
+        let (addr, gateway) = start_role(role, upstream).await?;
+        Ok(Proxied {
+            url: format!("http://{addr}/v1/messages"),
+            gateway,
+            child: None,
+        })
+    }
+
+    async fn stop(mut self) -> Result<(), BoxError> {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await?;
+        }
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take()); // the child stops when its stdin closes
+            child.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(all(feature = "kiro", feature = "admin"))]
+async fn compare(args: &Args) -> Result<(), BoxError> {
+    let cpus = std::thread::available_parallelism().map_or(0, |p| p.get());
+    if args.pinned {
+        pin_self(0)?;
+    }
+    let upstream = instant_upstream().await?;
+    let direct_url = format!("http://{upstream}/v1/messages");
     let (c, n) = (args.concurrency, args.requests);
     println!(
-        "concurrency {c}, {n} requests per case, {} CPUs",
-        std::thread::available_parallelism().map_or(0, |p| p.get())
+        "concurrency {c}, {n} requests per case, {cpus} CPUs{}",
+        if args.pinned {
+            "; pinned: load generator and upstream on CPU 0, proxies on CPU 1"
+        } else {
+            ""
+        }
     );
-    // Warm-up: connections and allocator.
-    run(&format!("{upstream_url}/v1/messages"), c, n / 10 + 1).await?;
-    let direct = run(&format!("{upstream_url}/v1/messages"), c, n).await?;
+    // Each case: a warm-up (connections, allocator), then the measured run.
+    let measure = |url: String| async move {
+        run(&url, c, n / 10 + 1).await?;
+        run(&url, c, n).await
+    };
+    let direct = measure(direct_url).await?;
     direct.print("(a) direct");
-
-    let bare = format!("http://{}/v1/messages", bare_proxy(upstream).await?);
-    run(&bare, c, n / 10 + 1).await?;
-    let floor = run(&bare, c, n).await?;
-    floor.print("(p) bare proxy, no pool");
-
-    let (_pool1, gateway1) = gateway_for(1, 0)?;
-    let url1 = format!("http://{}/v1/messages", gateway1.addr());
-    run(&url1, c, n / 10 + 1).await?;
-    let one = run(&url1, c, n).await?;
-    one.print("(b) gateway, 1 account");
-    gateway1.shutdown().await?;
-
-    let (pool_k, gateway_k) = gateway_for(1000, 500)?;
-    let available = pool_k.snapshot().available();
-    let url_k = format!("http://{}/v1/messages", gateway_k.addr());
-    run(&url_k, c, n / 10 + 1).await?;
-    let many = run(&url_k, c, n).await?;
-    many.print(&format!(
-        "(c) gateway, 1,000 accounts ({available} available)"
-    ));
+    let mut proxied = Vec::new();
+    for (label, role) in [
+        ("(p) bare proxy, no pool", ChildRole::Bare),
+        ("(b) gateway, 1 account", ChildRole::Gateway(1)),
+        (
+            "(c) gateway, 1,000 accounts, 500 cooling down",
+            ChildRole::Gateway(1000),
+        ),
+    ] {
+        let proxy = Proxied::start(role, upstream, args.pinned).await?;
+        let report = measure(proxy.url.clone()).await?;
+        report.print(label);
+        if role == ChildRole::Gateway(1000) && args.soak > 0 {
+            soak(&proxy, c, args.soak).await?;
+        }
+        proxy.stop().await?;
+        proxied.push((label, report));
+    }
+    let [(_, floor), _, (_, many)] = &proxied[..] else {
+        unreachable!("three proxied cases")
+    };
 
     println!("\n| case | req/s | p50 | p90 | p99 | max | non-2xx + errors |");
     println!("|---|---|---|---|---|---|---|");
-    for (label, r) in [
-        ("(a) direct to the upstream", &direct),
-        ("(p) bare proxy on the same stack, no pool", &floor),
-        ("(b) gateway, 1 account", &one),
-        ("(c) gateway, 1,000 accounts, 500 cooling down", &many),
-    ] {
+    let cases = std::iter::once(("(a) direct to the upstream", &direct))
+        .chain(proxied.iter().map(|(label, report)| (*label, report)));
+    for (label, r) in cases {
         println!(
             "| {label} | {:.0} | {} | {} | {} | {} | {} |",
             r.throughput(),
@@ -361,34 +535,43 @@ async fn compare(args: &Args) -> Result<(), BoxError> {
     let ratio = many.throughput() / direct.throughput();
     let p99_gap = many.percentile(99.0).as_secs_f64() - direct.percentile(99.0).as_secs_f64();
     println!(
-        "\n(c)/(a) throughput: {:.0} % (target ≥ 85 %: {}); p99 (c) − (a): {:.3} ms (target ≤ 1 ms: {})",
+        "(c)/(a) throughput: {:.0} % (target ≥ 85 %: {}); p99 (c) − (a): {:.3} ms (target ≤ 1 ms: {})",
         ratio * 100.0,
         if ratio >= 0.85 { "met" } else { "NOT met" },
         p99_gap * 1000.0,
         if p99_gap <= 0.001 { "met" } else { "NOT met" },
     );
+    Ok(())
+}
 
-    if args.soak > 0 {
-        let step = (args.soak / 10).max(1);
-        println!(
-            "\nsoak: {} requests through (c), resident memory every {step}:",
-            args.soak
-        );
-        println!("  start: {} KiB", resident_kib().unwrap_or(0));
-        let mut sent = 0;
-        while sent < args.soak {
-            let batch = step.min(args.soak - sent);
-            let r = run(&url_k, c, batch).await?;
-            sent += batch;
-            println!(
-                "  after {sent}: {} KiB ({:.0} req/s, {} failed)",
-                resident_kib().unwrap_or(0),
-                r.throughput(),
-                r.non_2xx + r.errors
-            );
+/// `requests` more requests through (c), with resident memory every tenth: this process's, or
+/// the gateway child's when pinned.
+#[cfg(all(feature = "kiro", feature = "admin"))]
+async fn soak(proxy: &Proxied, concurrency: usize, requests: usize) -> Result<(), BoxError> {
+    let pid = proxy.child.as_ref().and_then(|child| child.id());
+    let resident = || resident_kib(pid).unwrap_or(0);
+    let step = (requests / 10).max(1);
+    println!(
+        "\nsoak: {requests} requests through (c), resident memory of the {} every {step}:",
+        if pid.is_some() {
+            "gateway process"
+        } else {
+            "whole process (loadgen included)"
         }
+    );
+    println!("  start: {} KiB", resident());
+    let mut sent = 0;
+    while sent < requests {
+        let batch = step.min(requests - sent);
+        let r = run(&proxy.url, concurrency, batch).await?;
+        sent += batch;
+        println!(
+            "  after {sent}: {} KiB ({:.0} req/s, {} failed)",
+            resident(),
+            r.throughput(),
+            r.non_2xx + r.errors
+        );
     }
-    gateway_k.shutdown().await?;
     Ok(())
 }
 
@@ -397,16 +580,38 @@ async fn compare(_args: &Args) -> Result<(), BoxError> {
     Err("--compare runs the gateway in process: build with --features kiro,admin".into())
 }
 
-#[tokio::main]
-async fn main() {
+#[cfg(not(all(feature = "kiro", feature = "admin")))]
+async fn serve_child(_role: ChildRole, _upstream: &str) -> Result<(), BoxError> {
+    Err("--child runs the gateway: build with --features kiro,admin".into())
+}
+
+fn main() {
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
-            eprintln!("error: {message}\nusage: loadgen --target URL [--concurrency C] [--requests N]\n       loadgen --compare [--concurrency C] [--requests N] [--soak N]   (features kiro,admin)");
+            eprintln!("error: {message}\nusage: loadgen --target URL [--concurrency C] [--requests N]\n       loadgen --compare [--pinned] [--concurrency C] [--requests N] [--soak N]   (features kiro,admin)");
             std::process::exit(2);
         }
     };
-    let result = if args.compare {
+    // Pinned, each process has one CPU: one worker thread, not two taking turns on it.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.pinned || args.child.is_some() {
+        runtime.worker_threads(1);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(run_main(args));
+}
+
+async fn run_main(args: Args) {
+    let result = if let (Some(role), Some(upstream)) = (args.child, args.upstream.as_deref()) {
+        serve_child(role, upstream).await
+    } else if args.compare {
         compare(&args).await
     } else {
         let target = args.target.as_deref().unwrap_or_default();
