@@ -393,6 +393,8 @@ pub(crate) struct Runtime {
     /// Pool-wide use order, kept only by the least-recently-used strategy (0: never used).
     pub(crate) use_ticket: AtomicU64,
     pub(crate) swrr_current: AtomicI64,
+    /// Bumped whenever a model block is added or extended, so that stores notice.
+    pub(crate) model_epoch: AtomicU64,
     pub(crate) model_blocks: RwLock<Vec<ModelBlock>>,
     pub(crate) details: Mutex<Details>,
 }
@@ -414,6 +416,7 @@ impl Default for Runtime {
             use_ticket: AtomicU64::new(0),
             outcomes: Default::default(),
             swrr_current: AtomicI64::new(0),
+            model_epoch: AtomicU64::new(0),
             details: Mutex::new(Details::default()),
         }
     }

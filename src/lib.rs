@@ -80,10 +80,12 @@ pub mod store;
 pub mod testing;
 
 pub use account::{Account, AccountId, AccountSettings};
-pub use health::{HealthPolicy, HealthState, Outcome, OutcomeClass, RateLimitScope};
+pub use health::{
+    HealthPolicy, HealthState, LastError, ModelBlockKind, Outcome, OutcomeClass, RateLimitScope,
+};
 pub use layer::{AccountPoolLayer, AccountPoolService, SelectedAccount};
 pub use pool::{
-    AccountSnapshot, BuildError, Counters, Lease, PersistedState, Pool, PoolBuilder, PoolError,
-    PoolSnapshot, PoolStats, StateChange, SyncReport,
+    AccountSnapshot, BuildError, Counters, Lease, ModelCooldown, PersistedState, Pool, PoolBuilder,
+    PoolError, PoolSnapshot, PoolStats, StateChange, SyncReport,
 };
 pub use select::{Exhausted, SelectRequest, Strategy, Unavailable};

@@ -1009,8 +1009,10 @@ impl Pool {
     }
 
     /// Restores an account's runtime state from a store or a pool file: health state, reason
-    /// and deadline, failure counts, lifetime counters, last use and last error. A deadline in
-    /// the past restores as expired; `HalfOpen` restores as an ejection that has ended.
+    /// and deadline, failure counts, lifetime counters, last use, last error and model
+    /// cooldowns. A deadline in the past restores as expired; `HalfOpen` restores as an
+    /// ejection that has ended; a model cooldown that has ended is dropped, and one the
+    /// account already has keeps the later deadline.
     pub fn restore_state(&self, id: &str, saved: &PersistedState) -> Result<(), PoolError> {
         let slot = self.slot(id)?;
         let shared = &self.shared;
@@ -1040,6 +1042,7 @@ impl Pool {
         let last_used = saved.last_used.map_or(0, |t| epoch_ms::millis(&t));
         rt.last_used_ms.store(last_used, Ordering::Relaxed);
         rt.lock_details().last_error = saved.last_error.clone();
+        shared.merge_model_cooldowns(&slot, &saved.model_cooldowns, now);
         let reason = saved
             .reason
             .clone()
@@ -1418,6 +1421,7 @@ impl Shared {
             }
             let latest = blocks.iter().map(|b| b.until_ms).max().unwrap_or(0);
             rt.model_blocks_until.store(latest, Ordering::Release);
+            rt.model_epoch.fetch_add(1, Ordering::AcqRel);
             (until, level + 1)
         };
         let (to, what) = match kind {
@@ -1432,6 +1436,48 @@ impl Shared {
             format!("{what} (level {level}) for {}", fmt_ms(until - now)),
             self.clock.wall(until, now),
         );
+    }
+
+    /// Adds saved or remote model cooldowns to an account's own: a cooldown that has ended is
+    /// skipped, one the account already has keeps the later deadline. When anything changed,
+    /// returns the account's `model_epoch` as it was just before this change.
+    pub(crate) fn merge_model_cooldowns(
+        &self,
+        slot: &Slot,
+        cooldowns: &[ModelCooldown],
+        now: u64,
+    ) -> Option<u64> {
+        let rt = &slot.runtime;
+        let mut changed = 0;
+        let mut blocks = rt.model_blocks.write().unwrap_or_else(|e| e.into_inner());
+        for cooldown in cooldowns {
+            let Some(until) = cooldown.until.map(|at| self.clock.deadline(at, now)) else {
+                continue;
+            };
+            if until <= now || cooldown.model.is_empty() {
+                continue;
+            }
+            match blocks.iter_mut().find(|b| *b.model == *cooldown.model) {
+                Some(block) if block.until_ms >= until => continue,
+                Some(block) => {
+                    block.until_ms = until;
+                    block.kind = cooldown.kind;
+                }
+                None => blocks.push(ModelBlock {
+                    model: Arc::from(cooldown.model.as_str()),
+                    kind: cooldown.kind,
+                    until_ms: until,
+                    level: 1,
+                }),
+            }
+            changed += 1;
+        }
+        if changed == 0 {
+            return None;
+        }
+        let latest = blocks.iter().map(|b| b.until_ms).max().unwrap_or(0);
+        rt.model_blocks_until.store(latest, Ordering::Release);
+        Some(rt.model_epoch.fetch_add(1, Ordering::AcqRel))
     }
 
     /// Applies an outcome to an account's health (the caller counts it).
@@ -1940,7 +1986,7 @@ pub struct AccountSnapshot {
 }
 
 /// A cooldown scoped to one (account, model) pair.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelCooldown {
     /// The model.
@@ -2037,6 +2083,10 @@ pub struct PersistedState {
     pub last_used: Option<SystemTime>,
     /// The last error it saw.
     pub last_error: Option<LastError>,
+    /// Cooldowns on single models (rate limits and unsupported models scoped to a model) that
+    /// had not ended when it was saved; restored ones keep their deadlines.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub model_cooldowns: Vec<ModelCooldown>,
 }
 
 impl Default for PersistedState {
@@ -2050,6 +2100,7 @@ impl Default for PersistedState {
             counters: Counters::default(),
             last_used: None,
             last_error: None,
+            model_cooldowns: Vec::new(),
         }
     }
 }
@@ -2073,6 +2124,7 @@ impl AccountSnapshot {
             counters: self.counters,
             last_used: self.last_used,
             last_error: self.last_error.clone(),
+            model_cooldowns: self.model_cooldowns.clone(),
         }
     }
 }

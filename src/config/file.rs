@@ -152,6 +152,8 @@ impl FileState {
             until: None,
             consecutive_failures: self.error_count.unwrap_or(0),
             ejection_level: 0,
+            // The older system kept no per-model cooldowns.
+            model_cooldowns: Vec::new(),
             counters: Counters {
                 requests: usage,
                 successes: usage,

@@ -20,7 +20,8 @@ pub const POOL_STATE_KEY: &str = "poolState";
 /// Each account (matched by `uuid`) gets the state fields the older gateway used — `isHealthy`,
 /// `errorCount` (consecutive failures), `usageCount` (successes), `lastUsed`, `lastErrorTime`,
 /// `lastErrorMessage` (ISO times) — so its tools keep reading the file, plus this crate's full
-/// state under `poolState` (state, reason, deadline, ejection level, counters, as epoch ms).
+/// state under `poolState` (state, reason, deadline, ejection level, counters, model
+/// cooldowns, as epoch ms).
 /// `isDisabled` is written only when this process enabled or disabled the account. Accounts the
 /// file does not list are not added to it, unless this store created the file (then it lists
 /// every account of the pool).

@@ -149,7 +149,8 @@ pub struct AccountWrite {
     pub id: AccountId,
     /// Its current state; `counters` are this process's view of the totals.
     pub state: PersistedState,
-    /// Whether the health state, reason, deadline, failure count or ejection level changed.
+    /// Whether the health state, reason, deadline, failure count, ejection level or model
+    /// cooldowns changed.
     pub state_changed: bool,
     /// Counter increments since the last successful write: stores shared by several processes
     /// add these rather than writing `state.counters`.
@@ -285,6 +286,25 @@ pub(crate) fn parse_state(label: &str) -> Option<HealthState> {
 
 const COUNTERS: usize = 1 + OutcomeClass::ALL.len();
 type CounterArray = [u64; COUNTERS];
+
+/// Model cooldowns as the SQLite and Redis stores keep them: a JSON array, `None` when empty.
+#[cfg(any(feature = "sqlite", feature = "redis"))]
+fn model_cooldowns_to_json(cooldowns: &[crate::pool::ModelCooldown]) -> Option<String> {
+    (!cooldowns.is_empty()).then(|| serde_json::to_string(cooldowns).unwrap_or_default())
+}
+
+/// Reads what [`model_cooldowns_to_json`] wrote; anything unreadable is dropped with a warning
+/// (a cooldown lost is a request that may be rate limited once more, never a failure).
+#[cfg(any(feature = "sqlite", feature = "redis"))]
+fn model_cooldowns_from_json(json: &str) -> Vec<crate::pool::ModelCooldown> {
+    match serde_json::from_str(json) {
+        Ok(cooldowns) => cooldowns,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring unreadable saved model cooldowns");
+            Vec::new()
+        }
+    }
+}
 
 /// The stores' names of the counters, in array order (`requests`, then the outcome classes).
 #[cfg(any(feature = "sqlite", feature = "redis"))]
@@ -483,6 +503,15 @@ impl StoreHandle {
             tracked.loaded = true;
             writer.tracked.insert(saved.id.clone(), tracked);
         }
+        // Accounts the store does not hold yet are watched from now on, so that a state change
+        // before the first flush is written too (not taken for the state they started with).
+        for slot in pool.shared.roster.load().slots.iter() {
+            writer.tracked.entry(slot.id.clone()).or_insert_with(|| {
+                let mut tracked = Tracked::observe(slot);
+                tracked.fresh = true;
+                tracked
+            });
+        }
         let (commands, receiver) = mpsc::channel(16);
         let (stop, stopped) = oneshot::channel();
         let mut events = pool.subscribe();
@@ -605,6 +634,8 @@ struct Tracked {
     generation: u64,
     failures: u32,
     ejection_level: u32,
+    /// The runtime's `model_epoch` last written.
+    model_epoch: u64,
     enabled: bool,
     /// The state last written to, or seen in, the store.
     written: Option<StateKey>,
@@ -624,6 +655,7 @@ impl Tracked {
             generation: rt.generation.load(Ordering::Acquire),
             failures: rt.consecutive_failures.load(Ordering::Acquire),
             ejection_level: rt.ejection_level.load(Ordering::Acquire),
+            model_epoch: rt.model_epoch.load(Ordering::Acquire),
             enabled: slot.settings.enabled,
             written: None,
             fresh: false,
@@ -636,6 +668,7 @@ impl Tracked {
         self.generation != rt.generation.load(Ordering::Acquire)
             || self.failures != rt.consecutive_failures.load(Ordering::Acquire)
             || self.ejection_level != rt.ejection_level.load(Ordering::Acquire)
+            || self.model_epoch != rt.model_epoch.load(Ordering::Acquire)
             || self.enabled != slot.settings.enabled
     }
 }
@@ -646,6 +679,7 @@ struct Pending {
     generation: u64,
     failures: u32,
     ejection_level: u32,
+    model_epoch: u64,
 }
 
 struct Writer<S> {
@@ -786,6 +820,7 @@ impl<S: Store> Writer<S> {
             let generation = rt.generation.load(Ordering::Acquire);
             let failures = rt.consecutive_failures.load(Ordering::Acquire);
             let ejection_level = rt.ejection_level.load(Ordering::Acquire);
+            let model_epoch = rt.model_epoch.load(Ordering::Acquire);
             let state_changed = tracked.state_changed(slot) || (tracked.fresh && tracked.loaded);
             let counters = read_counters(rt);
             if !state_changed && !tracked.fresh && counters == tracked.baseline {
@@ -808,6 +843,7 @@ impl<S: Store> Writer<S> {
                 generation,
                 failures,
                 ejection_level,
+                model_epoch,
             });
         }
         for chunk in pending.chunks(self.config.max_batch.max(1)) {
@@ -819,6 +855,7 @@ impl<S: Store> Writer<S> {
                     tracked.generation = p.generation;
                     tracked.failures = p.failures;
                     tracked.ejection_level = p.ejection_level;
+                    tracked.model_epoch = p.model_epoch;
                     tracked.enabled = p.write.enabled;
                     tracked.fresh = false;
                     if p.write.state_changed {
@@ -877,6 +914,17 @@ impl<S: Store> Writer<S> {
             let Some(tracked) = self.tracked.get_mut(&slot.id) else {
                 continue;
             };
+            // Another process's model cooldowns: only ever added or extended, so merging them
+            // again is harmless. Not a local change to write back, unless one was pending.
+            let now = shared.clock.now_ms();
+            if let Some(before) =
+                shared.merge_model_cooldowns(&slot, &change.state.model_cooldowns, now)
+            {
+                if tracked.model_epoch == before {
+                    tracked.model_epoch = before + 1;
+                }
+                applied += 1;
+            }
             let key = StateKey::of(&change.state);
             if tracked.written.as_ref().is_some_and(|w| w.same(&key)) {
                 continue; // nothing new

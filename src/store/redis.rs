@@ -80,6 +80,7 @@ impl RedisConfig {
 /// Keys (with `P` the [prefix](RedisConfig::prefix)):
 ///
 /// - `P:account:<id>`: a hash per account: `state`, `reason`, `until_ms`, `ejection_level`,
+///   `model_cooldowns` (JSON, as in [`PersistedState`](crate::PersistedState)),
 ///   `consecutive_failures`, `last_used_ms`, `last_error_*`, and counters changed with `HINCRBY`
 ///   (increments, so replicas add up exactly);
 /// - `P:cooldown:<id>`: the account's cooldown or ejection, a key expiring when it ends;
@@ -300,6 +301,9 @@ fn state_of(h: &HashMap<String, String>) -> PersistedState {
         counters: counters_from_array(&counters),
         last_used: when("last_used_ms"),
         last_error,
+        model_cooldowns: text("model_cooldowns")
+            .map(|json| super::model_cooldowns_from_json(&json))
+            .unwrap_or_default(),
     }
 }
 
@@ -342,6 +346,10 @@ impl Store for RedisStore {
                 fields.push(("until_ms", until.map(|u| u.to_string()).unwrap_or_default()));
                 fields.push(("ejection_level", s.ejection_level.to_string()));
                 fields.push(("consecutive_failures", s.consecutive_failures.to_string()));
+                fields.push((
+                    "model_cooldowns",
+                    super::model_cooldowns_to_json(&s.model_cooldowns).unwrap_or_default(),
+                ));
                 let cooling = matches!(
                     s.state,
                     HealthState::RateLimited | HealthState::QuotaExhausted | HealthState::Ejected

@@ -84,7 +84,9 @@ pub struct MigrationReport {
 ///   `error_count`, `usage_count`, `last_used`, `last_error_time`, `last_error_message` and
 ///   `updated_at` the way it did, so its tools keep reading the database.
 /// - State those tables have no column for (state, reason, deadline, ejection level, counters
-///   per outcome, as INTEGER epoch ms) lives in a side table of its own, `tap_account_state`.
+///   per outcome, as INTEGER epoch ms; model cooldowns as a JSON array) lives in a side table
+///   of its own, `tap_account_state` (a side table of an earlier version gains the
+///   `model_cooldowns` column when opened).
 /// - It opens a **schema v1** database (`providers` with `provider_type`) in place without
 ///   changing its tables: rows it adds get `provider_type = 'claude-kiro-oauth'`, reads ignore
 ///   the column, so an older and a newer gateway can share the database while migrating. Moving
@@ -141,6 +143,17 @@ fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     .map(|n| n > 0)
 }
 
+fn column_exists(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+    for name in names {
+        if name? == column {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn detect(conn: &Connection) -> rusqlite::Result<Option<SchemaVersion>> {
     Ok(if table_exists(conn, "accounts")? {
         Some(SchemaVersion::V2)
@@ -169,7 +182,8 @@ fn state_table_sql() -> String {
            last_error_class TEXT,
            last_error_message TEXT,
            {},
-           updated_at_ms INTEGER NOT NULL DEFAULT 0)",
+           updated_at_ms INTEGER NOT NULL DEFAULT 0,
+           model_cooldowns TEXT)",
         counters.join(",\n           ")
     )
 }
@@ -213,6 +227,13 @@ impl SqliteStore {
                 }
             };
             tx.execute_batch(&state_table_sql()).map_err(db_err)?;
+            // Side tables made before model cooldowns were kept gain the column.
+            if !column_exists(&tx, STATE_TABLE, "model_cooldowns").map_err(db_err)? {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {STATE_TABLE} ADD COLUMN model_cooldowns TEXT"
+                ))
+                .map_err(db_err)?;
+            }
             tx.commit().map_err(db_err)?;
             schema
         };
@@ -413,7 +434,7 @@ impl Db {
     fn state_columns() -> String {
         format!(
             "s.state, s.reason, s.until_ms, s.ejection_level, s.consecutive_failures, s.last_used_ms, \
-             s.last_error_ms, s.last_error_class, s.last_error_message, {}",
+             s.last_error_ms, s.last_error_class, s.last_error_message, {}, s.model_cooldowns",
             COUNTER_NAMES
                 .iter()
                 .map(|c| format!("s.{c}"))
@@ -461,6 +482,10 @@ impl Db {
             counters: counters_from_array(&counters),
             last_used: ms(5)?,
             last_error,
+            model_cooldowns: row
+                .get::<_, Option<String>>(at + 9 + COUNTERS)?
+                .map(|json| super::model_cooldowns_from_json(&json))
+                .unwrap_or_default(),
         })
     }
 
@@ -541,6 +566,7 @@ impl Db {
                 "state = excluded.state, reason = excluded.reason, until_ms = excluded.until_ms,
                  ejection_level = excluded.ejection_level,
                  consecutive_failures = excluded.consecutive_failures,
+                 model_cooldowns = excluded.model_cooldowns,
                  updated_at_ms = excluded.updated_at_ms,"
             } else {
                 ""
@@ -548,8 +574,8 @@ impl Db {
             format!(
                 "INSERT INTO {STATE_TABLE} (uuid, state, reason, until_ms, ejection_level,
                    consecutive_failures, last_used_ms, last_error_ms, last_error_class,
-                   last_error_message, updated_at_ms, {counter_list})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, {})
+                   last_error_message, updated_at_ms, {counter_list}, model_cooldowns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, {}, ?{})
                  ON CONFLICT(uuid) DO UPDATE SET {state_updates}
                    last_used_ms = max(coalesce(last_used_ms, 0), coalesce(excluded.last_used_ms, 0)),
                    last_error_ms = CASE WHEN coalesce(excluded.last_error_ms, 0) >= coalesce(last_error_ms, 0)
@@ -561,6 +587,7 @@ impl Db {
                    {}
                  RETURNING {counter_list}",
                 counter_params.join(", "),
+                12 + COUNTERS,
                 counter_updates.join(", ")
             )
         };
@@ -597,6 +624,7 @@ impl Db {
                     .iter()
                     .map(|&d| Box::new(to_i64(d)) as Box<dyn rusqlite::ToSql>),
             );
+            values.push(Box::new(super::model_cooldowns_to_json(&s.model_cooldowns)));
             let total: CounterArray = stmt.query_row(
                 rusqlite::params_from_iter(values.iter().map(|v| v.as_ref())),
                 |row| {
