@@ -40,6 +40,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, StatusCode};
 
 use crate::health::Outcome;
+use crate::layer::SelectedAccount;
 
 /// What a classifier decides from a response head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,16 @@ pub trait Classifier: Send + Sync + 'static {
         body: &[u8],
         complete: bool,
     ) -> Outcome;
+
+    /// Adjusts a failure's outcome with what is known of the account that got it, e.g. the
+    /// quota reset its last usage probe reported (the Kiro classifier does this). Called by the
+    /// layer for every outcome
+    /// but `Success`, after [`classify_head`](Self::classify_head) or
+    /// [`classify_body`](Self::classify_body). The default returns `outcome` unchanged.
+    fn refine(&self, outcome: Outcome, account: &SelectedAccount) -> Outcome {
+        let _ = account;
+        outcome
+    }
 }
 
 impl<C: Classifier + ?Sized> Classifier for std::sync::Arc<C> {
@@ -97,6 +108,10 @@ impl<C: Classifier + ?Sized> Classifier for std::sync::Arc<C> {
         complete: bool,
     ) -> Outcome {
         (**self).classify_body(status, headers, body, complete)
+    }
+
+    fn refine(&self, outcome: Outcome, account: &SelectedAccount) -> Outcome {
+        (**self).refine(outcome, account)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Kiro classifier through the layer, against the Kiro mock: an exception frame at the
 //! start of a 200 stream fails over to another account before the client sees anything, and a
-//! 403 invalid-token answer refreshes the token and resends on the same account.
+//! 403 invalid-token answer refreshes the token and resends on the same account, and a quota
+//! exhaustion lasts until the reset the account's usage probe reported.
 #![cfg(all(feature = "kiro", feature = "test-util"))]
 
 use bytes::Bytes;
@@ -113,5 +114,59 @@ async fn an_invalid_token_is_refreshed_and_resent_on_the_same_account() {
     assert_eq!(
         pool.snapshot().account("alice").unwrap().state,
         HealthState::Healthy
+    );
+}
+
+#[tokio::test]
+async fn a_quota_exhausted_account_waits_for_its_probed_reset_not_the_month_end() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let mock = KiroMock::start().await;
+    let pool = Pool::builder()
+        .account(kiro_account(&mock, "alice"))
+        .account(kiro_account(&mock, "bob"))
+        .strategy(Strategy::FillFirst)
+        .build()
+        .unwrap();
+    // The usage probe says alice's quota resets in ten days (not at the month's end), with
+    // requests left for now.
+    let reset_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 10 * 24 * 3600;
+    mock.set_usage(
+        "alice",
+        serde_json::json!({"nextDateReset": reset_secs,
+                           "usageBreakdownList": [{"currentUsage": 10, "usageLimit": 50}]}),
+    );
+    pool.probe_kiro_account("alice").await.unwrap();
+    assert_eq!(
+        pool.snapshot().account("alice").unwrap().state,
+        HealthState::Healthy
+    );
+    mock.script(
+        "alice",
+        [tower_account_pool::testing::Reply::Raw {
+            status: 402,
+            content_type: "application/json".into(),
+            body: br#"{"message":"You have reached the limit.","reason":"MONTHLY_REQUEST_COUNT"}"#
+                .to_vec(),
+        }],
+    );
+    mock.script("bob", [Reply::success(&["Hello"])]);
+
+    let (status, selected, _) = send(&mock, &pool).await;
+    assert_eq!(status, 200);
+    assert_eq!(selected.id().as_str(), "bob");
+    let alice = pool.snapshot().account("alice").unwrap().clone();
+    assert_eq!(alice.state, HealthState::QuotaExhausted);
+    let until = alice
+        .next_retry_at
+        .expect("a reset time")
+        .duration_since(UNIX_EPOCH)
+        .unwrap();
+    assert!(
+        until.abs_diff(Duration::from_secs(reset_secs)) < Duration::from_secs(2),
+        "alice returns at the probed reset ({reset_secs} s), not at {until:?}"
     );
 }

@@ -231,9 +231,10 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// [`classify_response`]. A 2xx answer is peeked at: the layer reads the first chunk of the
 /// event stream (at least the 16 bytes of the smallest frame, so a stream is never held back
 /// waiting for more), and an exception frame there — a failure sent in-band — fails the
-/// attempt over to another account before anything reaches the client. A quota reset is
-/// taken as the first of next month UTC here (the classifier does not see the account); the
-/// usage probe reports the exact `nextDateReset`.
+/// attempt over to another account before anything reaches the client. A quota exhaustion
+/// lasts until the account's `nextDateReset` as its last usage probe reported it
+/// ([`refine`](crate::classify::Classifier::refine) reads it from the account's credential),
+/// else until the first of next month UTC.
 ///
 /// ```
 /// use http::{HeaderMap, StatusCode};
@@ -303,6 +304,22 @@ impl crate::classify::Classifier for KiroClassifier {
             // A 2xx whose whole body is a partial frame: the stream broke.
             None if !body.is_empty() => Outcome::Transient,
             None => Outcome::Success,
+        }
+    }
+
+    fn refine(&self, outcome: Outcome, account: &crate::layer::SelectedAccount) -> Outcome {
+        match outcome {
+            Outcome::QuotaExhausted { reset_at } => {
+                let probed = account
+                    .field("nextDateReset")
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                    .and_then(|ms| SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+                    .filter(|reset| *reset > SystemTime::now());
+                Outcome::QuotaExhausted {
+                    reset_at: probed.or(reset_at),
+                }
+            }
+            other => other,
         }
     }
 }

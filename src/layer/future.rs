@@ -465,6 +465,10 @@ where
             }
         };
 
+        let outcome = match outcome {
+            Outcome::Success => outcome,
+            failed => config.classifier.refine(failed, &selected),
+        };
         match outcome.class() {
             OutcomeClass::Success => return hand_out(answer, Some(lease), selected),
             OutcomeClass::ClientError | OutcomeClass::Cancelled => {
