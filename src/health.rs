@@ -395,6 +395,9 @@ pub(crate) struct Runtime {
     pub(crate) swrr_current: AtomicI64,
     /// Bumped whenever a model block is added or extended, so that stores notice.
     pub(crate) model_epoch: AtomicU64,
+    /// When the account's quota next resets, as a probe reported it (wall-clock epoch ms; 0:
+    /// unknown). Read by `Strategy::SoonestReset`.
+    pub(crate) quota_reset_ms: AtomicU64,
     pub(crate) model_blocks: RwLock<Vec<ModelBlock>>,
     pub(crate) details: Mutex<Details>,
 }
@@ -417,6 +420,7 @@ impl Default for Runtime {
             outcomes: Default::default(),
             swrr_current: AtomicI64::new(0),
             model_epoch: AtomicU64::new(0),
+            quota_reset_ms: AtomicU64::new(0),
             details: Mutex::new(Details::default()),
         }
     }

@@ -1060,6 +1060,17 @@ impl Pool {
         Ok(())
     }
 
+    /// Records when an account's quota next resets, as a probe of the upstream reported it
+    /// (`None`: unknown). [`Strategy::SoonestReset`] prefers the accounts whose quota resets
+    /// first; snapshots show it. It does not change the account's state: an account out of
+    /// quota is reported with [`Outcome::QuotaExhausted`]. The Kiro usage probe calls it.
+    pub fn set_quota_reset(&self, id: &str, reset: Option<SystemTime>) -> Result<(), PoolError> {
+        let slot = self.slot(id)?;
+        let ms = reset.map_or(0, |t| epoch_ms::millis(&t).max(1));
+        slot.runtime.quota_reset_ms.store(ms, Ordering::Relaxed);
+        Ok(())
+    }
+
     pub(crate) fn slot(&self, id: &str) -> Result<Arc<Slot>, PoolError> {
         self.shared
             .roster
@@ -1894,6 +1905,10 @@ impl Shared {
                 ms => UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
             },
             last_error,
+            quota_reset: match rt.quota_reset_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
+            },
         }
     }
 }
@@ -1983,6 +1998,9 @@ pub struct AccountSnapshot {
     pub last_used: Option<SystemTime>,
     /// The last error it saw.
     pub last_error: Option<LastError>,
+    /// When its quota next resets, as a probe reported it (see [`Pool::set_quota_reset`]).
+    #[serde(with = "epoch_ms::option")]
+    pub quota_reset: Option<SystemTime>,
 }
 
 /// A cooldown scoped to one (account, model) pair.

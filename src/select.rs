@@ -28,8 +28,8 @@
 //!
 //! Round-robin, fill-first and least-in-flight look at a constant number of accounts in the
 //! common case (when most accounts are available), take no pool-wide lock and allocate nothing.
-//! Least-recently-used and weighted look at every account of the first tier with an available
-//! account: O(n), fine for hundreds of accounts. An [`Exhausted`] answer looks at every account
+//! Least-recently-used, weighted and soonest-reset look at every account of the first tier with
+//! an available account: O(n), fine for hundreds of accounts. An [`Exhausted`] answer looks at every account
 //! once, to say why.
 
 use std::fmt;
@@ -55,6 +55,11 @@ pub enum Strategy {
     Weighted,
     /// The first available account, in order, until it is unavailable (rolling-window quotas).
     FillFirst,
+    /// The available account whose quota resets soonest (as probes reported it through
+    /// [`Pool::set_quota_reset`](crate::Pool::set_quota_reset)), so that quota about to be
+    /// renewed is spent before quota that must last; accounts with no known reset come last,
+    /// and ties go round-robin.
+    SoonestReset,
 }
 
 /// What a request needs from the pool.
@@ -329,6 +334,9 @@ impl Shared {
                     self.least_recent(tier, &model, request, now, &mut exhausted)
                 }
                 Strategy::Weighted => self.weighted(tier, &model, request, now, &mut exhausted),
+                Strategy::SoonestReset => {
+                    self.soonest_reset(tier, &model, request, now, &mut exhausted)
+                }
             };
             if let Some((index, probe)) = picked {
                 let slot = &tier.slots[index];
@@ -527,6 +535,38 @@ impl Shared {
             .min_by_key(|&(i, _)| tier.gates[i].runtime.use_ticket.load(Ordering::Relaxed));
         if let Some((i, probe)) = best {
             if self.acquire(tier, i, probe, now, &mut sampled) {
+                return Some((i, probe));
+            }
+        }
+        self.round_robin(tier, model, request, now, exhausted)
+    }
+
+    fn soonest_reset(
+        &self,
+        tier: Tier<'_>,
+        model: &ModelRef,
+        request: &SelectRequest<'_>,
+        now: &LazyNow<'_>,
+        exhausted: &mut Exhausted,
+    ) -> Option<Pick> {
+        let n = tier.len();
+        // Ties (the same reset, or none known) go round-robin: scan from the cursor, keep the
+        // first of the earliest.
+        let cursor = self.models.cursor(model);
+        let start = cursor.load(Ordering::Relaxed) as usize;
+        let mut sampled = Exhausted::new();
+        let reset_of = |i: usize| match tier.gates[i].runtime.quota_reset_ms.load(Ordering::Relaxed)
+        {
+            0 => u64::MAX,
+            ms => ms,
+        };
+        let best = (0..n)
+            .map(|k| (start + k) % n)
+            .filter_map(|i| Some((i, self.check(tier, i, request, now, &mut sampled)?)))
+            .min_by_key(|&(i, _)| reset_of(i));
+        if let Some((i, probe)) = best {
+            if self.acquire(tier, i, probe, now, &mut sampled) {
+                cursor.fetch_add(1, Ordering::Relaxed);
                 return Some((i, probe));
             }
         }

@@ -140,9 +140,12 @@ async fn a_quota_exhausted_account_waits_for_its_probed_reset_not_the_month_end(
                            "usageBreakdownList": [{"currentUsage": 10, "usageLimit": 50}]}),
     );
     pool.probe_kiro_account("alice").await.unwrap();
+    let probed = pool.snapshot().account("alice").unwrap().clone();
+    assert_eq!(probed.state, HealthState::Healthy);
     assert_eq!(
-        pool.snapshot().account("alice").unwrap().state,
-        HealthState::Healthy
+        probed.quota_reset,
+        Some(UNIX_EPOCH + Duration::from_secs(reset_secs)),
+        "the probe records the reset for Strategy::SoonestReset"
     );
     mock.script(
         "alice",

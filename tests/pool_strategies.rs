@@ -193,6 +193,48 @@ fn fill_first_uses_one_account_until_it_is_unavailable() {
 }
 
 #[test]
+fn soonest_reset_spends_the_quota_renewed_first() {
+    use std::time::SystemTime;
+    let pool = builder(4).strategy(Strategy::SoonestReset).build().unwrap();
+    let in_days = |days: u64| Some(SystemTime::now() + Duration::from_secs(days * 86_400));
+    // a0's reset is unknown; a1 resets in 20 days, a2 in 3, a3 in 9.
+    pool.set_quota_reset("a1", in_days(20)).unwrap();
+    pool.set_quota_reset("a2", in_days(3)).unwrap();
+    pool.set_quota_reset("a3", in_days(9)).unwrap();
+    assert_eq!(
+        pool.snapshot().account("a2").unwrap().quota_reset,
+        in_days(3).map(|t| {
+            // Kept to the millisecond.
+            std::time::UNIX_EPOCH
+                + Duration::from_millis(
+                    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64,
+                )
+        })
+    );
+    assert_eq!(tally(&pool, &SelectRequest::default(), 10)["a2"], 10);
+    // Out of quota: the next soonest reset takes over, then the next; unknown comes last.
+    let take_out = |id: &str| {
+        pool.report_probe(id, Outcome::QuotaExhausted { reset_at: None })
+            .unwrap()
+    };
+    take_out("a2");
+    assert_eq!(tally(&pool, &SelectRequest::default(), 10)["a3"], 10);
+    take_out("a3");
+    assert_eq!(tally(&pool, &SelectRequest::default(), 10)["a1"], 10);
+    take_out("a1");
+    assert_eq!(tally(&pool, &SelectRequest::default(), 10)["a0"], 10);
+    // Forgetting a reset puts the account among the unknown.
+    pool.reset("a2").unwrap();
+    pool.set_quota_reset("a2", None).unwrap();
+    let counts = tally(&pool, &SelectRequest::default(), 10);
+    assert_eq!((counts["a0"], counts["a2"]), (5, 5), "ties go round-robin");
+    assert!(matches!(
+        pool.set_quota_reset("nope", None),
+        Err(tower_account_pool::PoolError::UnknownAccount(_))
+    ));
+}
+
+#[test]
 fn priority_tiers_spill_over_only_when_the_tier_above_is_unavailable() {
     let pool = Pool::builder()
         .account(Account::new("backup", NoCredential).priority(1))
@@ -312,6 +354,7 @@ fn every_strategy_honours_the_eligibility_predicate() {
         Strategy::LeastInFlight,
         Strategy::Weighted,
         Strategy::FillFirst,
+        Strategy::SoonestReset,
     ] {
         let pool = builder(5).strategy(strategy).build().unwrap();
         pool.disable("a0").unwrap();

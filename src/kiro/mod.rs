@@ -34,9 +34,11 @@
 //! - [`spawn_refresher`] / [`spawn_usage_prober`]: background tasks over every Kiro account.
 //! - [`eventstream`]: the AWS event-stream framing (CRC-checked decoder and encoder).
 //!
-//! Quota-aware selection beyond the health state (preferring the account whose quota resets
-//! soonest) is not implemented: an exhausted account is skipped through
-//! `Outcome::QuotaExhausted` until its reset, which the classifier and the probe both report.
+//! Quota-aware selection: an exhausted account is skipped through `Outcome::QuotaExhausted`
+//! until its reset, which the classifier and the probe both report; the probe also records
+//! each account's `nextDateReset` with [`Pool::set_quota_reset`], so that
+//! [`Strategy::SoonestReset`](crate::Strategy::SoonestReset) spends first the quota that is
+//! renewed first.
 
 pub mod classify;
 mod credential;

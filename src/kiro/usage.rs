@@ -235,7 +235,8 @@ impl Pool {
     /// Probes a Kiro account's usage limits and reports the result to the pool: `Success` while
     /// quota remains (which also ends `Suspended`, `AuthInvalid` and ejections, as any probe
     /// success does), `QuotaExhausted` until `nextDateReset` when it is used up, the classified
-    /// error otherwise. Returns the usage read.
+    /// error otherwise. Records `nextDateReset` with [`Pool::set_quota_reset`] (for
+    /// [`Strategy::SoonestReset`](crate::Strategy::SoonestReset)). Returns the usage read.
     pub async fn probe_kiro_account(&self, id: &str) -> Result<KiroUsage, PoolError> {
         let slot = self.slot(id)?;
         let Some(credential) = KiroCredential::from_shared(&slot.credential) else {
@@ -246,6 +247,7 @@ impl Pool {
         };
         match probe(&credential).await {
             Ok(usage) => {
+                self.set_quota_reset(id, usage.next_reset)?;
                 let outcome = if usage.is_exhausted() {
                     Outcome::QuotaExhausted {
                         reset_at: Some(usage.next_reset.unwrap_or_else(|| {
