@@ -541,6 +541,19 @@ fn unusable_values_name_the_index_and_field_but_never_a_secret() {
             r#"[{"uuid": "a", "KIRO_OAUTH_CREDS_FILE_PATH": ""}]"#,
             "account at index 0: field `KIRO_OAUTH_CREDS_FILE_PATH` must not be empty",
         ),
+        (
+            r#"[{"uuid": "a", "KIRO_OAUTH_CREDS_BASE64": "not base64 at all: secret-value!"}]"#,
+            "account at index 0: field `KIRO_OAUTH_CREDS_BASE64` is not valid base64",
+        ),
+        (
+            // base64 of `["secret-value"]`: JSON, but not an object.
+            r#"[{"uuid": "a", "KIRO_OAUTH_CREDS_BASE64": "WyJzZWNyZXQtdmFsdWUiXQ=="}]"#,
+            "account at index 0: field `KIRO_OAUTH_CREDS_BASE64` does not decode to a JSON object",
+        ),
+        (
+            r#"[{"uuid": "a", "apiKey": "k", "KIRO_OAUTH_CREDS_BASE64": "e30="}]"#,
+            "account at index 0 has more than one credential (`apiKey`, `KIRO_OAUTH_CREDS_BASE64`); keep one",
+        ),
     ];
     for (content, message) in cases {
         assert_rejected(content, &format!("{{path}}: {message}"));
@@ -800,4 +813,66 @@ async fn an_expired_token_is_reread_from_its_file_by_the_pool() {
         "{:?}",
         k.reason
     );
+}
+
+#[test]
+fn inline_base64_credentials_send_their_access_token_and_win_over_the_file_path() {
+    use base64::Engine as _;
+    let json = r#"{"accessToken":"at-inline-SECRET-0001","refreshToken":"rt-inline-SECRET"}"#;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(json);
+    let unpadded = encoded.trim_end_matches('=');
+    let content = format!(
+        r#"{{"accounts": [
+            {{"uuid": "inline", "KIRO_OAUTH_CREDS_BASE64": "{encoded}"}},
+            {{"uuid": "both", "KIRO_OAUTH_CREDS_BASE64": "{unpadded}",
+              "KIRO_OAUTH_CREDS_FILE_PATH": "no-such-file.json"}},
+            {{"uuid": "empty", "KIRO_OAUTH_CREDS_BASE64": "e30="}}
+        ]}}"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.json");
+    std::fs::write(&path, &content).unwrap();
+    let (file, logs) = capture_logs(|| PoolFile::load(&path).unwrap());
+    let warned = warnings(&logs);
+    assert_eq!(warned.len(), 1, "{logs}");
+    assert!(
+        warned[0].contains("takes precedence over `KIRO_OAUTH_CREDS_FILE_PATH`")
+            && warned[0].contains("account=both"),
+        "{logs}"
+    );
+    for entry in &file.entries()[..2] {
+        assert_eq!(
+            entry.credential(),
+            &CredentialSpec::Inline(json.to_owned()),
+            "{}",
+            entry.id()
+        );
+        assert_eq!(format!("{:?}", entry.credential()), "Inline(..)");
+    }
+    assert!(!format!("{file:?}").contains("SECRET"));
+
+    let pool = file.build_with(Pool::builder(), &resolver()).unwrap();
+    let snapshot = pool.snapshot();
+    for id in ["inline", "both"] {
+        assert_eq!(snapshot.account(id).unwrap().state, HealthState::Healthy);
+    }
+    // `{}` holds no token: only that account is unavailable, and says why.
+    let empty = snapshot.account("empty").unwrap();
+    assert_eq!(empty.state, HealthState::AuthInvalid);
+    assert_eq!(
+        empty.reason.as_deref(),
+        Some("the inline credentials hold no `accessToken`")
+    );
+    let exclude = [tower_account_pool::AccountId::new("empty")];
+    for _ in 0..2 {
+        let lease = pool
+            .select(&SelectRequest::default().excluding(&exclude))
+            .unwrap();
+        let mut headers = HeaderMap::new();
+        lease.credential().apply(&mut headers).unwrap();
+        assert_eq!(headers["authorization"], "Bearer at-inline-SECRET-0001");
+    }
+    // The file is written back as it was: the encoded field stays, nothing is decoded into it.
+    let written = serde_json::Value::Object(file.entries()[0].to_json());
+    assert_eq!(written["KIRO_OAUTH_CREDS_BASE64"], encoded.as_str());
 }

@@ -64,3 +64,54 @@ fn kiro_token_files_load_through_the_resolver() {
     );
     assert!(!everything.contains("SECRET"), "{everything}");
 }
+
+#[test]
+fn inline_base64_kiro_credentials_load_as_kiro_credentials() {
+    use base64::Engine as _;
+    let json = r#"{"accessToken":"at-SECRET-000000000003","refreshToken":"rt-SECRET-000000000003",
+                   "expiresAt":"2099-01-01T00:00:00.000Z",
+                   "profileArn":"arn:aws:codewhisperer:us-east-1:3:profile/C"}"#;
+    let idc_without_secret = r#"{"refreshToken":"rt-SECRET-4","authMethod":"IdC"}"#;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let dir = tempfile::tempdir().unwrap();
+    let pool_file = dir.path().join("pool.json");
+    std::fs::write(
+        &pool_file,
+        format!(
+            r#"[{{"uuid": "k3", "KIRO_OAUTH_CREDS_BASE64": "{}"}},
+                {{"uuid": "k4", "KIRO_OAUTH_CREDS_BASE64": "{}"}}]"#,
+            engine.encode(json),
+            engine.encode(idc_without_secret)
+        ),
+    )
+    .unwrap();
+    let pool = PoolFile::load(&pool_file)
+        .unwrap()
+        .build_with(Pool::builder(), &KiroResolver::new(KiroOptions::default()))
+        .unwrap();
+    let snapshot = pool.snapshot();
+    let k3 = snapshot.account("k3").unwrap();
+    assert_eq!(k3.state, HealthState::Healthy);
+    assert_eq!(k3.credential.kind, "kiro-oauth");
+    assert_eq!(k3.credential.path, None);
+    // An IdC credential without its client id and secret: a clear reason, that account only.
+    let k4 = snapshot.account("k4").unwrap();
+    assert_eq!(k4.state, HealthState::AuthInvalid);
+    let reason = k4.reason.as_deref().unwrap();
+    assert!(
+        reason.starts_with("inline credentials (`KIRO_OAUTH_CREDS_BASE64`): ")
+            && reason.contains("client"),
+        "{reason}"
+    );
+    assert!(!format!("{snapshot:?}").contains("SECRET"));
+
+    let lease = pool.select(&SelectRequest::default()).unwrap();
+    assert_eq!(lease.id().as_str(), "k3");
+    let mut headers = http::HeaderMap::new();
+    lease.credential().apply(&mut headers).unwrap();
+    assert_eq!(headers["authorization"], "Bearer at-SECRET-000000000003");
+    assert_eq!(
+        lease.credential().field("profileArn").as_deref(),
+        Some("arn:aws:codewhisperer:us-east-1:3:profile/C")
+    );
+}

@@ -40,6 +40,34 @@ pub struct OpenedCredential {
 pub trait CredentialResolver: Send + Sync + fmt::Debug + 'static {
     /// Opens the credential stored at `path` (as written in the pool file) for `entry`.
     fn open(&self, path: &Path, entry: &AccountEntry) -> OpenedCredential;
+
+    /// Opens inline credentials (`KIRO_OAUTH_CREDS_BASE64`, already decoded to a JSON object
+    /// of a token file's shape) for `entry`. The default sends the object's `accessToken` as
+    /// a bearer token and refreshes nothing; an object without one leaves the account
+    /// unavailable, with the reason.
+    fn open_inline(&self, json: &str, entry: &AccountEntry) -> OpenedCredential {
+        let _ = entry;
+        let token = serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| v.get("accessToken")?.as_str().map(str::to_owned))
+            .filter(|t| !t.is_empty());
+        match token.map(|t| BearerToken::try_new(&t)) {
+            Some(Ok(bearer)) => OpenedCredential {
+                credential: Arc::new(bearer),
+                unavailable: None,
+            },
+            Some(Err(_)) => OpenedCredential {
+                credential: Arc::new(crate::credential::NoCredential),
+                unavailable: Some(
+                    "the inline credentials' `accessToken` is not a valid header value".into(),
+                ),
+            },
+            None => OpenedCredential {
+                credential: Arc::new(crate::credential::NoCredential),
+                unavailable: Some("the inline credentials hold no `accessToken`".into()),
+            },
+        }
+    }
 }
 
 /// The default [`CredentialResolver`]: each file is a JSON object whose `accessToken` is sent

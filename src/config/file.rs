@@ -54,6 +54,28 @@ impl fmt::Display for PoolShape {
     }
 }
 
+/// The older system's field for inline credentials.
+const INLINE_CREDENTIALS: &str = "KIRO_OAUTH_CREDS_BASE64";
+
+/// Decodes `KIRO_OAUTH_CREDS_BASE64`: base64 (standard alphabet, padding optional) of a JSON
+/// object. The problem, if any, never quotes the value.
+fn decode_inline_credentials(encoded: &str) -> Result<String, &'static str> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine as _;
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let bytes = ENGINE
+        .decode(encoded.trim())
+        .map_err(|_| "is not valid base64")?;
+    let json = String::from_utf8(bytes).map_err(|_| "does not decode to UTF-8 text")?;
+    match serde_json::from_str::<Value>(&json) {
+        Ok(Value::Object(_)) => Ok(json),
+        _ => Err("does not decode to a JSON object"),
+    }
+}
+
 /// Where an account's credential comes from. `Debug` never shows a secret.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -71,6 +93,11 @@ pub enum CredentialSpec {
     },
     /// A credential file (`KIRO_OAUTH_CREDS_FILE_PATH`), opened by a [`CredentialResolver`].
     File(PathBuf),
+    /// Inline credentials (`KIRO_OAUTH_CREDS_BASE64`: a token file's JSON object, base64
+    /// encoded), decoded here and opened by [`CredentialResolver::open_inline`]. As in the
+    /// older system it takes precedence over `KIRO_OAUTH_CREDS_FILE_PATH` in the same account;
+    /// it never applies to other accounts.
+    Inline(String),
 }
 
 impl fmt::Debug for CredentialSpec {
@@ -83,6 +110,7 @@ impl fmt::Debug for CredentialSpec {
                 .field("header", header)
                 .finish_non_exhaustive(),
             CredentialSpec::File(path) => f.debug_tuple("File").field(path).finish(),
+            CredentialSpec::Inline(_) => f.write_str("Inline(..)"),
         }
     }
 }
@@ -241,6 +269,7 @@ impl AccountEntry {
             unavailable,
         } = match &self.credential {
             CredentialSpec::File(path) => resolver.open(path, self),
+            CredentialSpec::Inline(json) => resolver.open_inline(json, self),
             inline => OpenedCredential {
                 credential: inline_credential(inline),
                 unavailable: None,
@@ -261,7 +290,7 @@ fn inline_credential(spec: &CredentialSpec) -> SharedCredential {
         CredentialSpec::ApiKey { header, key } => ApiKey::new(header, key)
             .ok()
             .map(|c| Arc::new(c) as SharedCredential),
-        CredentialSpec::None | CredentialSpec::File(_) => None,
+        CredentialSpec::None | CredentialSpec::File(_) | CredentialSpec::Inline(_) => None,
     };
     built.unwrap_or_else(|| Arc::new(NoCredential))
 }
@@ -742,14 +771,25 @@ fn parse_entry(
         Some(id) => AccountId::new(id),
     };
 
-    let file = f.non_empty("KIRO_OAUTH_CREDS_FILE_PATH")?;
+    let mut file = f.non_empty("KIRO_OAUTH_CREDS_FILE_PATH")?;
+    let encoded = f.non_empty(INLINE_CREDENTIALS)?;
     let api_key = f.non_empty("apiKey")?;
     let bearer = f.non_empty("bearerToken")?;
     let header = f.non_empty("headerName")?;
+    if encoded.is_some() && file.is_some() {
+        // The older system's precedence, for this account only (it never overrides others).
+        tracing::warn!(
+            file = %path.display(), index, account = %id,
+            "`{INLINE_CREDENTIALS}` takes precedence over `KIRO_OAUTH_CREDS_FILE_PATH`, as in \
+             the older system: the credential file is not read"
+        );
+        file = None;
+    }
     let given: Vec<&str> = [
         ("apiKey", api_key.is_some()),
         ("bearerToken", bearer.is_some()),
         ("KIRO_OAUTH_CREDS_FILE_PATH", file.is_some()),
+        (INLINE_CREDENTIALS, encoded.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
@@ -787,6 +827,11 @@ fn parse_entry(
         CredentialSpec::BearerToken(token.to_owned())
     } else if let Some(file) = file {
         CredentialSpec::File(PathBuf::from(file))
+    } else if let Some(encoded) = encoded {
+        CredentialSpec::Inline(
+            decode_inline_credentials(encoded)
+                .map_err(|problem| f.invalid(INLINE_CREDENTIALS, problem))?,
+        )
     } else {
         CredentialSpec::None
     };

@@ -42,6 +42,7 @@
 //! |---|---|---|
 //! | `uuid` | string, required, unique | the account's id |
 //! | `KIRO_OAUTH_CREDS_FILE_PATH` | string | a credential file, opened by a [`CredentialResolver`] (default: [`TokenFileResolver`], the file's `accessToken` as a bearer token) |
+//! | `KIRO_OAUTH_CREDS_BASE64` | string | inline credentials: base64 of a token file's JSON object, opened by [`CredentialResolver::open_inline`]; wins over this account's `KIRO_OAUTH_CREDS_FILE_PATH` (with a warning), never applies to other accounts |
 //! | `bearerToken` | string | an inline bearer token |
 //! | `apiKey`, `headerName` | string, string | an inline API key and its header (default `x-api-key`) |
 //! | `isDisabled` | boolean | `true`: never selected ([`AccountSettings::enabled`](crate::AccountSettings::enabled) `false`) |
@@ -58,8 +59,8 @@
 //! Timestamps are ISO 8601 strings (`2025-01-31T12:00:00.000Z`, or SQLite's
 //! `2025-01-31 12:00:00` in UTC) or epoch milliseconds. `null` counts as absent.
 //!
-//! At most one of `KIRO_OAUTH_CREDS_FILE_PATH`, `bearerToken` and `apiKey` may be set; with
-//! none, requests go out without a credential. A credential file that is missing, unreadable or
+//! At most one of `KIRO_OAUTH_CREDS_FILE_PATH` (or `KIRO_OAUTH_CREDS_BASE64`), `bearerToken`
+//! and `apiKey` may be set; with none, requests go out without a credential. A credential file that is missing, unreadable or
 //! invalid never fails the pool: that account starts `AuthInvalid` with the reason (naming the
 //! file, never a token), and the file is read again every
 //! [`HealthPolicy::auth_invalid_retry`](crate::HealthPolicy::auth_invalid_retry).

@@ -406,5 +406,7 @@ fn spec_matches(spec: &CredentialSpec, masked: &MaskedCredential) -> bool {
         CredentialSpec::File(path) => {
             masked.path.as_deref() == Some(path.display().to_string().as_str())
         }
+        // Inline credentials leave no trace to compare: any credential not from a file.
+        CredentialSpec::Inline(_) => masked.path.is_none() && masked.kind != "none",
     }
 }

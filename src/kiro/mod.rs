@@ -199,4 +199,25 @@ impl crate::config::CredentialResolver for KiroResolver {
             unavailable,
         }
     }
+
+    /// `KIRO_OAUTH_CREDS_BASE64`: a Kiro credential from the decoded JSON. Refreshed tokens
+    /// are kept in memory only (there is no file to write them to).
+    fn open_inline(
+        &self,
+        json: &str,
+        _entry: &crate::config::AccountEntry,
+    ) -> crate::config::OpenedCredential {
+        match KiroCredential::from_json(json, self.options.clone()) {
+            Ok(credential) => crate::config::OpenedCredential {
+                credential: Arc::new(credential),
+                unavailable: None,
+            },
+            Err(e) => crate::config::OpenedCredential {
+                credential: Arc::new(crate::credential::NoCredential),
+                unavailable: Some(format!(
+                    "inline credentials (`KIRO_OAUTH_CREDS_BASE64`): {e}"
+                )),
+            },
+        }
+    }
 }
