@@ -470,6 +470,9 @@ impl Proxied {
 async fn compare(args: &Args) -> Result<(), BoxError> {
     let cpus = std::thread::available_parallelism().map_or(0, |p| p.get());
     if args.pinned {
+        if cpus < 2 {
+            return Err(format!("--pinned needs two CPUs; this machine has {cpus}").into());
+        }
         pin_self(0)?;
     }
     let upstream = instant_upstream().await?;

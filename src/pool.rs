@@ -1469,7 +1469,8 @@ impl Shared {
                 continue;
             }
             match blocks.iter_mut().find(|b| *b.model == *cooldown.model) {
-                Some(block) if block.until_ms >= until => continue,
+                // Within clock rounding (wall and pool clocks convert both ways): the same.
+                Some(block) if block.until_ms.saturating_add(500) >= until => continue,
                 Some(block) => {
                     block.until_ms = until;
                     block.kind = cooldown.kind;
@@ -1714,7 +1715,10 @@ impl Shared {
         let rt = &slot.runtime;
         {
             let mut blocks = rt.model_blocks.write().unwrap_or_else(|e| e.into_inner());
-            blocks.clear();
+            if !blocks.is_empty() {
+                blocks.clear();
+                rt.model_epoch.fetch_add(1, Ordering::AcqRel);
+            }
             rt.model_blocks_until.store(0, Ordering::Release);
         }
         rt.consecutive_failures.store(0, Ordering::Release);

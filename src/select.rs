@@ -555,9 +555,11 @@ impl Shared {
         let cursor = self.models.cursor(model);
         let start = cursor.load(Ordering::Relaxed) as usize;
         let mut sampled = Exhausted::new();
+        // A reset that has passed says nothing about the next one: unknown, like none.
+        let wall_now = self.clock.wall_ms_coarse();
         let reset_of = |i: usize| match tier.gates[i].runtime.quota_reset_ms.load(Ordering::Relaxed)
         {
-            0 => u64::MAX,
+            ms if ms <= wall_now => u64::MAX,
             ms => ms,
         };
         let best = (0..n)
@@ -566,7 +568,9 @@ impl Shared {
             .min_by_key(|&(i, _)| reset_of(i));
         if let Some((i, probe)) = best {
             if self.acquire(tier, i, probe, now, &mut sampled) {
-                cursor.fetch_add(1, Ordering::Relaxed);
+                // The next tie goes to the account after this one (not merely the next
+                // position, which would favour the account after a run of unavailable ones).
+                cursor.store(i as u64 + 1, Ordering::Relaxed);
                 return Some((i, probe));
             }
         }

@@ -223,11 +223,23 @@ fn soonest_reset_spends_the_quota_renewed_first() {
     assert_eq!(tally(&pool, &SelectRequest::default(), 10)["a1"], 10);
     take_out("a1");
     assert_eq!(tally(&pool, &SelectRequest::default(), 10)["a0"], 10);
-    // Forgetting a reset puts the account among the unknown.
+    // Forgetting a reset puts the account among the unknown; so does a reset that has passed
+    // (it says nothing about the next one).
     pool.reset("a2").unwrap();
     pool.set_quota_reset("a2", None).unwrap();
+    pool.reset("a1").unwrap();
+    pool.set_quota_reset("a1", Some(SystemTime::now() - Duration::from_secs(60)))
+        .unwrap();
+    pool.disable("a1").unwrap();
     let counts = tally(&pool, &SelectRequest::default(), 10);
     assert_eq!((counts["a0"], counts["a2"]), (5, 5), "ties go round-robin");
+    pool.enable("a1").unwrap();
+    let counts = tally(&pool, &SelectRequest::default(), 30);
+    assert_eq!(
+        (counts["a0"], counts["a1"], counts["a2"]),
+        (10, 10, 10),
+        "a past reset is an unknown one"
+    );
     assert!(matches!(
         pool.set_quota_reset("nope", None),
         Err(tower_account_pool::PoolError::UnknownAccount(_))

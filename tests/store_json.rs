@@ -65,6 +65,7 @@ fn batch(n: u64) -> Vec<AccountWrite> {
                 ..Counters::default()
             };
             AccountWrite {
+                models_changed: false,
                 id: AccountId::new(*id),
                 state: PersistedState {
                     counters,

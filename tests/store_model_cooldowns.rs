@@ -34,10 +34,15 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// Rate-limits account `a` on [`LIMITED`] for an hour through a real lease.
 fn rate_limit_a_on_one_model(pool: &Pool) {
+    rate_limit_a_on(pool, LIMITED);
+}
+
+/// Rate-limits account `a` on `model` for an hour through a real lease.
+fn rate_limit_a_on(pool: &Pool, model: &str) {
     loop {
         let lease = pool
             .select(&SelectRequest {
-                model: Some(LIMITED),
+                model: Some(model),
                 ..SelectRequest::default()
             })
             .unwrap();
@@ -340,4 +345,121 @@ async fn a_model_cooldown_set_by_one_process_reaches_another() {
     assert_eq!(reached(&second, OTHER), ["a", "b"]);
     first_handle.shutdown().await.unwrap();
     second_handle.shutdown().await.unwrap();
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_merge_cooldowns_and_never_undo_each_others() {
+    use tower_account_pool::store::SqliteStore;
+    use tower_account_pool::HealthState;
+    let path = temp_dir("merge").join("pool.db");
+    let first = pool();
+    let second = pool();
+    let first_handle = StoreHandle::start(&first, SqliteStore::open(&path).unwrap())
+        .await
+        .unwrap();
+    let second_handle = StoreHandle::start(&second, SqliteStore::open(&path).unwrap())
+        .await
+        .unwrap();
+    // At the same moment: the second process rate-limits `a` as a whole, the first on one
+    // model. The first's model change must not write its view of `a` (healthy) over the
+    // second's cooldown.
+    second
+        .report_probe(
+            "a",
+            Outcome::RateLimited {
+                retry_after: Some(Duration::from_secs(600)),
+                scope: RateLimitScope::Account,
+            },
+        )
+        .unwrap();
+    rate_limit_a_on(&first, LIMITED);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (name, pool) in [("first", &first), ("second", &second)] {
+        let a = pool.snapshot().account("a").unwrap().clone();
+        assert_eq!(a.state, HealthState::RateLimited, "{name}: {a:?}");
+        assert!(
+            a.model_cooldowns.iter().any(|c| c.model == LIMITED),
+            "{name}: {:?}",
+            a.model_cooldowns
+        );
+    }
+    // Each process adds a cooldown on another model: the store keeps all of them.
+    second.reset("a").unwrap();
+    first.reset("a").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    rate_limit_a_on(&first, LIMITED);
+    rate_limit_a_on(&second, OTHER);
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+    first_handle.shutdown().await.unwrap();
+    second_handle.shutdown().await.unwrap();
+
+    let after = pool();
+    let handle = StoreHandle::start(&after, SqliteStore::open(&path).unwrap())
+        .await
+        .unwrap();
+    let mut models: Vec<String> = after
+        .snapshot()
+        .account("a")
+        .unwrap()
+        .model_cooldowns
+        .iter()
+        .map(|c| c.model.clone())
+        .collect();
+    models.sort();
+    assert_eq!(models, [OTHER, LIMITED]);
+    handle.shutdown().await.unwrap();
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_merges_two_processes_cooldowns_and_a_reset_clears_them() {
+    use tower_account_pool::store::{RedisConfig, RedisStore};
+    let Some((url, prefix)) = redis_prefix("merge") else {
+        return;
+    };
+    let open = || RedisStore::open(RedisConfig::new(url.clone(), prefix.clone()));
+    let first = pool();
+    let second = pool();
+    let first_handle = StoreHandle::start(&first, open().await.unwrap())
+        .await
+        .unwrap();
+    let second_handle = StoreHandle::start(&second, open().await.unwrap())
+        .await
+        .unwrap();
+    rate_limit_a_on(&first, LIMITED);
+    rate_limit_a_on(&second, OTHER);
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+    let models = |pool: &Pool| {
+        let mut models: Vec<String> = pool
+            .snapshot()
+            .account("a")
+            .unwrap()
+            .model_cooldowns
+            .iter()
+            .map(|c| c.model.clone())
+            .collect();
+        models.sort();
+        models
+    };
+    let third = pool();
+    let handle = StoreHandle::start(&third, open().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(models(&third), [OTHER, LIMITED]);
+    // A reset clears them in the store too.
+    third.reset("a").unwrap();
+    third.shutdown().await.unwrap();
+    handle.shutdown().await.unwrap();
+    first_handle.shutdown().await.unwrap();
+    second_handle.shutdown().await.unwrap();
+    let fourth = pool();
+    let handle = StoreHandle::start(&fourth, open().await.unwrap())
+        .await
+        .unwrap();
+    assert!(models(&fourth).is_empty(), "{:?}", models(&fourth));
+    handle.shutdown().await.unwrap();
+    delete_keys(&url, &prefix).await;
 }

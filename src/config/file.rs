@@ -210,6 +210,9 @@ pub struct AccountEntry {
     credential: CredentialSpec,
     state: FileState,
     raw: Map<String, Value>,
+    /// Both `KIRO_OAUTH_CREDS_BASE64` and `KIRO_OAUTH_CREDS_FILE_PATH` were set: the file is
+    /// not read (warned about at load).
+    file_path_ignored: bool,
 }
 
 impl AccountEntry {
@@ -578,9 +581,17 @@ impl PoolFile {
         Ok(pool)
     }
 
-    /// Logs the old-shape and other-keys warnings.
+    /// Logs the old-shape and other-keys warnings, and one per account whose inline
+    /// credentials override its credential file.
     pub(crate) fn warn_about_shape(&self) {
         let path = self.path.display();
+        for entry in self.entries.iter().filter(|e| e.file_path_ignored) {
+            tracing::warn!(
+                file = %path, index = entry.index, account = %entry.id,
+                "`{INLINE_CREDENTIALS}` takes precedence over `KIRO_OAUTH_CREDS_FILE_PATH`, as in \
+                 the older system: the credential file is not read"
+            );
+        }
         if self.shape == PoolShape::Grouped {
             tracing::warn!(
                 file = %path,
@@ -776,13 +787,9 @@ fn parse_entry(
     let api_key = f.non_empty("apiKey")?;
     let bearer = f.non_empty("bearerToken")?;
     let header = f.non_empty("headerName")?;
-    if encoded.is_some() && file.is_some() {
-        // The older system's precedence, for this account only (it never overrides others).
-        tracing::warn!(
-            file = %path.display(), index, account = %id,
-            "`{INLINE_CREDENTIALS}` takes precedence over `KIRO_OAUTH_CREDS_FILE_PATH`, as in \
-             the older system: the credential file is not read"
-        );
+    // The older system's precedence, for this account only (it never overrides others).
+    let file_path_ignored = encoded.is_some() && file.is_some();
+    if file_path_ignored {
         file = None;
     }
     let given: Vec<&str> = [
@@ -872,5 +879,6 @@ fn parse_entry(
         credential,
         state,
         raw,
+        file_path_ignored,
     })
 }

@@ -406,7 +406,18 @@ fn spec_matches(spec: &CredentialSpec, masked: &MaskedCredential) -> bool {
         CredentialSpec::File(path) => {
             masked.path.as_deref() == Some(path.display().to_string().as_str())
         }
-        // Inline credentials leave no trace to compare: any credential not from a file.
-        CredentialSpec::Inline(_) => masked.path.is_none() && masked.kind != "none",
+        // A credential not from a file whose masked secret is one of the inline tokens (Kiro
+        // credentials show the refresh token's last characters, bearer tokens the access
+        // token's). A token rotated by a refresh no longer matches: reopened, harmlessly.
+        CredentialSpec::Inline(json) => {
+            let value: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+            masked.path.is_none()
+                && masked.last4.is_some()
+                && ["refreshToken", "accessToken"].iter().any(|field| {
+                    value[*field].as_str().is_some_and(|secret| {
+                        MaskedCredential::from_secret(masked.kind, secret).last4 == masked.last4
+                    })
+                })
+        }
     }
 }

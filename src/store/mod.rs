@@ -149,9 +149,12 @@ pub struct AccountWrite {
     pub id: AccountId,
     /// Its current state; `counters` are this process's view of the totals.
     pub state: PersistedState,
-    /// Whether the health state, reason, deadline, failure count, ejection level or model
-    /// cooldowns changed.
+    /// Whether the health state, reason, deadline, failure count or ejection level changed.
     pub state_changed: bool,
+    /// Whether this process's model cooldowns changed (one was added or extended, or a reset
+    /// cleared them: then `state.model_cooldowns` is empty). Shared stores merge them with
+    /// what they hold, by model, the later deadline winning; an empty list clears them.
+    pub models_changed: bool,
     /// Counter increments since the last successful write: stores shared by several processes
     /// add these rather than writing `state.counters`.
     pub delta: Counters,
@@ -304,6 +307,32 @@ fn model_cooldowns_from_json(json: &str) -> Vec<crate::pool::ModelCooldown> {
             Vec::new()
         }
     }
+}
+
+/// The model cooldowns a shared store keeps after a write of `local` from one process over
+/// `stored`: by model, the later deadline wins; ended ones are dropped. An empty `local`
+/// (a reset) clears them.
+#[cfg(feature = "sqlite")]
+fn merge_cooldown_lists(
+    stored: Vec<crate::pool::ModelCooldown>,
+    local: &[crate::pool::ModelCooldown],
+    now: std::time::SystemTime,
+) -> Vec<crate::pool::ModelCooldown> {
+    if local.is_empty() {
+        return Vec::new();
+    }
+    let mut merged: Vec<crate::pool::ModelCooldown> = Vec::new();
+    for cooldown in stored.into_iter().chain(local.iter().cloned()) {
+        if cooldown.until.is_none_or(|until| until <= now) {
+            continue;
+        }
+        match merged.iter_mut().find(|c| c.model == cooldown.model) {
+            Some(kept) if kept.until >= cooldown.until => {}
+            Some(kept) => *kept = cooldown,
+            None => merged.push(cooldown),
+        }
+    }
+    merged
 }
 
 /// The stores' names of the counters, in array order (`requests`, then the outcome classes).
@@ -668,8 +697,11 @@ impl Tracked {
         self.generation != rt.generation.load(Ordering::Acquire)
             || self.failures != rt.consecutive_failures.load(Ordering::Acquire)
             || self.ejection_level != rt.ejection_level.load(Ordering::Acquire)
-            || self.model_epoch != rt.model_epoch.load(Ordering::Acquire)
             || self.enabled != slot.settings.enabled
+    }
+
+    fn models_changed(&self, slot: &Slot) -> bool {
+        self.model_epoch != slot.runtime.model_epoch.load(Ordering::Acquire)
     }
 }
 
@@ -822,8 +854,9 @@ impl<S: Store> Writer<S> {
             let ejection_level = rt.ejection_level.load(Ordering::Acquire);
             let model_epoch = rt.model_epoch.load(Ordering::Acquire);
             let state_changed = tracked.state_changed(slot) || (tracked.fresh && tracked.loaded);
+            let models_changed = tracked.models_changed(slot);
             let counters = read_counters(rt);
-            if !state_changed && !tracked.fresh && counters == tracked.baseline {
+            if !state_changed && !models_changed && !tracked.fresh && counters == tracked.baseline {
                 continue;
             }
             let delta: CounterArray =
@@ -835,6 +868,7 @@ impl<S: Store> Writer<S> {
                     id: slot.id.clone(),
                     state,
                     state_changed,
+                    models_changed,
                     delta: counters_from_array(&delta),
                     enabled: slot.settings.enabled,
                     enabled_changed: !tracked.fresh && tracked.enabled != slot.settings.enabled,
@@ -929,7 +963,7 @@ impl<S: Store> Writer<S> {
             if tracked.written.as_ref().is_some_and(|w| w.same(&key)) {
                 continue; // nothing new
             }
-            if tracked.state_changed(&slot) {
+            if tracked.state_changed(&slot) || tracked.models_changed(&slot) {
                 continue; // a local change is pending; it is written next and wins
             }
             if apply_remote(&shared, &slot, &change.state) {

@@ -273,6 +273,46 @@ async fn subscribe_forever(
     }
 }
 
+/// Merges a process's model cooldowns (`ARGV[1]`, a JSON array; empty: a reset, which clears
+/// them) into the account hash's `model_cooldowns` field: by model, the later deadline wins;
+/// those ended by `ARGV[2]` (epoch ms) are dropped.
+const MERGE_MODEL_COOLDOWNS: &str = r#"
+local now = tonumber(ARGV[2])
+if ARGV[1] == '' then
+  redis.call('HDEL', KEYS[1], 'model_cooldowns')
+  return 0
+end
+local merged, order = {}, {}
+local function add(list)
+  for _, c in ipairs(list) do
+    local u = tonumber(c['until'])
+    if type(c['model']) == 'string' and u and u > now then
+      local kept = merged[c['model']]
+      if not kept then
+        table.insert(order, c['model'])
+        merged[c['model']] = c
+      elseif tonumber(kept['until']) < u then
+        merged[c['model']] = c
+      end
+    end
+  end
+end
+local stored = redis.call('HGET', KEYS[1], 'model_cooldowns')
+if stored then
+  local ok, list = pcall(cjson.decode, stored)
+  if ok and type(list) == 'table' then add(list) end
+end
+add(cjson.decode(ARGV[1]))
+if #order == 0 then
+  redis.call('HDEL', KEYS[1], 'model_cooldowns')
+  return 0
+end
+local parts = {}
+for i, model in ipairs(order) do parts[i] = cjson.encode(merged[model]) end
+redis.call('HSET', KEYS[1], 'model_cooldowns', '[' .. table.concat(parts, ',') .. ']')
+return #order
+"#;
+
 fn state_of(h: &HashMap<String, String>) -> PersistedState {
     let int = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok());
     let text = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
@@ -346,10 +386,6 @@ impl Store for RedisStore {
                 fields.push(("until_ms", until.map(|u| u.to_string()).unwrap_or_default()));
                 fields.push(("ejection_level", s.ejection_level.to_string()));
                 fields.push(("consecutive_failures", s.consecutive_failures.to_string()));
-                fields.push((
-                    "model_cooldowns",
-                    super::model_cooldowns_to_json(&s.model_cooldowns).unwrap_or_default(),
-                ));
                 let cooling = matches!(
                     s.state,
                     HealthState::RateLimited | HealthState::QuotaExhausted | HealthState::Ejected
@@ -370,6 +406,16 @@ impl Store for RedisStore {
             }
             if !fields.is_empty() {
                 pipe.hset_multiple(&key, &fields).ignore();
+            }
+            if w.models_changed {
+                // Merged in Redis, so that two processes' cooldowns never overwrite each other.
+                pipe.cmd("EVAL")
+                    .arg(MERGE_MODEL_COOLDOWNS)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(super::model_cooldowns_to_json(&s.model_cooldowns).unwrap_or_default())
+                    .arg(now_ms)
+                    .ignore();
             }
             pipe.sadd(self.set_key(), id).ignore();
             if w.state_changed {

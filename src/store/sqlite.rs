@@ -566,7 +566,6 @@ impl Db {
                 "state = excluded.state, reason = excluded.reason, until_ms = excluded.until_ms,
                  ejection_level = excluded.ejection_level,
                  consecutive_failures = excluded.consecutive_failures,
-                 model_cooldowns = excluded.model_cooldowns,
                  updated_at_ms = excluded.updated_at_ms,"
             } else {
                 ""
@@ -636,6 +635,26 @@ impl Db {
                 },
             )?;
             drop(stmt);
+            if write.models_changed {
+                // Merged with what the other processes wrote, never overwriting them.
+                let stored: Option<String> = tx
+                    .prepare_cached(&format!(
+                        "SELECT model_cooldowns FROM {STATE_TABLE} WHERE uuid = ?1"
+                    ))?
+                    .query_row([write.id.as_str()], |r| r.get(0))?;
+                let stored = stored
+                    .map(|json| super::model_cooldowns_from_json(&json))
+                    .unwrap_or_default();
+                let merged =
+                    super::merge_cooldown_lists(stored, &s.model_cooldowns, SystemTime::now());
+                tx.prepare_cached(&format!(
+                    "UPDATE {STATE_TABLE} SET model_cooldowns = ?2 WHERE uuid = ?1"
+                ))?
+                .execute(params![
+                    write.id.as_str(),
+                    super::model_cooldowns_to_json(&merged)
+                ])?;
+            }
             // The older gateway's columns.
             let healthy = i64::from(s.state == HealthState::Healthy);
             let last_used = s
