@@ -290,26 +290,36 @@ async fn an_account_wide_cooldown_right_after_start_is_written() {
     let handle = StoreHandle::start(&before, open().await.unwrap())
         .await
         .unwrap();
-    before
-        .report_probe(
-            "a",
-            Outcome::RateLimited {
-                retry_after: Some(Duration::from_secs(600)),
-                scope: RateLimitScope::Account,
-            },
-        )
-        .unwrap();
+    let limit = |id: &str| {
+        before
+            .report_probe(
+                id,
+                Outcome::RateLimited {
+                    retry_after: Some(Duration::from_secs(600)),
+                    scope: RateLimitScope::Account,
+                },
+            )
+            .unwrap()
+    };
+    limit("a");
+    // The same for an account added while the writer runs.
+    before.add(Account::new("c", NoCredential)).unwrap();
+    limit("c");
     before.shutdown().await.unwrap();
     handle.shutdown().await.unwrap();
 
     let after = pool();
+    after.add(Account::new("c", NoCredential)).unwrap();
     let handle = StoreHandle::start(&after, open().await.unwrap())
         .await
         .unwrap();
-    assert_eq!(
-        after.snapshot().account("a").unwrap().state,
-        HealthState::RateLimited
-    );
+    for id in ["a", "c"] {
+        assert_eq!(
+            after.snapshot().account(id).unwrap().state,
+            HealthState::RateLimited,
+            "{id}"
+        );
+    }
     handle.shutdown().await.unwrap();
     delete_keys(&url, &prefix).await;
 }

@@ -532,14 +532,13 @@ impl StoreHandle {
             tracked.loaded = true;
             writer.tracked.insert(saved.id.clone(), tracked);
         }
-        // Accounts the store does not hold yet are watched from now on, so that a state change
-        // before the first flush is written too (not taken for the state they started with).
+        // The others are watched from now on (so that other processes' changes to them are
+        // applied before their first write), counting every change since they were created.
         for slot in pool.shared.roster.load().slots.iter() {
-            writer.tracked.entry(slot.id.clone()).or_insert_with(|| {
-                let mut tracked = Tracked::observe(slot);
-                tracked.fresh = true;
-                tracked
-            });
+            writer
+                .tracked
+                .entry(slot.id.clone())
+                .or_insert_with(|| Tracked::unseen(slot));
         }
         let (commands, receiver) = mpsc::channel(16);
         let (stop, stopped) = oneshot::channel();
@@ -689,6 +688,21 @@ impl Tracked {
             written: None,
             fresh: false,
             loaded: false,
+        }
+    }
+
+    /// An account the store did not hold when the writer started (new, or added to the pool
+    /// since): every change since its runtime state was created counts (transitions, failure
+    /// streak, ejections, model cooldowns all start at 0), so a change made before the writer
+    /// first saw it is written, not taken for its starting state.
+    fn unseen(slot: &Slot) -> Tracked {
+        Tracked {
+            generation: 0,
+            failures: 0,
+            ejection_level: 0,
+            model_epoch: 0,
+            fresh: true,
+            ..Tracked::observe(slot)
         }
     }
 
@@ -843,11 +857,10 @@ impl<S: Store> Writer<S> {
         let now = shared.clock.now_ms();
         let mut pending = Vec::new();
         for slot in &roster.slots {
-            let tracked = self.tracked.entry(slot.id.clone()).or_insert_with(|| {
-                let mut t = Tracked::observe(slot);
-                t.fresh = true;
-                t
-            });
+            let tracked = self
+                .tracked
+                .entry(slot.id.clone())
+                .or_insert_with(|| Tracked::unseen(slot));
             let rt = &slot.runtime;
             let generation = rt.generation.load(Ordering::Acquire);
             let failures = rt.consecutive_failures.load(Ordering::Acquire);
@@ -880,6 +893,8 @@ impl<S: Store> Writer<S> {
                 model_epoch,
             });
         }
+        // Accounts no longer in the pool: forgotten, so that one added again is new again.
+        self.tracked.retain(|id, _| roster.index.contains_key(id));
         for chunk in pending.chunks(self.config.max_batch.max(1)) {
             let batch: Vec<AccountWrite> = chunk.iter().map(|p| p.write.clone()).collect();
             let totals = self.store.write(batch).await?;
