@@ -876,3 +876,38 @@ fn inline_base64_credentials_send_their_access_token_and_win_over_the_file_path(
     let written = serde_json::Value::Object(file.entries()[0].to_json());
     assert_eq!(written["KIRO_OAUTH_CREDS_BASE64"], encoded.as_str());
 }
+
+#[tokio::test(start_paused = true)]
+async fn unusable_inline_credentials_keep_saying_why_after_the_scheduled_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    // base64 of `{}`: no `accessToken`.
+    std::fs::write(
+        dir.path().join("pool.json"),
+        r#"[{"uuid": "a", "KIRO_OAUTH_CREDS_BASE64": "e30="},
+            {"uuid": "b", "bearerToken": "token-b"}]"#,
+    )
+    .unwrap();
+    let pool = PoolFile::load(dir.path().join("pool.json"))
+        .unwrap()
+        .build_with(Pool::builder(), &TokenFileResolver::new())
+        .unwrap();
+    let why = "the inline credentials hold no `accessToken`";
+    let a = pool.snapshot().account("a").unwrap().clone();
+    assert_eq!(
+        (a.state, a.reason.as_deref()),
+        (HealthState::AuthInvalid, Some(why))
+    );
+    assert_eq!(a.credential.kind, "unusable");
+
+    let retry = pool.health_policy().auth_invalid_retry;
+    tokio::time::sleep(retry + Duration::from_secs(1)).await;
+    let a = pool.snapshot().account("a").unwrap().clone();
+    assert_eq!(a.state, HealthState::AuthInvalid);
+    let reason = a.reason.unwrap();
+    assert!(reason.contains(why), "{reason}");
+    // Only that account is out.
+    for _ in 0..3 {
+        let lease = pool.select(&SelectRequest::default()).unwrap();
+        assert_eq!(lease.id().as_str(), "b");
+    }
+}

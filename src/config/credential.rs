@@ -56,16 +56,53 @@ pub trait CredentialResolver: Send + Sync + fmt::Debug + 'static {
                 credential: Arc::new(bearer),
                 unavailable: None,
             },
-            Some(Err(_)) => OpenedCredential {
-                credential: Arc::new(crate::credential::NoCredential),
-                unavailable: Some(
-                    "the inline credentials' `accessToken` is not a valid header value".into(),
-                ),
-            },
-            None => OpenedCredential {
-                credential: Arc::new(crate::credential::NoCredential),
-                unavailable: Some("the inline credentials hold no `accessToken`".into()),
-            },
+            Some(Err(_)) => UnusableCredential::opened(
+                "the inline credentials' `accessToken` is not a valid header value",
+            ),
+            None => UnusableCredential::opened("the inline credentials hold no `accessToken`"),
+        }
+    }
+}
+
+/// Inline credentials that could not be opened: every use and every refresh fails with the
+/// reason, so the account stays unavailable and keeps saying why (until the pool file is
+/// fixed and reloaded).
+#[derive(Debug)]
+pub struct UnusableCredential {
+    reason: String,
+}
+
+impl UnusableCredential {
+    /// The credential and the reason, as a resolver returns them.
+    pub fn opened(reason: impl Into<String>) -> OpenedCredential {
+        let reason = reason.into();
+        OpenedCredential {
+            credential: Arc::new(UnusableCredential {
+                reason: reason.clone(),
+            }),
+            unavailable: Some(reason),
+        }
+    }
+}
+
+impl Credential for UnusableCredential {
+    fn kind(&self) -> &'static str {
+        "unusable"
+    }
+
+    fn apply(&self, _headers: &mut HeaderMap) -> Result<(), CredentialError> {
+        Err(CredentialError::Invalid(self.reason.clone()))
+    }
+
+    fn refresh(&self, _mode: RefreshMode) -> BoxFuture<'_, Result<(), CredentialError>> {
+        Box::pin(async move { Err(CredentialError::Invalid(self.reason.clone())) })
+    }
+
+    fn masked(&self) -> MaskedCredential {
+        MaskedCredential {
+            kind: "unusable",
+            last4: None,
+            path: None,
         }
     }
 }

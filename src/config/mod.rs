@@ -98,6 +98,7 @@ mod watch;
 
 pub use credential::{
     CredentialResolver, OpenedCredential, TokenFileCredential, TokenFileResolver,
+    UnusableCredential,
 };
 pub use error::ConfigError;
 pub use file::{

@@ -212,12 +212,9 @@ impl crate::config::CredentialResolver for KiroResolver {
                 credential: Arc::new(credential),
                 unavailable: None,
             },
-            Err(e) => crate::config::OpenedCredential {
-                credential: Arc::new(crate::credential::NoCredential),
-                unavailable: Some(format!(
-                    "inline credentials (`KIRO_OAUTH_CREDS_BASE64`): {e}"
-                )),
-            },
+            Err(e) => crate::config::UnusableCredential::opened(format!(
+                "inline credentials (`KIRO_OAUTH_CREDS_BASE64`): {e}"
+            )),
         }
     }
 }
