@@ -529,16 +529,9 @@ impl Shared {
         now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
     ) -> Option<Pick> {
-        let mut sampled = Exhausted::new();
-        let best = (0..tier.len())
-            .filter_map(|i| Some((i, self.check(tier, i, request, now, &mut sampled)?)))
-            .min_by_key(|&(i, _)| tier.gates[i].runtime.use_ticket.load(Ordering::Relaxed));
-        if let Some((i, probe)) = best {
-            if self.acquire(tier, i, probe, now, &mut sampled) {
-                return Some((i, probe));
-            }
-        }
-        self.round_robin(tier, model, request, now, exhausted)
+        self.smallest(tier, model, request, now, exhausted, 0, |i| {
+            tier.gates[i].runtime.use_ticket.load(Ordering::Relaxed)
+        })
     }
 
     fn soonest_reset(
@@ -549,28 +542,50 @@ impl Shared {
         now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
     ) -> Option<Pick> {
-        let n = tier.len();
-        // Ties (the same reset, or none known) go round-robin: scan from the cursor, keep the
-        // first of the earliest.
+        // Ties (the same reset, or none known) go round-robin: scan from the cursor.
         let cursor = self.models.cursor(model);
         let start = cursor.load(Ordering::Relaxed) as usize;
-        let mut sampled = Exhausted::new();
         // A reset that has passed says nothing about the next one: unknown, like none.
         let wall_now = self.clock.wall_ms_coarse();
-        let reset_of = |i: usize| match tier.gates[i].runtime.quota_reset_ms.load(Ordering::Relaxed)
-        {
-            ms if ms <= wall_now => u64::MAX,
-            ms => ms,
-        };
+        let (i, probe) = self.smallest(
+            tier,
+            model,
+            request,
+            now,
+            exhausted,
+            start,
+            |i| match tier.gates[i].runtime.quota_reset_ms.load(Ordering::Relaxed) {
+                ms if ms <= wall_now => u64::MAX,
+                ms => ms,
+            },
+        )?;
+        // The next tie goes to the account after this one (not merely the next position,
+        // which would favour the account after a run of unavailable ones).
+        cursor.store(i as u64 + 1, Ordering::Relaxed);
+        Some((i, probe))
+    }
+
+    /// The available account with the smallest `key`, scanning from `start` (of equal keys,
+    /// the first), acquired; round-robin if that fails.
+    #[allow(clippy::too_many_arguments)]
+    fn smallest(
+        &self,
+        tier: Tier<'_>,
+        model: &ModelRef,
+        request: &SelectRequest<'_>,
+        now: &LazyNow<'_>,
+        exhausted: &mut Exhausted,
+        start: usize,
+        key: impl Fn(usize) -> u64,
+    ) -> Option<Pick> {
+        let n = tier.len();
+        let mut sampled = Exhausted::new();
         let best = (0..n)
             .map(|k| (start + k) % n)
             .filter_map(|i| Some((i, self.check(tier, i, request, now, &mut sampled)?)))
-            .min_by_key(|&(i, _)| reset_of(i));
+            .min_by_key(|&(i, _)| key(i));
         if let Some((i, probe)) = best {
             if self.acquire(tier, i, probe, now, &mut sampled) {
-                // The next tie goes to the account after this one (not merely the next
-                // position, which would favour the account after a run of unavailable ones).
-                cursor.store(i as u64 + 1, Ordering::Relaxed);
                 return Some((i, probe));
             }
         }

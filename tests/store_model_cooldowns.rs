@@ -324,20 +324,26 @@ async fn an_account_wide_cooldown_right_after_start_is_written() {
     delete_keys(&url, &prefix).await;
 }
 
+/// Two pools on one SQLite database, as two gateway processes on one host.
+#[cfg(feature = "sqlite")]
+async fn two_processes(path: &std::path::Path) -> (Pool, Pool, StoreHandle, StoreHandle) {
+    use tower_account_pool::store::SqliteStore;
+    let (first, second) = (pool(), pool());
+    let first_handle = StoreHandle::start(&first, SqliteStore::open(path).unwrap())
+        .await
+        .unwrap();
+    let second_handle = StoreHandle::start(&second, SqliteStore::open(path).unwrap())
+        .await
+        .unwrap();
+    (first, second, first_handle, second_handle)
+}
+
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_cooldown_set_by_one_process_reaches_another() {
-    use tower_account_pool::store::SqliteStore;
     // Two pools on one database, as two gateway processes on one host.
     let path = temp_dir("shared").join("pool.db");
-    let first = pool();
-    let second = pool();
-    let first_handle = StoreHandle::start(&first, SqliteStore::open(&path).unwrap())
-        .await
-        .unwrap();
-    let second_handle = StoreHandle::start(&second, SqliteStore::open(&path).unwrap())
-        .await
-        .unwrap();
+    let (first, second, first_handle, second_handle) = two_processes(&path).await;
     rate_limit_a_on_one_model(&first);
     let started = std::time::Instant::now();
     loop {
@@ -363,14 +369,7 @@ async fn processes_merge_cooldowns_and_never_undo_each_others() {
     use tower_account_pool::store::SqliteStore;
     use tower_account_pool::HealthState;
     let path = temp_dir("merge").join("pool.db");
-    let first = pool();
-    let second = pool();
-    let first_handle = StoreHandle::start(&first, SqliteStore::open(&path).unwrap())
-        .await
-        .unwrap();
-    let second_handle = StoreHandle::start(&second, SqliteStore::open(&path).unwrap())
-        .await
-        .unwrap();
+    let (first, second, first_handle, second_handle) = two_processes(&path).await;
     // At the same moment: the second process rate-limits `a` as a whole, the first on one
     // model. The first's model change must not write its view of `a` (healthy) over the
     // second's cooldown.
