@@ -57,6 +57,20 @@ fn rate_limit_a_on(pool: &Pool, model: &str) {
     }
 }
 
+/// The models account `a` is cooling down on, sorted.
+fn cooling_models(pool: &Pool) -> Vec<String> {
+    let mut models: Vec<String> = pool
+        .snapshot()
+        .account("a")
+        .unwrap()
+        .model_cooldowns
+        .iter()
+        .map(|c| c.model.clone())
+        .collect();
+    models.sort();
+    models
+}
+
 /// Which accounts 20 selections for `model` reach.
 fn reached(pool: &Pool, model: &str) -> Vec<String> {
     let mut ids: Vec<String> = (0..20)
@@ -408,16 +422,7 @@ async fn processes_merge_cooldowns_and_never_undo_each_others() {
     let handle = StoreHandle::start(&after, SqliteStore::open(&path).unwrap())
         .await
         .unwrap();
-    let mut models: Vec<String> = after
-        .snapshot()
-        .account("a")
-        .unwrap()
-        .model_cooldowns
-        .iter()
-        .map(|c| c.model.clone())
-        .collect();
-    models.sort();
-    assert_eq!(models, [OTHER, LIMITED]);
+    assert_eq!(cooling_models(&after), [OTHER, LIMITED]);
     handle.shutdown().await.unwrap();
 }
 
@@ -441,23 +446,11 @@ async fn redis_merges_two_processes_cooldowns_and_a_reset_clears_them() {
     rate_limit_a_on(&second, OTHER);
     first.shutdown().await.unwrap();
     second.shutdown().await.unwrap();
-    let models = |pool: &Pool| {
-        let mut models: Vec<String> = pool
-            .snapshot()
-            .account("a")
-            .unwrap()
-            .model_cooldowns
-            .iter()
-            .map(|c| c.model.clone())
-            .collect();
-        models.sort();
-        models
-    };
     let third = pool();
     let handle = StoreHandle::start(&third, open().await.unwrap())
         .await
         .unwrap();
-    assert_eq!(models(&third), [OTHER, LIMITED]);
+    assert_eq!(cooling_models(&third), [OTHER, LIMITED]);
     // A reset clears them in the store too.
     third.reset("a").unwrap();
     third.shutdown().await.unwrap();
@@ -468,7 +461,11 @@ async fn redis_merges_two_processes_cooldowns_and_a_reset_clears_them() {
     let handle = StoreHandle::start(&fourth, open().await.unwrap())
         .await
         .unwrap();
-    assert!(models(&fourth).is_empty(), "{:?}", models(&fourth));
+    assert!(
+        cooling_models(&fourth).is_empty(),
+        "{:?}",
+        cooling_models(&fourth)
+    );
     handle.shutdown().await.unwrap();
     delete_keys(&url, &prefix).await;
 }
