@@ -219,12 +219,17 @@ impl Exhausted {
         self.retry_after
     }
 
-    /// True when every account that was not already tried is rate limited or out of quota:
-    /// the pool is saturated rather than broken (a gateway answers 429, else 503).
+    /// True when every candidate is rate limited or out of quota: the pool is saturated rather
+    /// than broken (a gateway answers 429, else 503). Candidates are the accounts that could
+    /// serve the request: not already tried, not disabled, serving its model.
     pub fn is_rate_limited(&self) -> bool {
         let limited =
             self.count(Unavailable::RateLimited) + self.count(Unavailable::QuotaExhausted);
-        limited > 0 && limited == self.total() - self.count(Unavailable::Excluded)
+        let not_candidates = self.count(Unavailable::Excluded)
+            + self.count(Unavailable::Disabled)
+            + self.count(Unavailable::ModelNotAllowed)
+            + self.count(Unavailable::ModelUnsupported);
+        limited > 0 && limited == self.total() - not_candidates
     }
 }
 

@@ -199,6 +199,23 @@ async fn all_rate_limited_reads_as_429_with_the_earliest_return() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn accounts_that_are_no_candidates_do_not_turn_a_429_into_a_503() {
+    // a0 rate limited, a1 disabled, a2 not serving the model: the candidates are saturated.
+    let pool = Pool::builder()
+        .account(Account::new("a0", NoCredential))
+        .account(Account::new("a1", NoCredential))
+        .account(Account::new("a2", NoCredential).allow_models(["another-model"]))
+        .build()
+        .unwrap();
+    one(&pool, "a0").report(Outcome::rate_limited(Some(secs(30.0))));
+    pool.disable("a1").unwrap();
+    let err = pool.select(&SelectRequest::for_model(MODEL)).unwrap_err();
+    assert_eq!(err.count(Unavailable::Disabled), 1);
+    assert_eq!(err.count(Unavailable::ModelNotAllowed), 1);
+    assert!(err.is_rate_limited(), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_suspended_account_makes_exhaustion_a_503_not_a_429() {
     let pool = builder(2).build().unwrap();
     one(&pool, "a0").report(Outcome::rate_limited(Some(secs(30.0))));
