@@ -479,6 +479,18 @@ async fn bad_add_bodies_are_400_with_a_message() {
             r#"{"id":"x","bearerToken":"sk-a-000000000000","baseUrl":"https://user:SECRET-pw@host/"}"#,
             "`baseUrl` must not contain credentials (user:password@)",
         ),
+        (
+            r#"{"id":"x","bearerToken":"sk-a-000000000000","baseUrl":"https://host/v1?key=SECRET"}"#,
+            "`baseUrl` must not have a query or fragment (put keys in the credential)",
+        ),
+        (
+            r#"{"id":"reset","bearerToken":"sk-a-000000000000"}"#,
+            "`id` must not be `reset`, `.` or `..`: the admin API could not address it",
+        ),
+        (
+            r#"{"id":"..","bearerToken":"sk-a-000000000000"}"#,
+            "`id` must not be `reset`, `.` or `..`: the admin API could not address it",
+        ),
     ];
     for (body, message) in cases {
         let reply = authed(&app, Method::POST, "/accounts", Some(body)).await;

@@ -337,6 +337,12 @@ fn base_url(v: &Value) -> Result<String, ApiError> {
             "`baseUrl` must not contain credentials (user:password@)",
         ));
     }
+    if rest.contains(['?', '#']) {
+        // A query is where keys hide (`?key=...`); credentials belong in the account's.
+        return Err(ApiError::bad_request(
+            "`baseUrl` must not have a query or fragment (put keys in the credential)",
+        ));
+    }
     if url.chars().count() > MAX_URL_CHARS
         || url.chars().any(|c| c.is_whitespace() || c.is_control())
     {
@@ -357,21 +363,45 @@ fn validate_id(id: &str) -> Result<(), ApiError> {
             "`id` may only contain letters, digits and `. _ : @ + -`, at most {MAX_ID_CHARS} characters"
         )));
     }
+    if matches!(id, "reset" | "." | "..") {
+        // `/accounts/reset` resets every account; `.` and `..` are folded away by browsers.
+        return Err(ApiError::bad_request(
+            "`id` must not be `reset`, `.` or `..`: the admin API could not address it",
+        ));
+    }
     Ok(())
 }
 
-/// The base URL with any `user:password@` removed, for display.
+/// The base URL for display: any `user:password@` replaced by `***@`, every query value by
+/// `***` (a pool file may hold `?key=...`), a fragment dropped.
 pub(crate) fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(i) => url.split_at(i + 3),
         None => ("", url),
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let rest = rest.split('#').next().unwrap_or("");
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
-    match authority.rfind('@') {
+    let mut shown = match authority.rfind('@') {
         Some(at) => format!("{scheme}***@{}{path}", &authority[at + 1..]),
-        None => url.to_owned(),
+        None => format!("{scheme}{authority}{path}"),
+    };
+    if let Some(query) = query {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}=***"),
+                None => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&masked.join("&"));
     }
+    shown
 }
 
 #[cfg(test)]
@@ -379,15 +409,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redacts_userinfo_only() {
+    fn redacts_userinfo_and_query_values() {
         assert_eq!(
             redact_url("https://user:pw@example.test/v1?x=@"),
-            "https://***@example.test/v1?x=@"
+            "https://***@example.test/v1?x=***"
         );
         assert_eq!(
             redact_url("https://example.test/a@b"),
             "https://example.test/a@b"
         );
+        assert_eq!(
+            redact_url("https://example.test/v1?key=AIzaSECRET&alt=sse&flag#frag"),
+            "https://example.test/v1?key=***&alt=***&flag"
+        );
+        assert_eq!(redact_url("http://up.test"), "http://up.test");
     }
 
     #[test]
