@@ -500,6 +500,19 @@ async fn when_no_other_account_is_left_the_client_gets_the_last_upstream_answer(
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
     assert_eq!(body["error"]["reasons"]["already tried"], 1);
+
+    // The same when the request may not be retried at all (here: one attempt only).
+    let pool = pool_static(&["a", "b"]);
+    let upstream = Upstream::new();
+    upstream.script("tok-a", [Reply::status(403)]);
+    let response = send(AccountPoolLayer::new(pool).max_attempts(1), &upstream).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(served_by(&response), ("a".into(), 1));
+    let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "the upstream rejected the account's credential and the request could not be retried on another account"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -492,6 +492,19 @@ where
                     && config.budget.as_ref().is_none_or(|b| b.withdraw());
                 if !retry {
                     tracing::debug!(account = %id, %message, "not retried");
+                    if matches!(class, OutcomeClass::AuthExpired | OutcomeClass::AuthInvalid) {
+                        // The upstream rejected the pool's credential, not the client's request:
+                        // its 401 or 403 would tell the client its own key is bad.
+                        drop(answer);
+                        let mut response = json_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "overloaded_error",
+                            "the upstream rejected the account's credential and the request \
+                             could not be retried on another account",
+                        );
+                        response.extensions_mut().insert(selected);
+                        return Ok(response);
+                    }
                     return hand_out(answer, None, selected);
                 }
                 tracing::debug!(account = %id, %message, attempt = retries, "retrying on another account");
