@@ -116,47 +116,104 @@ impl AffinityExtractor for AffinityHeader {
     }
 }
 
-/// The string value of `key` in the top-level JSON object of `body`, without parsing the rest.
+/// The string value of `key` in the top-level JSON object of `body`, without building the
+/// rest: the top-level keys are scanned (values skipped by structure), so that the value read
+/// is the one the upstream's parser will read. A key written with escapes, or `key` given
+/// twice (JSON parsers keep the last), falls back to a full parse rather than trusting the
+/// first plain match.
 pub(crate) fn top_level_string<'a>(body: &'a [u8], key: &[u8]) -> Option<Cow<'a, str>> {
+    // The value's quotes, once `key` was seen.
+    let mut found: Option<(usize, usize, bool)> = None;
+    match scan_keys(body, key, &mut found) {
+        Scan::Reparse => return parsed_string(body, key),
+        // A body cut short (a prefix of a body too large to hold) or broken after the key
+        // keeps what was seen; the upstream judges the rest.
+        Scan::Done | Scan::CutShort | Scan::Invalid => {}
+    }
+    let (start, end, escaped) = found?;
+    if escaped {
+        serde_json::from_slice::<String>(&body[start..=end])
+            .ok()
+            .map(Cow::Owned)
+    } else {
+        std::str::from_utf8(&body[start + 1..end])
+            .ok()
+            .map(Cow::Borrowed)
+    }
+}
+
+enum Scan {
+    Done,
+    CutShort,
+    Invalid,
+    Reparse,
+}
+
+fn scan_keys(body: &[u8], key: &[u8], found: &mut Option<(usize, usize, bool)>) -> Scan {
+    macro_rules! at {
+        ($i:expr) => {
+            match body.get($i) {
+                Some(b) => *b,
+                None => return Scan::CutShort,
+            }
+        };
+    }
+    macro_rules! or_cut {
+        ($e:expr) => {
+            match $e {
+                Some(v) => v,
+                None => return Scan::CutShort,
+            }
+        };
+    }
     let mut i = skip_ws(body, 0);
-    if body.get(i) != Some(&b'{') {
-        return None;
+    if at!(i) != b'{' {
+        return Scan::Invalid;
     }
     i += 1;
     loop {
         i = skip_ws(body, i);
-        match body.get(i)? {
+        match at!(i) {
             b'"' => {}
-            b'}' => return None,
-            _ => return None,
+            b'}' => return Scan::Done,
+            _ => return Scan::Invalid,
         }
-        let (name_end, name_escaped) = string_end(body, i + 1)?;
+        let (name_end, name_escaped) = or_cut!(string_end(body, i + 1));
         let name = &body[i + 1..name_end];
         i = skip_ws(body, name_end + 1);
-        if body.get(i) != Some(&b':') {
-            return None;
+        if at!(i) != b':' {
+            return Scan::Invalid;
         }
         i = skip_ws(body, i + 1);
-        if !name_escaped && name == key {
-            if body.get(i) != Some(&b'"') {
-                return None;
+        if name_escaped || (name == key && found.is_some()) {
+            return Scan::Reparse;
+        }
+        if name == key {
+            if at!(i) != b'"' {
+                return Scan::Invalid;
             }
-            let (end, escaped) = string_end(body, i + 1)?;
-            let raw = &body[i + 1..end];
-            return if escaped {
-                serde_json::from_slice::<String>(&body[i..=end])
-                    .ok()
-                    .map(Cow::Owned)
-            } else {
-                std::str::from_utf8(raw).ok().map(Cow::Borrowed)
-            };
+            let (end, escaped) = or_cut!(string_end(body, i + 1));
+            *found = Some((i, end, escaped));
         }
-        i = skip_value(body, i)?;
+        i = or_cut!(skip_value(body, i));
         i = skip_ws(body, i);
-        match body.get(i)? {
+        match at!(i) {
             b',' => i += 1,
-            _ => return None,
+            b'}' => return Scan::Done,
+            _ => return Scan::Invalid,
         }
+    }
+}
+
+/// `key`'s string value the way a JSON parser reads the body (the last of duplicates).
+fn parsed_string<'a>(body: &[u8], key: &[u8]) -> Option<Cow<'a, str>> {
+    let key = std::str::from_utf8(key).ok()?;
+    match serde_json::from_slice::<serde_json::Value>(body).ok()? {
+        serde_json::Value::Object(mut map) => match map.remove(key)? {
+            serde_json::Value::String(s) => Some(Cow::Owned(s)),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -235,7 +292,20 @@ mod tests {
             Some("m2")
         );
         assert_eq!(model(r#"{"model":"a\"b"}"#).as_deref(), Some("a\"b"));
-        assert_eq!(model(r#"{"mod\u0065l":"x"}"#), None);
+        // What the upstream's parser reads: an escaped key is the key, the last duplicate wins.
+        assert_eq!(model(r#"{"mod\u0065l":"x"}"#).as_deref(), Some("x"));
+        assert_eq!(
+            model(r#"{"model":"cheap","messages":[],"mod\u0065l":"dear"}"#).as_deref(),
+            Some("dear")
+        );
+        assert_eq!(
+            model(r#"{"model":"cheap","messages":[],"model":"dear"}"#).as_deref(),
+            Some("dear")
+        );
+        assert_eq!(
+            model(r#"{"model":"m","x":[1,2],"y":{"model":"no"}}"#).as_deref(),
+            Some("m")
+        );
         assert_eq!(model(r#"{"model":3}"#), None);
         assert_eq!(model(r#"{"other":"x"}"#), None);
         assert_eq!(model(r#"["model","x"]"#), None);
