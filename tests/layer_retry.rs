@@ -806,3 +806,57 @@ async fn an_error_body_longer_than_the_classifier_reads_reaches_the_client_whole
     assert_eq!(body_text(response).await, long);
     assert_eq!(upstream.accounts_called(), ["a"]);
 }
+
+/// An inner service that is ready once (for the outer `poll_ready`) and then fails readiness.
+#[derive(Clone)]
+struct ReadyOnce {
+    polls: Arc<AtomicU32>,
+}
+
+impl tower::Service<http::Request<tower_account_pool::layer::ReplayBody<Full<Bytes>>>>
+    for ReadyOnce
+{
+    type Response = http::Response<Full<Bytes>>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(match self.polls.fetch_add(1, Ordering::SeqCst) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::other("the inner service broke")),
+        })
+    }
+
+    fn call(
+        &mut self,
+        _request: http::Request<tower_account_pool::layer::ReplayBody<Full<Bytes>>>,
+    ) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(Full::new(Bytes::new()))))
+    }
+}
+
+#[tokio::test]
+async fn an_inner_service_that_is_not_ready_penalises_no_account() {
+    let pool = pool(&["a", "b"]);
+    let polls = Arc::new(AtomicU32::new(0));
+    let service = AccountPoolLayer::new(pool.clone()).layer(ReadyOnce {
+        polls: polls.clone(),
+    });
+    let error = service
+        .oneshot(json_request(MODEL))
+        .await
+        .expect_err("the inner service's error");
+    assert_eq!(error.to_string(), "the inner service broke");
+    // No account was contacted: nothing counts against one, and no other account was tried.
+    let snapshot = pool.snapshot();
+    for id in ["a", "b"] {
+        let account = snapshot.account(id).unwrap();
+        assert_eq!(account.state, HealthState::Healthy, "{id}");
+        assert_eq!(account.counters.transient, 0, "{id}");
+    }
+    assert_eq!(snapshot.account("a").unwrap().counters.cancelled, 1);
+    assert_eq!(snapshot.account("b").unwrap().counters.requests, 0);
+}

@@ -399,9 +399,12 @@ where
                     (Some(d), Some(t)) => Some(d.min(Instant::now() + t)),
                     (d, t) => d.or_else(|| t.map(|t| Instant::now() + t)),
                 };
+                // The inner service not becoming ready is not the account's failure (it was
+                // never contacted), and another account would wait for the same service: no
+                // penalty, no retry.
                 match until!(until, std::future::poll_fn(|cx| inner.poll_ready(cx))) {
-                    None => break 'call (Answer::TimedOut, Outcome::Transient),
-                    Some(Err(e)) => break 'call (Answer::Error(e), Outcome::Transient),
+                    None => break 'call (Answer::TimedOut, Outcome::Cancelled),
+                    Some(Err(e)) => break 'call (Answer::Error(e), Outcome::Cancelled),
                     Some(Ok(())) => {}
                 }
                 let response = match until!(until, inner.call(request)) {
