@@ -84,6 +84,15 @@ pub trait Classifier: Send + Sync + 'static {
         complete: bool,
     ) -> Outcome;
 
+    /// Classifies a streamed answer by its trailers, which gRPC uses for the call's status once
+    /// messages were sent. Called when the trailers arrive, after the response was handed out
+    /// (nothing is retried then; the outcome is the account's). `None`, the default: the
+    /// stream ended normally.
+    fn classify_trailers(&self, trailers: &HeaderMap) -> Option<Outcome> {
+        let _ = trailers;
+        None
+    }
+
     /// Adjusts a failure's outcome with what is known of the account that got it, e.g. the
     /// quota reset its last usage probe reported (the Kiro classifier does this). Called by the
     /// layer for every outcome
@@ -108,6 +117,10 @@ impl<C: Classifier + ?Sized> Classifier for std::sync::Arc<C> {
         complete: bool,
     ) -> Outcome {
         (**self).classify_body(status, headers, body, complete)
+    }
+
+    fn classify_trailers(&self, trailers: &HeaderMap) -> Option<Outcome> {
+        (**self).classify_trailers(trailers)
     }
 
     fn refine(&self, outcome: Outcome, account: &SelectedAccount) -> Outcome {
@@ -258,8 +271,10 @@ impl Classifier for HttpClassifier {
 /// A classifier for gRPC upstreams (a tonic `Channel`, for example).
 ///
 /// gRPC answers errors with HTTP 200 and a `grpc-status`; a call that fails before any message
-/// is sent answers "trailers-only", with `grpc-status` in the response head, which is what this
-/// classifier reads:
+/// is sent answers "trailers-only", with `grpc-status` in the response head, which this
+/// classifier reads to decide on a retry. A call that fails after sending messages puts its
+/// `grpc-status` in the trailers: read when they arrive, it is the account's outcome (the
+/// response was handed out; nothing is retried).
 ///
 /// | `grpc-status` | outcome |
 /// |---|---|
@@ -293,20 +308,12 @@ impl Classifier for GrpcClassifier {
         if status != StatusCode::OK {
             return self.http.classify_head(status, headers);
         }
-        let code = headers
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u16>().ok())
-            .unwrap_or(0);
-        HeadVerdict::Final(match code {
-            0 => Outcome::Success,
-            4 | 10 | 13 | 14 => Outcome::Transient,
-            8 => Outcome::rate_limited(retry_after(headers, SystemTime::now())),
-            16 => Outcome::AuthExpired,
-            7 => Outcome::AuthInvalid,
-            12 => Outcome::ModelUnsupported,
-            _ => Outcome::ClientError,
-        })
+        HeadVerdict::Final(grpc_outcome(headers).unwrap_or(Outcome::Success))
+    }
+
+    /// The `grpc-status` of a call that failed after sending messages.
+    fn classify_trailers(&self, trailers: &HeaderMap) -> Option<Outcome> {
+        grpc_outcome(trailers)
     }
 
     fn classify_body(
@@ -318,6 +325,26 @@ impl Classifier for GrpcClassifier {
     ) -> Outcome {
         self.http.classify_body(status, headers, body, complete)
     }
+}
+
+/// The outcome of the `grpc-status` in `headers` (a head or trailers), if there is one.
+fn grpc_outcome(headers: &HeaderMap) -> Option<Outcome> {
+    let code = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u16>()
+        .ok()?;
+    Some(match code {
+        0 => Outcome::Success,
+        4 | 10 | 13 | 14 => Outcome::Transient,
+        8 => Outcome::rate_limited(retry_after(headers, SystemTime::now())),
+        16 => Outcome::AuthExpired,
+        7 => Outcome::AuthInvalid,
+        12 => Outcome::ModelUnsupported,
+        _ => Outcome::ClientError,
+    })
 }
 
 /// How long an upstream asked us to wait: `retry-after-ms` (milliseconds, as OpenAI sends),

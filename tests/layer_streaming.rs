@@ -273,3 +273,46 @@ async fn a_streamed_error_body_is_read_only_up_to_the_limit_and_the_rest_follows
     assert_eq!(text.len(), first.len() + second.len());
     assert_eq!(text, format!("{first}{second}"));
 }
+
+#[tokio::test]
+async fn a_grpc_status_in_the_trailers_is_the_accounts_outcome() {
+    use http_body::Frame;
+    use tower_account_pool::classify::GrpcClassifier;
+    let pool = Pool::builder()
+        .account(Account::new("a", BearerToken::new("tok-a")))
+        .build()
+        .unwrap();
+    // A gRPC answer that sent a message, then failed: RESOURCE_EXHAUSTED in the trailers.
+    let inner = service_fn(|_request: Request<ReplayBody<Full<Bytes>>>| async {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "8".parse().unwrap());
+        trailers.insert("grpc-message", "quota".parse().unwrap());
+        let frames = futures_util::stream::iter([
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"\0\0\0\0\x01x"))),
+            Ok(Frame::trailers(trailers)),
+        ]);
+        let mut response = Response::new(http_body_util::StreamBody::new(frames));
+        response
+            .headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let service = AccountPoolLayer::new(pool.clone())
+        .classifier(GrpcClassifier::default())
+        .layer(inner);
+    let response = service.oneshot(json_request("m")).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "handed out: the head said nothing"
+    );
+    let collected = response.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "8");
+    let a = pool.snapshot().account("a").unwrap().clone();
+    assert_eq!(a.counters.rate_limited, 1, "{a:?}");
+    assert_eq!(a.counters.successes, 0);
+    assert_eq!(
+        a.last_error.unwrap().message,
+        "grpc-status 8 in the trailers (rate_limited)"
+    );
+}

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -9,6 +10,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::classify::Classifier;
 use crate::health::Outcome;
 use crate::pool::Lease;
 
@@ -211,6 +213,8 @@ pin_project! {
             #[pin]
             body: B,
             lease: Option<Lease>,
+            // Reads the trailers when they come (a gRPC status after the messages).
+            classifier: Option<Arc<dyn Classifier>>,
         },
         Local { data: Option<Bytes> },
     }
@@ -218,7 +222,12 @@ pin_project! {
 
 impl<B: Body<Data = Bytes>> ResponseBody<B> {
     /// The upstream's body after `prefix` was read from it.
-    pub(crate) fn upstream_after(prefix: Prefix, body: B, lease: Option<Lease>) -> Self {
+    pub(crate) fn upstream_after(
+        prefix: Prefix,
+        body: B,
+        lease: Option<Lease>,
+        classifier: Option<Arc<dyn Classifier>>,
+    ) -> Self {
         let ended = prefix.ended || body.is_end_stream();
         let mut lease = lease;
         if ended && prefix.trailers.is_none() {
@@ -234,7 +243,37 @@ impl<B: Body<Data = Bytes>> ResponseBody<B> {
                 ended,
                 body,
                 lease,
+                classifier,
             },
+        }
+    }
+}
+
+/// Reports the end of a handed-out stream: a success, unless its trailers say otherwise.
+fn report_end(
+    lease: &mut Option<Lease>,
+    classifier: &Option<Arc<dyn Classifier>>,
+    trailers: Option<&HeaderMap>,
+) {
+    let Some(lease) = lease.take() else {
+        return;
+    };
+    let outcome = trailers
+        .zip(classifier.as_ref())
+        .and_then(|(trailers, classifier)| classifier.classify_trailers(trailers))
+        .unwrap_or(Outcome::Success);
+    match outcome {
+        Outcome::Success => lease.report(outcome),
+        failed => {
+            let message = match trailers.and_then(|t| t.get("grpc-status")) {
+                Some(code) => format!(
+                    "grpc-status {} in the trailers ({})",
+                    String::from_utf8_lossy(code.as_bytes()),
+                    failed.class()
+                ),
+                None => format!("the stream's trailers say {}", failed.class()),
+            };
+            lease.report_with_message(failed, &message);
         }
     }
 }
@@ -284,26 +323,23 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
                 ended,
                 mut body,
                 lease,
+                classifier,
             } => {
                 if let Some(data) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 if *ended {
-                    let frame = trailers.take().map(|t| Ok(Frame::trailers(t)));
-                    if frame.is_some() {
-                        if let Some(lease) = lease.take() {
-                            lease.report(Outcome::Success);
-                        }
-                    }
+                    let frame = trailers.take().map(|t| {
+                        report_end(lease, classifier, Some(&t));
+                        Ok(Frame::trailers(t))
+                    });
                     return Poll::Ready(frame);
                 }
                 let polled = std::task::ready!(body.as_mut().poll_frame(cx));
                 match &polled {
                     None => {
                         *ended = true;
-                        if let Some(lease) = lease.take() {
-                            lease.report(Outcome::Success);
-                        }
+                        report_end(lease, classifier, None);
                     }
                     Some(Err(_)) => {
                         *ended = true;
@@ -314,12 +350,13 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
                             );
                         }
                     }
-                    Some(Ok(_)) => {
+                    Some(Ok(frame)) => {
+                        if let Some(trailers) = frame.trailers_ref() {
+                            report_end(lease, classifier, Some(trailers));
+                        }
                         if body.is_end_stream() {
                             *ended = true;
-                            if let Some(lease) = lease.take() {
-                                lease.report(Outcome::Success);
-                            }
+                            report_end(lease, classifier, None);
                         }
                     }
                 }

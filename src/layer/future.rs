@@ -17,7 +17,7 @@ use tower_service::Service;
 use super::body::{read_prefix, Prefix, ReplayBody, ResponseBody};
 use super::{Config, SelectedAccount};
 use crate::account::AccountId;
-use crate::classify::HeadVerdict;
+use crate::classify::{Classifier, HeadVerdict};
 use crate::credential::RefreshMode;
 use crate::health::{Outcome, OutcomeClass};
 use crate::pool::Lease;
@@ -241,7 +241,7 @@ macro_rules! until {
 /// What the loop hands back when it stops on an upstream answer.
 fn hand_out<RB, E>(
     answer: Answer<RB, E>,
-    lease: Option<Lease>,
+    lease: Option<(Lease, Arc<dyn Classifier>)>,
     selected: SelectedAccount,
 ) -> Result<Response<ResponseBody<RB>>, E>
 where
@@ -249,8 +249,11 @@ where
 {
     match answer {
         Answer::Response(parts, prefix, body) => {
-            let mut response =
-                Response::from_parts(parts, ResponseBody::upstream_after(prefix, body, lease));
+            let (lease, classifier) = lease.unzip();
+            let mut response = Response::from_parts(
+                parts,
+                ResponseBody::upstream_after(prefix, body, lease, classifier),
+            );
             response.extensions_mut().insert(selected);
             Ok(response)
         }
@@ -473,7 +476,9 @@ where
             failed => config.classifier.refine(failed, &selected),
         };
         match outcome.class() {
-            OutcomeClass::Success => return hand_out(answer, Some(lease), selected),
+            OutcomeClass::Success => {
+                return hand_out(answer, Some((lease, config.classifier.clone())), selected)
+            }
             OutcomeClass::ClientError | OutcomeClass::Cancelled => {
                 lease.report(outcome);
                 return hand_out(answer, None, selected);
