@@ -278,3 +278,49 @@ async fn ten_thousand_connections_do_not_stop_the_gateway() {
     child.wait().await.unwrap();
     still_serving(addr).await;
 }
+
+#[tokio::test]
+async fn an_open_dashboard_event_stream_does_not_hold_the_shutdown() {
+    let pool = Pool::builder()
+        .account(Account::new("a", BearerToken::new("sk-bad-clients-a")))
+        .build()
+        .unwrap();
+    let token = "admin-token-for-the-events-test";
+    let mut options = proxy::ProxyOptions::new("http://127.0.0.1:9");
+    options.admin = Some(tower_account_pool::admin::AdminConfig::new(token).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway =
+        proxy::Gateway::start(listener, pool.clone(), AccountPoolLayer::new(pool), options)
+            .unwrap();
+    // A dashboard's event stream, open and idle.
+    let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /admin/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("event: ready") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .expect("the ready event")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    // Graceful shutdown ends the stream instead of waiting for the dashboard to go away.
+    tokio::time::timeout(Duration::from_secs(5), gateway.shutdown())
+        .await
+        .expect("the shutdown does not wait for the event stream")
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("the connection closes")
+        .unwrap();
+}

@@ -194,6 +194,8 @@ struct Proxy {
 /// A running gateway.
 pub struct Gateway {
     addr: SocketAddr,
+    /// Ends the admin router's event streams, which would otherwise hold the shutdown.
+    events: Option<admin::EventsCloser>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -213,7 +215,9 @@ impl Gateway {
             options: options.clone(),
         });
         let mut app = axum::Router::new();
+        let mut events = None;
         if let Some(config) = options.admin {
+            events = Some(config.events_closer());
             app = app.nest("/admin", admin::router(pool, config));
         }
         let app = app.fallback(move |request: Request| forward(proxy.clone(), request));
@@ -227,6 +231,7 @@ impl Gateway {
         });
         Ok(Gateway {
             addr,
+            events,
             stop: Some(stop),
             task,
         })
@@ -239,6 +244,9 @@ impl Gateway {
     /// Stops accepting connections and waits for the requests in flight (streams included) to
     /// finish.
     pub async fn shutdown(mut self) -> Result<(), BoxError> {
+        if let Some(events) = &self.events {
+            events.close();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -38,7 +38,7 @@
 //! | `POST /accounts/{id}/refresh` | refresh the credential now |
 //! | `POST /accounts/{id}/probe` | run the configured [`Prober`] and report its outcome to the pool |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /events` | server-sent events: `state` (a [`StateChange`](crate::StateChange)), `lagged` |
+//! | `GET /events` | server-sent events: `state` (a [`StateChange`](crate::StateChange)), `lagged`; they end at [`EventsCloser::close`] (call it before a graceful shutdown) |
 //!
 //! Errors are `{"error":{"type","message"}}` with status 400, 401, 404, 405, 409, 413, 501, 502
 //! or 504.
@@ -51,7 +51,8 @@
 //! - `/events` takes the token in the header too (never in the URL, where it would end up in
 //!   logs and history): the dashboard reads the stream with `fetch`, not `EventSource`.
 //! - Responses never hold a secret: credentials appear masked (kind, last 4, file path) and
-//!   credentials inside a `baseUrl` are redacted. Request bodies are limited (64 KiB by default).
+//!   credentials and query values inside a `baseUrl` are redacted (a `baseUrl` with a query
+//!   is refused). Request bodies are limited (64 KiB by default).
 //! - The dashboard carries a strict Content-Security-Policy (no external anything) and writes
 //!   every value with `textContent`.
 
@@ -141,6 +142,23 @@ pub struct AdminConfig {
     latency: SelectionLatency,
     body_limit: usize,
     probe_timeout: Duration,
+    /// `true` once [`EventsCloser::close`] was called.
+    events_closed: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// Ends every `GET /events` stream of one admin router (see [`AdminConfig::events_closer`]).
+///
+/// An event stream never ends by itself, and a server shutting down gracefully waits for open
+/// connections: close the streams first, or an open dashboard holds the shutdown.
+#[derive(Debug, Clone)]
+pub struct EventsCloser(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl EventsCloser {
+    /// Ends the open event streams (each after the event it is sending, if any) and every one
+    /// opened later.
+    pub fn close(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl fmt::Debug for AdminConfig {
@@ -174,7 +192,14 @@ impl AdminConfig {
             latency: SelectionLatency::new(),
             body_limit: DEFAULT_BODY_LIMIT,
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            events_closed: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
+    }
+
+    /// A handle that ends the `/events` streams of the router made with this configuration:
+    /// call [`close`](EventsCloser::close) before a graceful shutdown.
+    pub fn events_closer(&self) -> EventsCloser {
+        EventsCloser(self.events_closed.clone())
     }
 
     /// A configuration with the admin token read from environment variable `var`.
@@ -531,16 +556,30 @@ async fn events(
     State(state): State<AdminState>,
 ) -> Sse<impl Stream<Item = Result<Event, axum::Error>>> {
     let receiver = state.pool.subscribe();
+    let closed = state.config.events_closed.subscribe();
     let ready = stream::once(async { Ok(Event::default().event("ready").data("{}")) });
-    let changes = stream::unfold(receiver, |mut receiver| async move {
-        let event = match receiver.recv().await {
-            Ok(change) => Event::default().event("state").json_data(change),
-            Err(RecvError::Lagged(missed)) => Event::default()
-                .event("lagged")
-                .json_data(json!({ "missed": missed })),
-            Err(RecvError::Closed) => return None,
-        };
-        Some((event, receiver))
-    });
+    let changes = stream::unfold(
+        (receiver, closed),
+        |(mut receiver, mut closed)| async move {
+            let received = {
+                use futures_util::future::{select, Either};
+                let next = std::pin::pin!(receiver.recv());
+                let stop = std::pin::pin!(closed.wait_for(|closed| *closed));
+                match select(next, stop).await {
+                    Either::Left((received, _)) => received,
+                    // Closed (or the configuration gone): the stream ends, the connection closes.
+                    Either::Right(_) => return None,
+                }
+            };
+            let event = match received {
+                Ok(change) => Event::default().event("state").json_data(change),
+                Err(RecvError::Lagged(missed)) => Event::default()
+                    .event("lagged")
+                    .json_data(json!({ "missed": missed })),
+                Err(RecvError::Closed) => return None,
+            };
+            Some((event, (receiver, closed)))
+        },
+    );
     Sse::new(futures_util::StreamExt::chain(ready, changes)).keep_alive(KeepAlive::default())
 }
