@@ -912,6 +912,74 @@ async fn a_file_corrupted_after_load_is_left_alone_and_tokens_stay_in_memory() {
         .starts_with("rt-oz-"));
 }
 
+#[tokio::test]
+async fn a_removed_token_file_is_not_recreated_and_tokens_stay_in_memory() {
+    let mock = KiroMock::start().await;
+    mock.accept_refresh_token(
+        "gone",
+        SECRET_RT,
+        RefreshRule {
+            rotate: true,
+            ..RefreshRule::default()
+        },
+    );
+    let dir = temp_dir("removed-later");
+    let path = write(
+        &dir,
+        "t.json",
+        &json!({"refreshToken": SECRET_RT, "authMethod": "social"}),
+    );
+    let cred = KiroCredential::from_file(&path, options(&mock)).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    cred.refresh(RefreshMode::Forced).await.unwrap();
+    assert!(!path.exists(), "a file of tokens alone is not written back");
+    cred.refresh(RefreshMode::Forced).await.unwrap();
+    assert_eq!(
+        mock.refresh_calls(),
+        2,
+        "the rotated token, kept in memory, was used"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_whose_caller_gives_up_still_keeps_the_rotated_token() {
+    let mock = KiroMock::start().await;
+    mock.accept_refresh_token(
+        "slow",
+        SECRET_RT,
+        RefreshRule {
+            rotate: true,
+            delay: Duration::from_millis(300),
+            ..RefreshRule::default()
+        },
+    );
+    let dir = temp_dir("given-up");
+    let path = write(&dir, "t.json", &json!({"refreshToken": SECRET_RT}));
+    let cred = KiroCredential::from_file(&path, options(&mock)).unwrap();
+    // The caller stops waiting (a request deadline) while the upstream is rotating the token.
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(50), cred.refresh(RefreshMode::Forced)).await;
+    assert!(gave_up.is_err());
+    let started = std::time::Instant::now();
+    let rotated = loop {
+        if let [rotated] = &mock.refresh_tokens_of("slow")[..] {
+            if read(&path)["refreshToken"] == rotated.as_str() {
+                break rotated.clone();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the rotated refresh token never reached the file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // And the next refresh uses it (the old one is dead at the mock).
+    cred.refresh(RefreshMode::Forced).await.unwrap();
+    let last: Value =
+        serde_json::from_slice(&mock.requests_to("/refreshToken").last().unwrap().body).unwrap();
+    assert_eq!(last["refreshToken"], rotated.as_str());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_credentials_on_one_file_refresh_once_under_the_file_lock() {
     let mock = KiroMock::start().await;

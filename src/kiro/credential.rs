@@ -478,6 +478,21 @@ impl KiroCredential {
                 }
             }
         }
+        // The refresh runs to its end in a task of its own, even if this caller stops waiting
+        // (a request deadline, a client gone, a task aborted at shutdown): once the upstream
+        // has rotated the refresh token, the new one must be kept and written back, and the
+        // token file's lock released only after that.
+        let this = self.clone();
+        match tokio::spawn(async move { this.refresh_flight(mode).await }).await {
+            Ok(result) => result,
+            Err(_) => Err(CredentialError::Unavailable(
+                "the Kiro token refresh task failed".into(),
+            )),
+        }
+    }
+
+    async fn refresh_flight(&self, mode: RefreshMode) -> Result<(), CredentialError> {
+        let inner = &self.inner;
         let observed = inner.refresh_generation.load(Ordering::Acquire);
         let _flight = inner.refresh_lock.lock().await;
         if inner.refresh_generation.load(Ordering::Acquire) != observed {

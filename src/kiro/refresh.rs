@@ -34,11 +34,13 @@ pub(crate) fn upstream_message(body: &[u8], secrets: &[&str]) -> String {
             .unwrap_or_default(),
         Err(_) => String::from_utf8_lossy(body).into_owned(),
     };
-    let mut text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    // Redacted before it is cut: a cut through a token would leave a prefix the replace
+    // no longer matches.
+    let mut text: String = text.chars().filter(|c| !c.is_control()).collect();
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
         text = text.replace(secret, "<redacted>");
     }
-    text
+    text.chars().take(200).collect()
 }
 
 pub(crate) async fn call(
@@ -154,5 +156,19 @@ pub(crate) fn describe_network_error(e: &reqwest::Error) -> String {
         "the connection broke while reading the answer".to_owned()
     } else {
         "the request failed (connection reset or protocol error)".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_echoed_token_is_redacted_before_the_message_is_cut() {
+        let token = format!("aoa{}", "x".repeat(300));
+        let body = serde_json::json!({ "message": format!("bad token {token}") }).to_string();
+        let message = upstream_message(body.as_bytes(), &[&token]);
+        assert_eq!(message, "bad token <redacted>");
+        assert!(!message.contains("aoax"));
     }
 }

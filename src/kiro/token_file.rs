@@ -213,11 +213,14 @@ pub(crate) enum WriteBackError {
     Io { path: String, source: io::Error },
     #[error("Kiro token file `{path}` is no longer a JSON object; left as it is")]
     Corrupt { path: String },
+    #[error("Kiro token file `{path}` was removed; it is not recreated")]
+    Removed { path: String },
 }
 
 /// Reads the file again, merges the update over it (unknown fields kept) and replaces it
-/// atomically. A missing file is recreated with the update; a file that no longer parses is
-/// left untouched.
+/// atomically. A file that was removed is not recreated (an operator removed it, and a file of
+/// tokens alone would lose the auth method and client credentials); a file that no longer
+/// parses is left untouched. Either way the caller keeps the tokens in memory.
 pub(crate) fn write_back(path: &Path, update: &TokenUpdate<'_>) -> Result<(), WriteBackError> {
     let name = path.display().to_string();
     let io_err = |source| WriteBackError::Io {
@@ -229,7 +232,9 @@ pub(crate) fn write_back(path: &Path, update: &TokenUpdate<'_>) -> Result<(), Wr
             Ok(Value::Object(map)) => map,
             _ => return Err(WriteBackError::Corrupt { path: name }),
         },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Map::new(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(WriteBackError::Removed { path: name })
+        }
         Err(e) => return Err(io_err(e)),
     };
     map.insert(
