@@ -410,3 +410,52 @@ async fn a_missing_file_is_created_in_the_current_shape() {
     assert_eq!(saved["accounts"][0]["isHealthy"], json!(true));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_pool_file_that_goes_away_is_not_recreated_from_one_write() {
+    let dir = temp_dir("gone");
+    let path = dir.join("account_pool.json");
+    let original = older_file();
+    write_file(&path, &original);
+    let pool = pool(&ACCOUNTS);
+    let handle = StoreHandle::start_with(
+        &pool,
+        JsonFileStore::open(&path).unwrap(),
+        WriterConfig::default().interval(Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    handle.flush().await.unwrap();
+
+    // An editor replaces the file by removing it first: a write meanwhile must not create a
+    // file holding only the accounts of that write (and no credentials).
+    std::fs::remove_file(&path).unwrap();
+    pool.report_probe(
+        ACCOUNTS[0],
+        Outcome::RateLimited {
+            retry_after: Some(Duration::from_secs(60)),
+            scope: RateLimitScope::Account,
+        },
+    )
+    .unwrap();
+    let error = handle.flush().await.unwrap_err().to_string();
+    assert!(
+        error.contains("the pool file is gone; it is not recreated"),
+        "{error}"
+    );
+    assert!(!path.exists());
+
+    // The file is back: the pending state is written into it, every account kept.
+    write_file(&path, &original);
+    handle.shutdown().await.unwrap();
+    let saved = read_file(&path);
+    assert_eq!(
+        saved["accounts"].as_array().unwrap().len(),
+        original["accounts"].as_array().unwrap().len()
+    );
+    assert_eq!(
+        saved["accounts"][0]["poolState"]["state"],
+        json!("rateLimited")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -24,7 +24,9 @@ pub const POOL_STATE_KEY: &str = "poolState";
 /// cooldowns, as epoch ms).
 /// `isDisabled` is written only when this process enabled or disabled the account. Accounts the
 /// file does not list are not added to it, unless this store created the file (then it lists
-/// every account of the pool).
+/// every account of the pool). Only a file that did not exist when the store was opened is
+/// created: one that goes away later (an editor replacing it) fails the write, which the
+/// writer keeps and retries until the file is back.
 ///
 /// Every write re-reads the file and changes only those fields, so settings edited by hand (or by
 /// another tool) in the meantime are kept, as are fields this crate does not know. A file that
@@ -61,6 +63,10 @@ struct Inner {
     /// This store created the file: accounts missing from it are added (a file that existed
     /// before belongs to whoever edits it, and only its accounts get state).
     created: std::sync::atomic::AtomicBool,
+    /// The file did not exist when the store was opened and nothing was written yet: the next
+    /// write may create it. Once the file existed, a missing file is a file being replaced or
+    /// removed by someone else, and is never recreated with only the accounts of one write.
+    may_create: std::sync::atomic::AtomicBool,
 }
 
 impl JsonFileStore {
@@ -74,6 +80,7 @@ impl JsonFileStore {
             source,
         };
         let lock = open_private(&lock_path, false).map_err(io)?;
+        let path_exists = path.exists();
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -90,6 +97,7 @@ impl JsonFileStore {
                 _lock: lock,
                 writing: Mutex::new(()),
                 created: std::sync::atomic::AtomicBool::new(false),
+                may_create: std::sync::atomic::AtomicBool::new(!path_exists),
             }),
         };
         store.remove_stale_temporaries();
@@ -108,7 +116,7 @@ impl JsonFileStore {
     where
         F: FnOnce(&mut Value) -> Result<(), String>,
     {
-        self.inner.modify(change)
+        self.inner.modify(true, change)
     }
 
     fn remove_stale_temporaries(&self) {
@@ -154,14 +162,27 @@ impl Inner {
             })
     }
 
-    fn modify<F>(&self, change: F) -> Result<(), StoreError>
+    /// Read, `change`, replace. A missing file starts empty when `create` allows it, else it
+    /// is an error and nothing is written.
+    fn modify<F>(&self, create: bool, change: F) -> Result<(), StoreError>
     where
         F: FnOnce(&mut Value) -> Result<(), String>,
     {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        let mut doc = self
-            .read()?
-            .unwrap_or_else(|| serde_json::json!({ "accounts": [] }));
+        let mut doc = match self.read()? {
+            Some(doc) => doc,
+            None if create => serde_json::json!({ "accounts": [] }),
+            None => {
+                return Err(StoreError::Io {
+                    path: self.display(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the pool file is gone; it is not recreated, and the state is written \
+                         once it is back",
+                    ),
+                })
+            }
+        };
         change(&mut doc).map_err(|message| StoreError::Corrupt {
             path: self.display(),
             message,
@@ -397,11 +418,15 @@ impl Store for JsonFileStore {
     async fn write(&self, batch: Vec<AccountWrite>) -> Result<CounterTotals, StoreError> {
         let inner = self.inner.clone();
         run_blocking(move || {
-            if !inner.path.exists() {
+            // A file that is gone after it existed is not recreated from one batch: the write
+            // fails, the writer keeps the batch and retries until the file is back.
+            let may_create = inner.may_create.load(Ordering::Acquire);
+            if may_create && !inner.path.exists() {
                 inner.created.store(true, Ordering::Release);
             }
             let add_missing = inner.created.load(Ordering::Acquire);
-            inner.modify(|doc| apply_batch(doc, &batch, add_missing))?;
+            inner.modify(may_create, |doc| apply_batch(doc, &batch, add_missing))?;
+            inner.may_create.store(false, Ordering::Release);
             Ok(Vec::new())
         })
         .await
