@@ -276,3 +276,56 @@ async fn the_background_watch_picks_up_changes() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(pool.ids(), vec!["a", "b", "d"]);
 }
+
+#[test]
+fn a_reload_keeps_what_the_admin_api_changed_unless_the_file_changes_it_too() {
+    use tower_account_pool::credential::BearerToken;
+    use tower_account_pool::Account;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.json");
+    write(&path, INITIAL);
+    let pool = Pool::builder().build_from_file(&path).unwrap();
+    let watch = pool.watch_file(&path);
+    assert_eq!(watch.status().changes_seen, 1);
+
+    // Through the admin API (the same pool calls): a's weight, a new account, b removed.
+    pool.update_settings("a", |s| s.weight = 7).unwrap();
+    pool.add(Account::new("x", BearerToken::new("token-x-0123456789")))
+        .unwrap();
+    pool.remove("b").unwrap();
+
+    // A store writes state back into the file: no setting changes there.
+    write(
+        &path,
+        &INITIAL.replace(
+            r#"{"uuid": "c", "bearerToken": "token-c-0123456789"}"#,
+            r#"{"uuid": "c", "bearerToken": "token-c-0123456789", "usageCount": 3}"#,
+        ),
+    );
+    let report = watch.check_now().unwrap().unwrap();
+    assert!(
+        report.added.is_empty() && report.removed.is_empty() && report.changed.is_empty(),
+        "{report:?}"
+    );
+    let snapshot = pool.snapshot();
+    assert_eq!(snapshot.account("a").unwrap().settings.weight, 7);
+    assert!(snapshot.account("x").is_some(), "added at runtime: kept");
+    assert!(
+        snapshot.account("b").is_none(),
+        "removed at runtime: stays removed"
+    );
+
+    // The file itself changes a's weight: the file wins for what it changed.
+    write(
+        &path,
+        &INITIAL.replace(
+            r#"{"uuid": "a", "bearerToken": "token-a-0123456789"}"#,
+            r#"{"uuid": "a", "bearerToken": "token-a-0123456789", "weight": 3}"#,
+        ),
+    );
+    let report = watch.check_now().unwrap().unwrap();
+    assert_eq!(ids(&report.changed), vec!["a"]);
+    let snapshot = pool.snapshot();
+    assert_eq!(snapshot.account("a").unwrap().settings.weight, 3);
+    assert!(snapshot.account("x").is_some());
+}

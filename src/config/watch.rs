@@ -10,12 +10,12 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::account::{Account, AccountId};
+use crate::account::{Account, AccountId, AccountSettings};
 use crate::config::credential::{CredentialResolver, TokenFileResolver};
 use crate::config::error::ConfigError;
 use crate::config::file::{CredentialSpec, PoolFile};
 use crate::credential::{MaskedCredential, SharedCredential};
-use crate::pool::{Pool, PoolError, SyncReport};
+use crate::pool::{Pool, PoolError, Slot, SyncReport};
 
 /// Default time between two looks at a watched file.
 pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -80,6 +80,7 @@ impl FileWatcher {
             resolver: self.resolver,
             seen: None,
             known: HashMap::new(),
+            applied: None,
             status,
         };
         tracker.adopt_running_credentials();
@@ -124,7 +125,10 @@ async fn poll(tracker: Arc<Mutex<Tracker>>, every: Duration) {
 impl Pool {
     /// Watches a pool file and applies its changes to this pool: added accounts are added
     /// (seeded from their state fields), removed ones removed, changed ones updated while
-    /// keeping their runtime state, unchanged ones left alone. A broken edit is logged
+    /// keeping their runtime state, unchanged ones left alone. After the first look, only
+    /// what the file changed since it was last applied is applied: an account changed or
+    /// removed through the admin API, or added there, stays as it is until the file itself
+    /// changes that account. A broken edit is logged
     /// (`warn`), reported through [`FileWatch::status`], and ignored: the running pool stays
     /// as it was. Polls every [`DEFAULT_WATCH_INTERVAL`]; see [`FileWatcher`] for options.
     pub fn watch_file(&self, path: impl Into<PathBuf>) -> FileWatch {
@@ -205,6 +209,10 @@ struct Tracker {
     /// The credential each account was given, with the spec it came from, so unchanged
     /// accounts keep theirs (and stay "unchanged" for [`Pool::sync`]).
     known: HashMap<AccountId, (CredentialSpec, SharedCredential)>,
+    /// Each account's settings as the file said when it was last applied (`None` before the
+    /// first apply). A reload applies what the file changed since then; what it did not
+    /// change stays as the running pool has it, changes made through the admin API included.
+    applied: Option<HashMap<AccountId, AccountSettings>>,
     status: watch::Sender<ReloadStatus>,
 }
 
@@ -347,7 +355,31 @@ impl Tracker {
         let mut accounts = Vec::with_capacity(file.entries().len());
         let mut opened = Vec::with_capacity(file.entries().len());
         let mut known = HashMap::with_capacity(file.entries().len());
+        let roster = self.pool.shared.roster.load_full();
+        let running = |slot: &Slot| {
+            Account::with_shared_credential(slot.id.clone(), slot.credential.clone())
+                .with_settings(slot.settings.clone())
+        };
         for entry in file.entries() {
+            // Not changed in the file since it was last applied: the running account stays as
+            // it is (an operator may have changed or removed it through the admin API, and a
+            // store writing state back into this file must not undo that).
+            let untouched = self.applied.as_ref().is_some_and(|applied| {
+                applied.get(entry.id()) == Some(entry.settings())
+                    && self
+                        .known
+                        .get(entry.id())
+                        .is_some_and(|(spec, _)| spec == entry.credential())
+            });
+            if untouched {
+                if let Some(slot) = roster.get(entry.id().as_str()) {
+                    accounts.push(running(slot));
+                    if let Some(pair) = self.known.get(entry.id()) {
+                        known.insert(entry.id().clone(), pair.clone());
+                    }
+                }
+                continue;
+            }
             let (credential, unavailable, reused) = match self.known.get(entry.id()) {
                 Some((spec, credential)) if spec == entry.credential() => {
                     (credential.clone(), None, true)
@@ -363,6 +395,15 @@ impl Tracker {
             );
             known.insert(entry.id().clone(), (entry.credential().clone(), credential));
             opened.push((entry, unavailable, reused));
+        }
+        // Accounts the file never listed (added through the admin API) stay.
+        if let Some(applied) = &self.applied {
+            let listed: HashSet<&AccountId> = file.entries().iter().map(|e| e.id()).collect();
+            for slot in &roster.slots {
+                if !listed.contains(&slot.id) && !applied.contains_key(&slot.id) {
+                    accounts.push(running(slot));
+                }
+            }
         }
         let report = self.pool.sync(accounts).map_err(|e| match e {
             PoolError::Invalid(source) => ConfigError::Pool {
@@ -389,6 +430,12 @@ impl Tracker {
             }
         }
         self.known = known;
+        self.applied = Some(
+            file.entries()
+                .iter()
+                .map(|e| (e.id().clone(), e.settings().clone()))
+                .collect(),
+        );
         Ok(report)
     }
 }
