@@ -2,11 +2,13 @@
 //! and every bad input with its exact message.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
+
+mod support;
 
 use http::HeaderMap;
 use proptest::prelude::*;
+use support::capture_logs;
 use tower_account_pool::config::{
     ConfigError, CredentialSpec, PoolFile, PoolShape, TokenFileResolver,
 };
@@ -22,31 +24,6 @@ fn resolver() -> TokenFileResolver {
 
 fn ms(at: std::time::SystemTime) -> u128 {
     at.duration_since(UNIX_EPOCH).unwrap().as_millis()
-}
-
-/// Captures formatted log lines of everything logged inside `f`.
-fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let result = tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    (result, text)
 }
 
 fn warnings(logs: &str) -> Vec<&str> {

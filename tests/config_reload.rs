@@ -1,10 +1,13 @@
 //! Hot reload: a watched pool file's changes reach the running pool; unchanged accounts keep
 //! their runtime state; broken edits are reported and ignored.
 
+mod support;
+
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use support::capture_logs;
 use tower_account_pool::config::{ConfigError, FileWatcher, TokenFileResolver};
 use tower_account_pool::{AccountId, HealthState, Outcome, Pool, SelectRequest, SyncReport};
 
@@ -100,30 +103,6 @@ fn changes_are_applied_and_unchanged_accounts_keep_their_state() {
     assert_eq!(d.counters.successes, 9);
     assert!(after.account("c").is_none());
     assert_eq!(watch.check_now(), None);
-}
-
-/// Captures formatted log lines of everything logged inside `f`.
-fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let result = tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    (result, text)
 }
 
 #[test]

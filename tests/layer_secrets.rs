@@ -1,13 +1,12 @@
 //! No secret in `Debug` output or tracing logs, whatever path a request takes.
 
 mod layer_support;
-
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod support;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use layer_support::{body_text, json_request, Reply, Upstream};
+use support::CapturedLogs;
 use tower::{Layer, ServiceExt};
 use tower_account_pool::credential::{ApiKey, BearerToken};
 use tower_account_pool::layer::{AccountPoolLayer, SelectedAccount};
@@ -18,20 +17,6 @@ const SECRETS: [&str; 3] = [
     "sk-ant-SECRETbravo-1111",
     "key-SECRETcharlie-2222",
 ];
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn assert_no_secret(what: &str, text: &str) {
     for secret in SECRETS {
@@ -47,14 +32,8 @@ fn assert_no_secret(what: &str, text: &str) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn secrets_stay_out_of_debug_output_and_logs() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let captured = CapturedLogs::default();
+    let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::TRACE));
 
     let pool = Pool::builder()
         .account(Account::new("alpha", BearerToken::new(SECRETS[0])))
@@ -102,7 +81,7 @@ async fn secrets_stay_out_of_debug_output_and_logs() {
     assert!(calls[0].authorization_sensitive);
 
     assert_no_secret("the pool snapshot", &format!("{:?}", pool.snapshot()));
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("retrying on another account"),
         "logs were captured: {logs}"

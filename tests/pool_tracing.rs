@@ -1,35 +1,16 @@
 //! Every state change is a `tracing` event naming the account, the old and new state and the
 //! reason — and no event carries a secret.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod support;
 
+use support::CapturedLogs;
 use tower_account_pool::credential::BearerToken;
 use tower_account_pool::{Account, AccountId, Outcome, Pool, SelectRequest};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn state_changes_are_traced_without_secrets() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let captured = CapturedLogs::default();
+    let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::DEBUG));
 
     let pool = Pool::builder()
         .account(Account::new(
@@ -61,7 +42,7 @@ async fn state_changes_are_traced_without_secrets() {
         tokio::task::yield_now().await;
     }
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     let lines: Vec<&str> = log.lines().collect();
     let has = |needles: &[&str]| lines.iter().any(|l| needles.iter().all(|n| l.contains(n)));
     assert!(

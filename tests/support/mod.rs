@@ -40,3 +40,41 @@ pub fn picks(pool: &Pool, request: &SelectRequest<'_>, times: usize) -> Vec<Stri
         })
         .collect()
 }
+
+/// Log lines captured in memory, as a `tracing_subscriber` writer.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// A subscriber writing plain (uncoloured) lines of `level` and above here.
+    pub fn subscriber(&self, level: tracing::Level) -> impl tracing::Subscriber + Send + Sync {
+        let writer = self.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(level)
+            .finish()
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `f` and returns what it logged at `INFO` and above.
+pub fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
+    let logs = CapturedLogs::default();
+    let result = tracing::subscriber::with_default(logs.subscriber(tracing::Level::INFO), f);
+    (result, logs.text())
+}
