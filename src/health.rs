@@ -459,6 +459,13 @@ impl Runtime {
         self.outcomes[class as usize].load(Ordering::Relaxed)
     }
 
+    /// Publishes the latest deadline of `blocks` (this account's model blocks, read under
+    /// their lock) for selection's lock-free check; 0 when there are none.
+    pub(crate) fn publish_model_deadline(&self, blocks: &[ModelBlock]) {
+        let latest = blocks.iter().map(|b| b.until_ms).max().unwrap_or(0);
+        self.model_blocks_until.store(latest, Ordering::Release);
+    }
+
     /// The active block on `model`, if any: its kind and deadline.
     pub(crate) fn model_block(&self, model: &str, now_ms: u64) -> Option<(ModelBlockKind, u64)> {
         if self.model_blocks_until.load(Ordering::Acquire) <= now_ms {

@@ -1430,8 +1430,7 @@ impl Shared {
                     level: 1,
                 }),
             }
-            let latest = blocks.iter().map(|b| b.until_ms).max().unwrap_or(0);
-            rt.model_blocks_until.store(latest, Ordering::Release);
+            rt.publish_model_deadline(&blocks);
             rt.model_epoch.fetch_add(1, Ordering::AcqRel);
             (until, level + 1)
         };
@@ -1487,8 +1486,7 @@ impl Shared {
         if changed == 0 {
             return None;
         }
-        let latest = blocks.iter().map(|b| b.until_ms).max().unwrap_or(0);
-        rt.model_blocks_until.store(latest, Ordering::Release);
+        rt.publish_model_deadline(&blocks);
         Some(rt.model_epoch.fetch_add(1, Ordering::AcqRel))
     }
 
@@ -1641,8 +1639,7 @@ impl Shared {
             if rt.model_blocks_until.load(Ordering::Acquire) != 0 {
                 let mut blocks = rt.model_blocks.write().unwrap_or_else(|e| e.into_inner());
                 blocks.retain(|b| !(b.model == *model && b.until_ms <= now));
-                let latest = blocks.iter().map(|b| b.until_ms).max().unwrap_or(0);
-                rt.model_blocks_until.store(latest, Ordering::Release);
+                rt.publish_model_deadline(&blocks);
             }
         }
     }
@@ -1719,7 +1716,7 @@ impl Shared {
                 blocks.clear();
                 rt.model_epoch.fetch_add(1, Ordering::AcqRel);
             }
-            rt.model_blocks_until.store(0, Ordering::Release);
+            rt.publish_model_deadline(&blocks);
         }
         rt.consecutive_failures.store(0, Ordering::Release);
         rt.ejection_level.store(0, Ordering::Release);
