@@ -312,8 +312,7 @@ impl crate::classify::Classifier for KiroClassifier {
             Outcome::QuotaExhausted { reset_at } => {
                 let probed = account
                     .field("nextDateReset")
-                    .and_then(|ms| ms.parse::<u64>().ok())
-                    .and_then(|ms| SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+                    .and_then(|field| super::quota_reset_in(&field))
                     .filter(|reset| *reset > SystemTime::now());
                 Outcome::QuotaExhausted {
                     reset_at: probed.or(reset_at),

@@ -73,7 +73,12 @@ use crate::pool::{Pool, Slot};
 pub fn quota_reset_of(
     credential: &dyn crate::credential::Credential,
 ) -> Option<std::time::SystemTime> {
-    let ms: u64 = credential.field("nextDateReset")?.parse().ok()?;
+    quota_reset_in(credential.field("nextDateReset")?.as_str())
+}
+
+/// The `nextDateReset` credential field (epoch milliseconds) as a time.
+pub(crate) fn quota_reset_in(field: &str) -> Option<std::time::SystemTime> {
+    let ms: u64 = field.parse().ok()?;
     std::time::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
 
