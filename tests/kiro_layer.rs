@@ -28,6 +28,18 @@ fn kiro_account(mock: &KiroMock, name: &str) -> Account {
     Account::new(name, credential)
 }
 
+/// A Kiro mock and a pool of `alice` and `bob`, asked in that order (fill-first).
+async fn alice_then_bob() -> (KiroMock, Pool) {
+    let mock = KiroMock::start().await;
+    let pool = Pool::builder()
+        .account(kiro_account(&mock, "alice"))
+        .account(kiro_account(&mock, "bob"))
+        .strategy(Strategy::FillFirst)
+        .build()
+        .unwrap();
+    (mock, pool)
+}
+
 async fn send(mock: &KiroMock, pool: &Pool) -> (http::StatusCode, SelectedAccount, Vec<String>) {
     let client: Client<_, ReplayBody<Full<Bytes>>> =
         Client::builder(TokioExecutor::new()).build_http();
@@ -59,13 +71,7 @@ async fn send(mock: &KiroMock, pool: &Pool) -> (http::StatusCode, SelectedAccoun
 
 #[tokio::test]
 async fn an_exception_frame_at_the_start_of_a_stream_fails_over() {
-    let mock = KiroMock::start().await;
-    let pool = Pool::builder()
-        .account(kiro_account(&mock, "alice"))
-        .account(kiro_account(&mock, "bob"))
-        .strategy(Strategy::FillFirst)
-        .build()
-        .unwrap();
+    let (mock, pool) = alice_then_bob().await;
     mock.script(
         "alice",
         [Reply::ExceptionFrame {
@@ -92,13 +98,7 @@ async fn an_exception_frame_at_the_start_of_a_stream_fails_over() {
 
 #[tokio::test]
 async fn an_invalid_token_is_refreshed_and_resent_on_the_same_account() {
-    let mock = KiroMock::start().await;
-    let pool = Pool::builder()
-        .account(kiro_account(&mock, "alice"))
-        .account(kiro_account(&mock, "bob"))
-        .strategy(Strategy::FillFirst)
-        .build()
-        .unwrap();
+    let (mock, pool) = alice_then_bob().await;
     // The mock no longer takes alice's token: the first answer is 403 invalid token.
     mock.revoke_access_token("at-alice");
     mock.script("alice", [Reply::success(&["after refresh"])]);
@@ -120,13 +120,7 @@ async fn an_invalid_token_is_refreshed_and_resent_on_the_same_account() {
 #[tokio::test]
 async fn a_quota_exhausted_account_waits_for_its_probed_reset_not_the_month_end() {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
-    let mock = KiroMock::start().await;
-    let pool = Pool::builder()
-        .account(kiro_account(&mock, "alice"))
-        .account(kiro_account(&mock, "bob"))
-        .strategy(Strategy::FillFirst)
-        .build()
-        .unwrap();
+    let (mock, pool) = alice_then_bob().await;
     // The usage probe says alice's quota resets in ten days (not at the month's end), with
     // requests left for now.
     let reset_secs = SystemTime::now()

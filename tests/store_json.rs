@@ -1,15 +1,16 @@
 //! The JSON pool-file store: crash safety, the older format, settings merged, one writer.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::pool;
 
 use serde_json::{json, Value};
-use tower_account_pool::credential::NoCredential;
 use tower_account_pool::store::{AccountWrite, JsonFileStore, Store, StoreHandle, WriterConfig};
 use tower_account_pool::{
-    Account, AccountId, Counters, HealthState, Outcome, PersistedState, Pool, RateLimitScope,
-    SelectRequest,
+    AccountId, Counters, HealthState, Outcome, PersistedState, Pool, RateLimitScope, SelectRequest,
 };
 
 const CHILD_ENV: &str = "TAP_JSON_CRASH_CHILD_FILE";
@@ -172,13 +173,6 @@ fn json_file_survives_sigkill_while_writing() {
         assert_eq!(mode, 0o600);
     }
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn pool(ids: &[&str]) -> Pool {
-    Pool::builder()
-        .accounts(ids.iter().map(|id| Account::new(*id, NoCredential)))
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -2,18 +2,18 @@
 //! Needs a Redis server at `REDIS_URL` (e.g. `redis://127.0.0.1:6379`); skipped when unset.
 #![cfg(feature = "redis")]
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::{pool, rate_limited_for};
 
 use redis::AsyncCommands;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tower_account_pool::credential::NoCredential;
 use tower_account_pool::store::{RedisConfig, RedisStore, StoreHandle};
-use tower_account_pool::{
-    Account, HealthState, Outcome, Pool, RateLimitScope, SelectRequest, Strategy,
-};
+use tower_account_pool::{HealthState, Outcome, Pool, SelectRequest};
 
 fn redis_url() -> Option<String> {
     match std::env::var("REDIS_URL") {
@@ -31,21 +31,6 @@ fn unique_prefix(test: &str) -> String {
         std::process::id(),
         fastrand::u64(..)
     )
-}
-
-fn pool(ids: &[&str]) -> Pool {
-    Pool::builder()
-        .accounts(ids.iter().map(|id| Account::new(*id, NoCredential)))
-        .strategy(Strategy::RoundRobin)
-        .build()
-        .unwrap()
-}
-
-fn rate_limited_for(secs: u64) -> Outcome {
-    Outcome::RateLimited {
-        retry_after: Some(Duration::from_secs(secs)),
-        scope: RateLimitScope::Account,
-    }
 }
 
 async fn connect(url: &str) -> redis::aio::MultiplexedConnection {

@@ -1,16 +1,17 @@
 //! The SQLite store against the older gateway's schemas v1 and v2, across processes.
 #![cfg(feature = "sqlite")]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{pool, rate_limited_for};
 
 use rusqlite::Connection;
 use tower_account_pool::credential::NoCredential;
 use tower_account_pool::store::{SchemaVersion, SqliteStore, StoreHandle, WriterConfig};
-use tower_account_pool::{
-    Account, AccountId, HealthState, Outcome, Pool, RateLimitScope, SelectRequest, Strategy,
-};
+use tower_account_pool::{Account, AccountId, HealthState, Outcome, Pool, SelectRequest};
 
 const CHILD_ENV: &str = "TAP_SQLITE_CHILD";
 
@@ -118,21 +119,6 @@ fn user_version(path: &Path) -> i64 {
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap()
-}
-
-fn pool(ids: &[&str]) -> Pool {
-    Pool::builder()
-        .accounts(ids.iter().map(|id| Account::new(*id, NoCredential)))
-        .strategy(Strategy::RoundRobin)
-        .build()
-        .unwrap()
-}
-
-fn rate_limited_for(secs: u64) -> Outcome {
-    Outcome::RateLimited {
-        retry_after: Some(Duration::from_secs(secs)),
-        scope: RateLimitScope::Account,
-    }
 }
 
 /// Restores from the older rows, then selects and reports through the pool.

@@ -78,3 +78,19 @@ pub fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
     let result = tracing::subscriber::with_default(logs.subscriber(tracing::Level::INFO), f);
     (result, logs.text())
 }
+
+/// A round-robin pool of accounts with these ids and no credential.
+pub fn pool(ids: &[&str]) -> Pool {
+    Pool::builder()
+        .accounts(ids.iter().map(|id| Account::new(*id, NoCredential)))
+        .build()
+        .unwrap()
+}
+
+/// An account-wide rate limit of `secs` seconds.
+pub fn rate_limited_for(secs: u64) -> tower_account_pool::Outcome {
+    tower_account_pool::Outcome::RateLimited {
+        retry_after: Some(std::time::Duration::from_secs(secs)),
+        scope: tower_account_pool::RateLimitScope::Account,
+    }
+}
