@@ -154,6 +154,11 @@ impl AccountSettings {
             None => true,
         }
     }
+
+    /// Whether these settings restrict models at all (else every model passes).
+    pub(crate) fn restricts_models(&self) -> bool {
+        self.models.is_some() || !self.not_supported_models.is_empty()
+    }
 }
 
 /// One upstream account: an id, a credential and its settings.

@@ -219,17 +219,11 @@ impl LazyNow<'_> {
 ///
 /// Selection checks an account through the roster's copy of its [`Gate`]; the slot is read for
 /// the account picked, whose lease holds it. What a lease reads comes first (`repr(C)` keeps
-/// the order), next to the reference count the lease bumps: one cache line.
+/// the order), next to the reference count the lease bumps.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Slot {
     pub(crate) runtime: Arc<Runtime>,
-    /// `settings.enabled`.
-    pub(crate) enabled: bool,
-    /// Whether the settings restrict models at all (else no model check is needed).
-    pub(crate) model_rules: bool,
-    /// `settings.max_in_flight`.
-    pub(crate) max_in_flight: Option<u32>,
     pub(crate) id: AccountId,
     pub(crate) credential: SharedCredential,
     pub(crate) settings: AccountSettings,
@@ -261,9 +255,9 @@ impl Gate {
     fn of(slot: &Slot) -> Gate {
         Gate {
             runtime: slot.runtime.clone(),
-            max_in_flight: slot.max_in_flight.unwrap_or(u32::MAX),
-            enabled: slot.enabled,
-            model_rules: slot.model_rules,
+            max_in_flight: slot.settings.max_in_flight.unwrap_or(u32::MAX),
+            enabled: slot.settings.enabled,
+            model_rules: slot.settings.restricts_models(),
         }
     }
 }
@@ -629,9 +623,6 @@ impl Slot {
     ) -> Arc<Slot> {
         Arc::new(Slot {
             runtime,
-            enabled: settings.enabled,
-            model_rules: settings.models.is_some() || !settings.not_supported_models.is_empty(),
-            max_in_flight: settings.max_in_flight,
             id,
             credential,
             settings,
@@ -1219,8 +1210,8 @@ impl Shared {
         now: &LazyNow<'_>,
     ) -> Result<bool, (Unavailable, u64)> {
         Self::gate_verdict(
-            slot.enabled,
-            slot.model_rules,
+            slot.settings.enabled,
+            slot.settings.restricts_models(),
             &slot.runtime,
             slot,
             model,
