@@ -244,7 +244,7 @@ async fn instant_upstream() -> Result<SocketAddr, BoxError> {
 }
 
 #[cfg(all(feature = "kiro", feature = "admin"))]
-/// The floor of any proxy on this stack: the gateway's server (`axum::serve`) and inner client
+/// The floor of any proxy on this stack: the gateway's server (`proxy::serve`) and inner client
 /// (hyper-util's), forwarding each request as it comes, with no pool, no layer, no body check.
 /// What the gateway costs beyond this is the pool's and the gateway's own work.
 async fn bare_proxy(upstream: SocketAddr) -> Result<SocketAddr, BoxError> {
@@ -271,8 +271,10 @@ async fn bare_proxy(upstream: SocketAddr) -> Result<SocketAddr, BoxError> {
             }
         }
     });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _stop = stop; // never sent: serves until the process ends
+        let _ = proxy::serve(listener, app, proxy::ServerLimits::default(), stopped).await;
     });
     Ok(addr)
 }

@@ -150,10 +150,12 @@ async fn shutdown_lets_a_request_in_flight_finish_and_then_refuses_connections()
         );
     }
     let addr = demo.gateway.addr();
+    let key = demo.client_key.clone();
     let in_flight = tokio::spawn(async move {
         let response = reqwest::Client::new()
             .post(format!("http://{addr}/generateAssistantResponse"))
             .header("content-type", "application/json")
+            .header("x-api-key", key)
             .body(r#"{"model":"claude-sonnet-4-5","conversationState":{}}"#)
             .send()
             .await

@@ -407,11 +407,12 @@ fn pool_static(ids: &[&str]) -> Pool {
 async fn forbidden_suspended_and_quota_fail_over_with_the_right_state() {
     let pool = pool(&["a", "b", "c"]);
     let upstream = Upstream::new();
+    // A suspension is read from the error's code (its text may echo a client's request).
     upstream.script(
         "tok-a",
         [Reply::json(
             403,
-            r#"{"message":"Your account is temporarily suspended."}"#,
+            r#"{"error":{"type":"permission_error","code":"account_suspended","message":"Your account is temporarily suspended."}}"#,
         )],
     );
     upstream.script("tok-b", [Reply::json(429, r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#)]);

@@ -45,6 +45,8 @@ pub struct Demo {
     store: StoreHandle,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pub admin_token: String,
+    /// The client key the demo generated: clients send it as `x-api-key`.
+    pub client_key: String,
     pub db_path: PathBuf,
     // Last: removed after everything that writes into it is gone.
     dir: tempfile::TempDir,
@@ -154,6 +156,8 @@ pub async fn start(listen: SocketAddr, admin_token: Option<String>) -> Result<De
     let admin_token = admin_token.unwrap_or_else(|| format!("{:032x}", fastrand::u128(..)));
     let mut options = ProxyOptions::new(mock.url());
     options.admin = Some(AdminConfig::new(&admin_token)?);
+    let (client_keys, client_key) = proxy::ClientKeys::generate();
+    options.client_keys = Some(client_keys);
     // Three accounts fail every request until they cool down; with a fourth attempt (each on
     // a different account) every client request reaches a working one, whatever the order.
     let layer = AccountPoolLayer::new(pool.clone())
@@ -168,6 +172,7 @@ pub async fn start(listen: SocketAddr, admin_token: Option<String>) -> Result<De
         store,
         tasks,
         admin_token,
+        client_key,
         db_path,
         dir,
     })
@@ -188,11 +193,13 @@ impl Demo {
     ) -> ClientTally {
         let client = reqwest::Client::new();
         let url = format!("http://{}/generateAssistantResponse", self.gateway.addr());
+        let key = self.client_key.clone();
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let started = Instant::now();
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..concurrency.max(1) {
             let (client, url, next) = (client.clone(), url.clone(), next.clone());
+            let key = key.clone();
             workers.spawn(async move {
                 let mut tally = ClientTally::default();
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
@@ -204,6 +211,7 @@ impl Demo {
                     match client
                         .post(&url)
                         .header("content-type", "application/json")
+                        .header("x-api-key", &key)
                         .body(body.to_string())
                         .send()
                         .await

@@ -9,7 +9,7 @@
 //! cargo run --example gateway --features kiro,test-util,sqlite,admin -- --demo-serve
 //!
 //! # The real thing: Kiro token files in the pool file, the Kiro endpoint as upstream.
-//! GATEWAY_ADMIN_TOKEN=$(openssl rand -hex 24) \
+//! GATEWAY_API_KEY=$(openssl rand -hex 24) GATEWAY_ADMIN_TOKEN=$(openssl rand -hex 24) \
 //! cargo run --release --example gateway --features kiro,test-util,sqlite,admin -- \
 //!     --pool configs/account_pool.json \
 //!     --upstream https://codewhisperer.us-east-1.amazonaws.com \
@@ -30,14 +30,17 @@ use tower_account_pool::kiro::{self, KiroClassifier, KiroOptions, KiroResolver};
 use tower_account_pool::store::{JsonFileStore, SqliteStore, StoreHandle};
 use tower_account_pool::{AccountPoolLayer, Pool};
 
-use proxy::{BoxError, Gateway, ProxyOptions};
+use proxy::{BoxError, ClientKeys, Gateway, ProxyOptions, RequestGate, CLIENT_KEYS_VAR};
 
 const USAGE: &str = "usage:
   gateway [--demo-serve] [--listen ADDR]
       the demo: an in-process Kiro mock, a burst of traffic, a table; --demo-serve keeps serving
   gateway --pool PATH --upstream URL [--store json|sqlite:PATH|redis:URL] [--listen ADDR]
-          [--body-cap BYTES]
+          [--body-cap BYTES] [--methods GET,POST,HEAD] [--header-timeout SECS]
+          [--max-connections N] [--allow-anonymous]
       proxy every request to URL through the accounts of the pool file PATH
+      clients must send a key of GATEWAY_API_KEY (comma-separated keys) as x-api-key or
+      Authorization: Bearer; without it the gateway refuses to start unless --allow-anonymous
       (admin API under /admin when GATEWAY_ADMIN_TOKEN holds a token of 16+ characters)";
 
 /// The environment variable holding the admin token.
@@ -50,6 +53,10 @@ struct Args {
     store: Option<String>,
     listen: Option<SocketAddr>,
     body_cap: Option<usize>,
+    methods: Option<RequestGate>,
+    header_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    allow_anonymous: bool,
     demo_serve: bool,
 }
 
@@ -74,6 +81,29 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                         .map_err(|_| format!("--body-cap: `{text}` is not a number of bytes"))?,
                 );
             }
+            "--methods" => {
+                let text = value("--methods")?;
+                parsed.methods =
+                    Some(RequestGate::parse(&text).map_err(|e| format!("--methods: {e}"))?);
+            }
+            "--header-timeout" => {
+                let text = value("--header-timeout")?;
+                let seconds = text
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+                    .ok_or(format!(
+                        "--header-timeout: `{text}` is not a number of seconds in (0, 3600]"
+                    ))?;
+                parsed.header_timeout = Some(Duration::from_secs_f64(seconds));
+            }
+            "--max-connections" => {
+                let text = value("--max-connections")?;
+                parsed.max_connections = Some(text.parse().ok().filter(|n| *n > 0).ok_or(
+                    format!("--max-connections: `{text}` is not a positive number"),
+                )?);
+            }
+            "--allow-anonymous" => parsed.allow_anonymous = true,
             "--demo-serve" => parsed.demo_serve = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
@@ -127,9 +157,10 @@ async fn run_demo(args: Args) -> Result<(), BoxError> {
     );
     print!("{}", demo::legend());
     println!(
-        "\nDashboard: {}  (admin token: {})\nSending traffic…\n",
+        "\nDashboard: {}  (admin token: {})\nClient key: {}  (send it as x-api-key or Authorization: Bearer)\nSending traffic…\n",
         demo.dashboard_url(),
-        demo.admin_token
+        demo.admin_token,
+        demo.client_key
     );
     let tally = demo.traffic(140, 6, Duration::from_millis(60)).await;
     print!("{}", demo::render(&demo.rows(), &tally));
@@ -157,6 +188,7 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     let listen = args
         .listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let client_keys = client_keys(args.allow_anonymous)?;
     let file = PoolFile::load(&pool_path)?;
     let pool = file.build_with(Pool::builder(), &KiroResolver::new(KiroOptions::default()))?;
     let store = match args.store.as_deref() {
@@ -189,8 +221,18 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         Vec::new()
     };
     let mut options = ProxyOptions::new(upstream.clone());
+    options.client_keys = client_keys;
     if let Some(cap) = args.body_cap {
         options.body_cap = cap;
+    }
+    if let Some(gate) = args.methods {
+        options.gate = gate;
+    }
+    if let Some(timeout) = args.header_timeout {
+        options.header_read_timeout = timeout;
+    }
+    if let Some(max) = args.max_connections {
+        options.max_connections = max;
     }
     match std::env::var(ADMIN_TOKEN_VAR) {
         Ok(_) => options.admin = Some(AdminConfig::from_env(ADMIN_TOKEN_VAR)?),
@@ -220,6 +262,25 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         store.shutdown().await?;
     }
     Ok(())
+}
+
+/// The client keys from `GATEWAY_API_KEY`; without it, `None` only with `--allow-anonymous`.
+fn client_keys(allow_anonymous: bool) -> Result<Option<ClientKeys>, BoxError> {
+    match std::env::var(CLIENT_KEYS_VAR) {
+        Ok(text) => Ok(Some(ClientKeys::parse(&text)?)),
+        Err(_) if allow_anonymous => {
+            eprintln!(
+                "warning: {CLIENT_KEYS_VAR} is not set and --allow-anonymous was given: anyone \
+                 who can reach this gateway can spend the pool's accounts"
+            );
+            Ok(None)
+        }
+        Err(_) => Err(format!(
+            "{CLIENT_KEYS_VAR} is not set: clients must authenticate (set it to one or more \
+             keys, comma-separated), or pass --allow-anonymous to serve without client keys"
+        )
+        .into()),
+    }
 }
 
 #[cfg(feature = "redis")]

@@ -1,5 +1,5 @@
 //! The gateway's HTTP side: a reverse proxy through `AccountPoolLayer`, the admin router under
-//! `/admin`, request-body limits, and graceful shutdown.
+//! `/admin`, client keys, request gating, body limits, server timeouts, and graceful shutdown.
 //!
 //! Shared by `examples/gateway` (its `main`), `examples/loadgen` and the gateway tests, so not
 //! every item is used by every one of them.
@@ -12,18 +12,33 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
-use http::{StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
-use hyper_util::rt::TokioExecutor;
+use http::header::{self, HeaderName};
+use http::StatusCode;
+use http_body_util::{BodyExt, Either, Full, LengthLimitError};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tower::{Layer, Service, ServiceExt};
 use tower_account_pool::admin::{self, AdminConfig};
 use tower_account_pool::layer::{
     AccountPoolLayer, AccountPoolService, ReplayBody, SelectedAccount,
 };
 use tower_account_pool::{kiro, Pool};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use tower_http::validate_request::ValidateRequestHeaderLayer;
+
+#[path = "guard.rs"]
+pub mod guard;
+
+use guard::check_json;
+#[allow(unused_imports)]
+pub use guard::{error_response, ClientKeys, RequestGate, UpstreamBase, CLIENT_KEYS_VAR};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -165,15 +180,30 @@ async fn for_account(request: http::Request<ReplayBody<Full<Bytes>>>) -> http::R
 /// How the gateway treats requests.
 #[derive(Clone)]
 pub struct ProxyOptions {
-    /// Base URL every request is forwarded to (its path and query are appended).
+    /// Base URL every request is forwarded to (its path and query are appended); its scheme,
+    /// host and port are the only place account credentials go.
     pub upstream: String,
     /// Largest request body accepted (413 above it).
     pub body_cap: usize,
-    /// Longest time a client may take to send its body (408 after it).
+    /// Longest time a client may take to send its whole body (408 after it).
     pub body_timeout: Duration,
     /// The admin router's configuration; `None` serves no `/admin`.
     pub admin: Option<AdminConfig>,
+    /// The keys clients must present; `None` lets anyone through (`--allow-anonymous`).
+    pub client_keys: Option<ClientKeys>,
+    /// Methods and request-target forms that are forwarded.
+    pub gate: RequestGate,
+    /// Longest time a client may take to send a request head; also how long a kept-alive
+    /// connection may stay idle between requests (hyper bounds both with one timer).
+    pub header_read_timeout: Duration,
+    /// Most connections open at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
 }
+
+/// Default [`ProxyOptions::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`ProxyOptions::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
 impl ProxyOptions {
     pub fn new(upstream: impl Into<String>) -> Self {
@@ -182,13 +212,19 @@ impl ProxyOptions {
             body_cap: 8 * 1024 * 1024,
             body_timeout: Duration::from_secs(30),
             admin: None,
+            client_keys: None,
+            gate: RequestGate::default(),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
 
 struct Proxy {
     service: AccountPoolService<Upstream>,
-    options: ProxyOptions,
+    upstream: UpstreamBase,
+    body_cap: usize,
+    body_timeout: Duration,
 }
 
 /// A running gateway.
@@ -201,8 +237,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Serves `layer` over the upstream on `listener` until [`shutdown`](Self::shutdown) or
-    /// `signal` resolves, whichever comes first.
+    /// Serves `layer` over the upstream on `listener` until [`shutdown`](Self::shutdown).
     pub fn start(
         listener: tokio::net::TcpListener,
         pool: Pool,
@@ -212,23 +247,23 @@ impl Gateway {
         let addr = listener.local_addr()?;
         let proxy = Arc::new(Proxy {
             service: layer.layer(Upstream::new()?),
-            options: options.clone(),
+            upstream: UpstreamBase::parse(&options.upstream)?,
+            body_cap: options.body_cap,
+            body_timeout: options.body_timeout,
         });
         let mut app = axum::Router::new();
         let mut events = None;
-        if let Some(config) = options.admin {
+        if let Some(config) = options.admin.clone() {
             events = Some(config.events_closer());
             app = app.nest("/admin", admin::router(pool, config));
         }
-        let app = app.fallback(move |request: Request| forward(proxy.clone(), request));
+        let app = app.fallback_service(proxy_stack(proxy, &options));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let limits = ServerLimits {
+            header_read_timeout: options.header_read_timeout,
+            max_connections: options.max_connections.max(1),
+        };
+        let task = tokio::spawn(serve(listener, app, limits, stopped));
         Ok(Gateway {
             addr,
             events,
@@ -261,22 +296,152 @@ impl Gateway {
     }
 }
 
-/// A JSON error in the shape the layer uses for its own answers.
-pub fn error_response(status: StatusCode, kind: &str, message: &str) -> Response {
-    let body = serde_json::json!({"type": "error", "error": {"type": kind, "message": message}});
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body.to_string(),
-    )
-        .into_response()
+/// The proxy route as one `ServiceBuilder` stack, outermost first: panics become a 500,
+/// credentials are marked sensitive (never in traces), every request is traced, the method and
+/// request target are checked, then the client's key (from the headers, before any body byte
+/// is read), then the body is capped; [`forward`] reads it, checks it and sends it through the
+/// pool.
+#[allow(clippy::result_large_err)] // tower-http's `ValidateRequest` signature
+fn proxy_stack(
+    proxy: Arc<Proxy>,
+    options: &ProxyOptions,
+) -> impl tower::Service<
+    Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response, std::convert::Infallible>> + Send,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    let gate = options.gate.clone();
+    let keys = options.client_keys.clone();
+    let cap = options.body_cap;
+    tower::ServiceBuilder::new()
+        .map_response(|response: Response<_>| response.map(Body::new))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "the gateway failed on this request",
+            )
+        }))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::PROXY_AUTHORIZATION,
+            header::COOKIE,
+            HeaderName::from_static("x-api-key"),
+        ]))
+        .layer(TraceLayer::new_for_http())
+        .layer(ValidateRequestHeaderLayer::custom(
+            move |request: &mut Request| {
+                gate.check(request.method(), request.uri(), request.version())
+            },
+        ))
+        .layer(ValidateRequestHeaderLayer::custom(
+            move |request: &mut Request| match &keys {
+                Some(keys) => keys.check(request.headers()),
+                None => Ok(()),
+            },
+        ))
+        .map_response(move |response: Response<_>| {
+            // The limit layer's own 413 (a declared length over the cap) in the JSON shape.
+            let from_limit =
+                response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json(response.headers());
+            if from_limit {
+                too_large(cap)
+            } else {
+                response.map(Body::new)
+            }
+        })
+        .layer(RequestBodyLimitLayer::new(cap))
+        .service_fn(move |request| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, std::convert::Infallible>(forward(proxy, request).await) }
+        })
+}
+
+/// Connection limits of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Accepts connections (at most `limits.max_connections` at once) and serves `app` on each
+/// with hyper-util's HTTP/1 + HTTP/2 server, until `stopped`; then waits for the connections'
+/// requests in flight to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: ServerLimits,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let mut builder = ConnectionBuilder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let slot = tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (builder, graceful_watcher, app) = (builder.clone(), graceful.watcher(), app.clone());
+        let first_byte = limits.header_read_timeout;
+        tokio::spawn(async move {
+            // hyper-util's protocol detection (HTTP/1 or HTTP/2) reads the first bytes without
+            // a timer: a client that sends nothing is closed here after the header timeout.
+            let mut probe = [0u8; 1];
+            match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return drop(slot),
+            }
+            let service = TowerToHyperService::new(app);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let _ = graceful_watcher.watch(connection.into_owned()).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Connection-level headers a proxy must not forward (RFC 9110 §7.6.1), plus the client's own
-/// `authorization` (the pool injects the account's) and `host` (the upstream's is set).
+/// credentials (`authorization`, `x-api-key`: the pool injects the account's, and a client key
+/// never leaves the gateway) and `host` (the upstream's is set).
 fn dropped_request_header(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -316,10 +481,14 @@ fn is_json(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.to_ascii_lowercase().contains("json"))
 }
 
-/// Reads a body up to `cap` bytes within `timeout`.
-async fn read_body(body: Body, cap: usize, timeout: Duration) -> Result<Bytes, Response> {
-    let limited = Limited::new(body, cap);
-    match tokio::time::timeout(timeout, limited.collect()).await {
+/// Reads a body (capped by the limit layer) within `timeout` in all: tower-http's body timeout
+/// restarts on every frame, so a client trickling one byte at a time would pass it.
+async fn read_body<B>(body: B, cap: usize, timeout: Duration) -> Result<Bytes, Response>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match tokio::time::timeout(timeout, body.collect()).await {
         Err(_) => Err(error_response(
             StatusCode::REQUEST_TIMEOUT,
             "timeout_error",
@@ -328,12 +497,18 @@ async fn read_body(body: Body, cap: usize, timeout: Duration) -> Result<Bytes, R
                 timeout.as_secs_f64()
             ),
         )),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(cap)),
-        Ok(Err(_)) => Err(error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "the request body could not be read",
-        )),
+        Ok(Err(e)) => {
+            let e: BoxError = e.into();
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                Err(too_large(cap))
+            } else {
+                Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "the request body could not be read",
+                ))
+            }
+        }
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
@@ -346,42 +521,33 @@ fn too_large(cap: usize) -> Response {
     )
 }
 
-/// Forwards one request through the pool.
-async fn forward(proxy: Arc<Proxy>, request: Request) -> Response {
+/// Forwards one request, already past the gate and the client check, through the pool.
+async fn forward<B>(proxy: Arc<Proxy>, request: http::Request<B>) -> Response
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let (parts, body) = request.into_parts();
-    let options = &proxy.options;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > options.body_cap as u64) {
-        return too_large(options.body_cap);
-    }
-    let bytes = match read_body(body, options.body_cap, options.body_timeout).await {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = match proxy.upstream.join(target) {
+        Ok(uri) => uri,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &e.to_string(),
+            )
+        }
+    };
+    let bytes = match read_body(body, proxy.body_cap, proxy.body_timeout).await {
         Ok(bytes) => bytes,
         Err(response) => return response,
     };
     if !bytes.is_empty() && is_json(&parts.headers) {
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                &format!("the request body is not valid JSON: {e}"),
-            );
+        if let Err(message) = check_json(&bytes) {
+            return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", &message);
         }
     }
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = match format!("{}{}", options.upstream, path).parse() {
-        Ok(uri) => uri,
-        Err(_) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "the request path cannot be forwarded",
-            )
-        }
-    };
     let mut upstream = http::Request::new(Full::new(bytes));
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;

@@ -8,11 +8,18 @@
 //! | 403 with a suspension pattern (`temporarily is suspended`, `violation of terms`, `appeal`, …) | `Suspended` |
 //! | 403 with `quota` / `limit exceeded` | `QuotaExhausted` |
 //! | 403 "The bearer token included in the request is invalid", any other 403, 401 | `AuthExpired` (the pool force-refreshes) |
-//! | 400 `ValidationException`, other 4xx | `ClientError` |
-//! | 408, 5xx, a broken event stream | `Transient` |
+//! | 400 `ValidationException`, other 4xx, 405, 501 | `ClientError` |
+//! | 408, other 5xx, a broken event stream | `Transient` |
 //!
 //! The exception type comes from the `x-amzn-errortype` header or the body's `__type`; the
-//! reason from the body's `reason`.
+//! reason from the body's `reason`. Structure decides whether an answer is the account's: a
+//! 400, a `ValidationException` or any other answer about the request stays `ClientError`
+//! whatever its message says (an upstream may echo the client's text there), so client input
+//! never takes an account out. Text is read only to tell account-level outcomes apart once the
+//! status or type already says the answer is the account's: a 403 / `AccessDeniedException`
+//! (Kiro's authorizer answers it before reading the request, with fixed messages, and offers
+//! no structured field for a suspension), and `MONTHLY_REQUEST_COUNT` inside a throttling
+//! answer.
 //!
 //! ```
 //! use http::{HeaderMap, StatusCode};
@@ -175,11 +182,23 @@ fn classify(
         retry_after,
         scope: RateLimitScope::Account,
     };
-    if status == Some(402) || reason == MONTHLY_QUOTA_MARKER || text.contains(MONTHLY_QUOTA_MARKER)
+    let error_type = error_type.unwrap_or_default();
+    // Only an answer that is already the account's may have its text read for the monthly
+    // quota marker; a validation error echoing it stays the client's.
+    let account_level = matches!(status, Some(402 | 403 | 429))
+        || matches!(
+            error_type,
+            "ThrottlingException"
+                | "TooManyRequestsException"
+                | "ServiceQuotaExceededException"
+                | "AccessDeniedException"
+        );
+    if status == Some(402)
+        || reason == MONTHLY_QUOTA_MARKER
+        || (account_level && text.contains(MONTHLY_QUOTA_MARKER))
     {
         return quota(quota_reset);
     }
-    let error_type = error_type.unwrap_or_default();
     match error_type {
         "ThrottlingException" | "TooManyRequestsException" => return rate_limited,
         "ServiceQuotaExceededException" => return quota(quota_reset),
@@ -210,6 +229,8 @@ fn classify(
         Some(429) => rate_limited,
         Some(401) => Outcome::AuthExpired,
         Some(408) => Outcome::Transient,
+        // The request's method or feature, not the account.
+        Some(501) => Outcome::ClientError,
         Some(s) if s >= 500 => Outcome::Transient,
         Some(s) if (400..500).contains(&s) => Outcome::ClientError,
         Some(_) => Outcome::Transient,
@@ -278,6 +299,8 @@ impl crate::classify::Classifier for KiroClassifier {
         use crate::classify::HeadVerdict;
         if status.is_success() {
             HeadVerdict::Peek { bytes: MIN_FRAME }
+        } else if status == StatusCode::NOT_IMPLEMENTED {
+            HeadVerdict::Final(Outcome::ClientError)
         } else if status.is_server_error() {
             HeadVerdict::Final(Outcome::Transient)
         } else {
