@@ -167,7 +167,6 @@ const POOL_FIELDS: &[&str] = &[
     "checkHealth",
     "cachedEmail",
     "cachedUserId",
-    "poolState",
     "unknownField",
 ];
 
@@ -191,18 +190,94 @@ fn pool_value() -> impl Strategy<Value = Value> {
     ]
 }
 
+/// A value of the right type for `field` (which may still be refused: `0` weight, a bad
+/// header name, …).
+fn valid_pool_value(field: &'static str) -> BoxedStrategy<Value> {
+    let small = |v: Vec<&'static str>| {
+        prop::sample::select(v)
+            .prop_map(|s| Value::String(s.to_owned()))
+            .boxed()
+    };
+    match field {
+        "isDisabled" | "isHealthy" | "checkHealth" => any::<bool>().prop_map(Value::Bool).boxed(),
+        "weight" | "priority" | "maxInFlight" | "errorCount" => prop_oneof![
+            0u64..5,
+            Just(u64::from(u32::MAX)),
+            Just(u64::from(u32::MAX) + 1)
+        ]
+        .prop_map(Value::from)
+        .boxed(),
+        "usageCount" => any::<u64>().prop_map(Value::from).boxed(),
+        "lastUsed" | "lastErrorTime" | "lastHealthCheckTime" => prop_oneof![
+            prop_oneof![0u64..4_000_000_000_000, Just(u64::MAX)].prop_map(Value::from),
+            small(vec![
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T00:00:00.123+02:00",
+                "1969-12-31T23:59:59Z",
+                "9999-12-31T23:59:59.999Z",
+                "2026-02-30T00:00:00Z",
+            ]),
+        ]
+        .boxed(),
+        "models" | "notSupportedModels" => prop::collection::vec(text(6), 0..3)
+            .prop_map(|v| Value::Array(v.into_iter().map(Value::String).collect()))
+            .boxed(),
+        "headerName" => small(vec!["x-api-key", "authorization", "bad header", ""]),
+        "baseUrl" => small(vec![
+            "http://127.0.0.1:1",
+            "https://example.com/v1",
+            "",
+            "::",
+        ]),
+        "KIRO_OAUTH_CREDS_BASE64" => small(vec![
+            "eyJyZWZyZXNoVG9rZW4iOiJydCJ9",
+            "eyJyZWZyZXNoVG9rZW4iOiJydCJ9==",
+            "not base64!",
+            "W10=",
+        ]),
+        _ => prop_oneof![text(8), Just("sk-live-0123456789".to_owned())]
+            .prop_map(Value::String)
+            .boxed(),
+    }
+}
+
 fn pool_entry() -> impl Strategy<Value = Value> {
-    prop::collection::vec((prop::sample::select(POOL_FIELDS), pool_value()), 0..8).prop_map(
-        |fields| Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
-    )
+    let field = prop::sample::select(POOL_FIELDS).prop_flat_map(|field| {
+        let value = prop_oneof![4 => valid_pool_value(field), 1 => pool_value()];
+        (Just(field), value)
+    });
+    prop::collection::vec(field, 0..4).prop_map(|fields| {
+        Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    })
 }
 
 /// A pool file in any of its shapes (or none), with entries mixing valid and invalid fields.
 fn pool_document() -> impl Strategy<Value = Value> {
-    let entries = prop::collection::vec(prop_oneof![6 => pool_entry(), 1 => json_value()], 0..5);
+    // Most entries start valid (a unique id and a key) and then get arbitrary fields, so
+    // that many documents parse and the render round trip is exercised.
+    let entry = (
+        prop::bool::weighted(0.9),
+        prop_oneof![9 => pool_entry(), 1 => json_value()],
+    );
+    let entries = prop::collection::vec(entry, 0..4).prop_map(|entries| {
+        entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, (valid_base, extra))| match (valid_base, extra) {
+                (true, Value::Object(fields)) => {
+                    let mut entry = Map::new();
+                    entry.insert("uuid".into(), Value::String(format!("acct-{i}")));
+                    entry.insert("apiKey".into(), Value::String(format!("sk-fuzz-{i}")));
+                    entry.extend(fields);
+                    Value::Object(entry)
+                }
+                (_, other) => other,
+            })
+            .collect::<Vec<_>>()
+    });
     (
         entries,
-        0..5u8,
+        prop_oneof![3 => 0..3u8, 1 => 3..5u8],
         prop::collection::vec((text(6), json_value()), 0..2),
     )
         .prop_map(|(entries, shape, other)| {
@@ -226,6 +301,24 @@ fn pool_document() -> impl Strategy<Value = Value> {
             }
             Value::Object(top)
         })
+}
+
+/// The property below is not vacuous: many generated files parse, with accounts.
+#[test]
+fn generated_pool_files_often_parse() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let parsed = (0..500)
+        .filter(|_| {
+            let doc = pool_document().new_tree(&mut runner).unwrap().current();
+            parse_pool(doc.to_string().as_bytes()).is_ok_and(|f| !f.entries().is_empty())
+        })
+        .count();
+    assert!(
+        parsed > 50,
+        "only {parsed} of 500 generated pool files parse with accounts"
+    );
 }
 
 fn parse_pool(bytes: &[u8]) -> Result<PoolFile, String> {
