@@ -357,6 +357,18 @@ async fn any_frame_can_be_scripted() {
     );
     let frames = chat(&mock, &body(vec![], user("?"))).await.frames();
     assert_eq!(frames[1], followup);
+
+    // A frame that cannot be encoded drops the connection.
+    let oversized =
+        Message::new(Vec::new()).with_header(":big", HeaderValue::String("x".repeat(70_000)));
+    mock.script("acct", [Reply::events([Event::Frame(oversized)])]);
+    let failed = reqwest::Client::new()
+        .post(format!("{}/generateAssistantResponse", mock.url()))
+        .bearer_auth("at-acct")
+        .body(body(vec![], user("?")).to_string())
+        .send()
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
 }
 
 // ===== recorded bodies =====
@@ -593,7 +605,7 @@ async fn history_must_alternate_and_end_with_the_assistant() {
         ),
         (
             vec![u.clone(), json!({})],
-            "conversationState.history[1] must hold a assistantResponseMessage after a user message",
+            "conversationState.history[1] must hold `assistantResponseMessage` after a user message",
         ),
     ];
     for (history, expected) in cases {

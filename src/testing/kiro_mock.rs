@@ -271,7 +271,8 @@ pub enum Event {
         /// The message.
         message: String,
     },
-    /// Any frame, as given.
+    /// Any frame, as given. One that cannot be encoded (a header value over 65,535 bytes, a
+    /// frame over 16 MiB) is a mistake in the test: the mock drops the connection.
     Frame(Message),
 }
 
@@ -343,9 +344,9 @@ impl Event {
         }
     }
 
-    /// The encoded frames.
-    fn frames(&self) -> Vec<Bytes> {
-        match self {
+    /// The encoded frames; `None` for a scripted [`Event::Frame`] that cannot be encoded.
+    fn frames(&self) -> Option<Vec<Bytes>> {
+        Some(match self {
             Event::Text(text) => vec![event("assistantResponseEvent", json!({ "content": text }))],
             Event::Thinking { text, frame_chars } => {
                 let whole: Vec<char> = format!("<thinking>{text}</thinking>\n\n").chars().collect();
@@ -391,10 +392,11 @@ impl Event {
                     .encode()
                     .expect("mock frames encode"),
             )],
-            Event::Frame(message) => vec![Bytes::from(
-                message.encode().expect("a scripted frame that encodes"),
-            )],
-        }
+            Event::Frame(message) => match message.encode() {
+                Ok(bytes) => vec![Bytes::from(bytes)],
+                Err(_) => return None,
+            },
+        })
     }
 }
 
@@ -855,8 +857,14 @@ async fn render(reply: Reply, abort: &Notify) -> MockResponse {
         }
         Reply::ResetMidStream { after } => respond(200, stream, &[], text_events(&after), true),
         Reply::Events { events } => {
-            let frames = events.iter().flat_map(Event::frames).collect();
-            respond(200, stream, &[], frames, false)
+            let frames: Option<Vec<Vec<Bytes>>> = events.iter().map(Event::frames).collect();
+            match frames {
+                Some(frames) => respond(200, stream, &[], frames.concat(), false),
+                None => {
+                    abort.notify_one();
+                    std::future::pending().await
+                }
+            }
         }
         Reply::Raw {
             status,

@@ -50,7 +50,7 @@ pub const DEFAULT_MAX_INPUT_CHARS: usize = 715_000;
 /// | every tool used in history is declared in `currentMessage` `tools` (case-insensitive) | 400 `Improperly formed request.` |
 /// | tools are `toolSpecification`s: a name of 1 to [`MAX_TOOL_NAME_LEN`] characters, a description, `inputSchema.json` an object whose `type` is a non-empty string, `properties` an object and `required` an array of strings | 400 `Improperly formed request.` |
 /// | the text of all turns and tool results is at most [`Validation::max_input_chars`] characters | 400 `Input is too long.` (`CONTENT_LENGTH_EXCEEDS_THRESHOLD`) |
-/// | with a model table: `modelId` is in it | 400 `Invalid model ID. Please select a different model to continue.` (`INVALID_MODEL_ID`) |
+/// | `modelId`, where given, is not empty and, with a model table, is in it | 400 `Invalid model ID. Please select a different model to continue.` (`INVALID_MODEL_ID`) |
 ///
 /// Unknown fields are accepted (nothing says Kiro refuses them). The refused request is recorded
 /// with the mock's explanation in [`RecordedRequest::rejection`](super::RecordedRequest::rejection),
@@ -287,7 +287,7 @@ impl<'a> Checker<'a> {
                             if user_turn { "assistant" } else { "user" }
                         )
                     } else {
-                        format!("{path} must hold a {key} after a {previous} message")
+                        format!("{path} must hold `{key}` after a {previous} message")
                     }));
                 }
                 let message_path = format!("{path}.{key}");
