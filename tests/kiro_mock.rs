@@ -582,6 +582,143 @@ async fn wrong_types_are_refused() {
 }
 
 #[tokio::test]
+async fn every_shape_rule_names_its_field() {
+    let mock = mock().await;
+    let cur = "conversationState.currentMessage.userInputMessage";
+    let ctx = format!("{cur}.userInputMessageContext");
+    let with_context = |context: Value| {
+        body(
+            vec![],
+            json!({"content": "Hi", "userInputMessageContext": context}),
+        )
+    };
+    let pair = |assistant: Value| {
+        body(
+            vec![json!({"userInputMessage": user("Hi")}), assistant],
+            user("Next"),
+        )
+    };
+    let cases = [
+        (
+            json!({"conversationState": {"currentMessage": []}}),
+            "conversationState.currentMessage must be an object".to_owned(),
+        ),
+        (
+            json!({"conversationState": {"currentMessage": {"userInputMessage": "Hi"}}}),
+            format!("{cur} must be an object"),
+        ),
+        (
+            json!({"conversationState": {"history": ["Hi"], "currentMessage": {"userInputMessage": user("Hi")}}}),
+            "conversationState.history[0] must be an object".to_owned(),
+        ),
+        (
+            json!({"conversationState": {"conversationId": 1, "currentMessage": {"userInputMessage": user("Hi")}}}),
+            "conversationState.conversationId must be a string".to_owned(),
+        ),
+        (
+            body(vec![], json!({"content": "Hi", "origin": false})),
+            format!("{cur}.origin must be a string"),
+        ),
+        (
+            body(vec![], json!({"content": "Hi", "images": {}})),
+            format!("{cur}.images must be an array"),
+        ),
+        (
+            body(vec![], json!({"content": "Hi", "images": ["png"]})),
+            format!("{cur}.images[0] must be an object"),
+        ),
+        (
+            body(
+                vec![],
+                json!({"content": "Hi", "images": [{"source": {"bytes": "AA=="}}]}),
+            ),
+            format!("{cur}.images[0].format is missing"),
+        ),
+        (
+            body(
+                vec![],
+                json!({"content": "Hi", "images": [{"format": "png", "source": "AA=="}]}),
+            ),
+            format!("{cur}.images[0].source must be an object"),
+        ),
+        (
+            body(
+                vec![],
+                json!({"content": "Hi", "userInputMessageContext": []}),
+            ),
+            format!("{ctx} must be an object"),
+        ),
+        (
+            with_context(json!({"toolResults": {}})),
+            format!("{ctx}.toolResults must be an array"),
+        ),
+        (
+            with_context(json!({"toolResults": [1]})),
+            format!("{ctx}.toolResults[0] must be an object"),
+        ),
+        (
+            with_context(json!({"toolResults": [{"content": []}]})),
+            format!("{ctx}.toolResults[0].toolUseId is missing"),
+        ),
+        (
+            with_context(json!({"toolResults": [{"toolUseId": "", "content": []}]})),
+            format!("{ctx}.toolResults[0].toolUseId is empty"),
+        ),
+        (
+            with_context(json!({"toolResults": [{"toolUseId": "t"}]})),
+            format!("{ctx}.toolResults[0].content is missing"),
+        ),
+        (
+            with_context(json!({"toolResults": [{"toolUseId": "t", "content": ["x"]}]})),
+            format!("{ctx}.toolResults[0].content[0] must be an object"),
+        ),
+        (
+            with_context(json!({"toolResults": [{"toolUseId": "t", "content": [{"text": 5}]}]})),
+            format!("{ctx}.toolResults[0].content[0].text must be a string"),
+        ),
+        (
+            with_context(json!({"tools": {}})),
+            format!("{ctx}.tools must be an array"),
+        ),
+        (
+            with_context(json!({"tools": ["get_weather"]})),
+            format!("{ctx}.tools[0] must be an object"),
+        ),
+        (
+            pair(json!({"assistantResponseMessage": "Hello"})),
+            "conversationState.history[1].assistantResponseMessage must be an object".to_owned(),
+        ),
+        (
+            pair(json!({"assistantResponseMessage": {}})),
+            "conversationState.history[1].assistantResponseMessage.content is missing".to_owned(),
+        ),
+        (
+            pair(json!({"assistantResponseMessage": {"content": "Hello", "toolUses": {}}})),
+            "conversationState.history[1].assistantResponseMessage.toolUses must be an array"
+                .to_owned(),
+        ),
+        (
+            body(
+                vec![
+                    json!({"userInputMessage": {"modelId": "claude-sonnet-4.5"}}),
+                    json!({"assistantResponseMessage": {"content": "Hello"}}),
+                ],
+                user("Next"),
+            ),
+            "conversationState.history[0].userInputMessage.content is missing".to_owned(),
+        ),
+    ];
+    for (b, expected) in cases {
+        assert_eq!(improper(&mock, &b).await, expected, "{b}");
+    }
+    // A tool result may carry JSON instead of text.
+    let mut b = round_trip();
+    b["conversationState"]["currentMessage"]["userInputMessage"]["userInputMessageContext"]
+        ["toolResults"][0]["content"] = json!([{"json": {"temperature": 18}}]);
+    assert_eq!(chat(&mock, &b).await.status, 200);
+}
+
+#[tokio::test]
 async fn history_must_alternate_and_end_with_the_assistant() {
     let mock = mock().await;
     let u = json!({"userInputMessage": user("Hi")});
