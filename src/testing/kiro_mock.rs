@@ -76,6 +76,30 @@ use super::kiro_validation::{self, Rejection, Validation};
 use crate::kiro::eventstream::Message;
 
 /// One scripted chat answer.
+///
+/// Failures are variants; successful streams are [`Reply::success`] (text) or a list of
+/// [`Event`]s, built directly with [`Reply::events`] or with the shortcuts:
+///
+/// ```
+/// use tower_account_pool::testing::{Event, Reply};
+///
+/// // A tool call whose input JSON arrives in two frames, closed like a real reply.
+/// let tool = Reply::tool_use("get_weather", "tooluse_1", [r#"{"city":"#, r#""Paris"}"#]);
+/// assert_eq!(tool, Reply::events([
+///     Event::tool_use("get_weather", "tooluse_1", [r#"{"city":"#, r#""Paris"}"#]),
+///     Event::metering(0.01),
+///     Event::context_usage(1.2),
+/// ]));
+///
+/// // Thinking, then the answer.
+/// let thought = Reply::thinking("Short question.", "Yes.");
+///
+/// // Text, then a tool call; then an exception frame once the content has started.
+/// let broken = Reply::success(&["Let me check."])
+///     .then(Event::tool_use("get_weather", "tooluse_2", ["{}"]))
+///     .then(Event::exception("InternalServerException", "Encountered an unexpected error"));
+/// # let _ = (thought, broken);
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Reply {

@@ -571,3 +571,71 @@ fn pair_tools(turns: &[Turn<'_>]) -> Checked<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn valid() -> Value {
+        json!({"conversationState": {
+            "history": [
+                {"userInputMessage": {"content": "Weather?", "modelId": "claude-sonnet-4.5"}},
+                {"assistantResponseMessage": {"content": "Let me look.", "toolUses": [
+                    {"toolUseId": "t1", "name": "get_weather", "input": {"city": "Paris"}}]}}],
+            "currentMessage": {"userInputMessage": {"content": "", "userInputMessageContext": {
+                "toolResults": [{"toolUseId": "t1", "status": "success", "content": [{"text": "18"}]}],
+                "tools": [{"toolSpecification": {"name": "get_weather", "description": "d",
+                    "inputSchema": {"json": {"type": "object", "required": ["city"]}}}}]}}}}})
+    }
+
+    /// Every JSON pointer into `value`.
+    fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    pointers(v, format!("{at}/{k}"), out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    pointers(v, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+        out.push(at);
+    }
+
+    #[test]
+    fn the_example_body_is_valid() {
+        let body = valid().to_string();
+        assert_eq!(check(body.as_bytes(), &Validation::strict()), Ok(valid()));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// The check never panics on a valid body with any one part replaced, and it only
+        /// accepts the replacement when it keeps the body's shape.
+        #[test]
+        fn any_damaged_body_gets_an_answer(which in any::<prop::sample::Index>(), replacement in prop_oneof![
+            Just(Value::Null), Just(json!("")), Just(json!(1)), Just(json!([])), Just(json!({})),
+            Just(json!([{"x": 1}])), Just(json!("x"))]) {
+            let mut body = valid();
+            let mut all = Vec::new();
+            pointers(&body, String::new(), &mut all);
+            let at = &all[which.index(all.len())];
+            if at.is_empty() {
+                body = replacement;
+            } else {
+                *body.pointer_mut(at).unwrap() = replacement;
+            }
+            if let Err(rejection) = check(body.to_string().as_bytes(), &Validation::strict()) {
+                prop_assert!(!rejection.detail.is_empty());
+                prop_assert!([400, 422].contains(&rejection.status));
+            }
+        }
+    }
+}
