@@ -156,7 +156,9 @@ async fn shutdown_lets_a_request_in_flight_finish_and_then_refuses_connections()
             .post(format!("http://{addr}/generateAssistantResponse"))
             .header("content-type", "application/json")
             .header("x-api-key", key)
-            .body(r#"{"model":"claude-sonnet-4-5","conversationState":{}}"#)
+            .body(
+                r#"{"model":"claude-sonnet-4-5","conversationState":{"currentMessage":{"userInputMessage":{"content":"Hello","modelId":"claude-sonnet-4.5"}}}}"#,
+            )
             .send()
             .await
             .expect("a response");

@@ -14,6 +14,9 @@ use tower_account_pool::kiro::{
 use tower_account_pool::testing::{KiroMock, RefreshRule, Reply};
 use tower_account_pool::{Account, HealthState, Outcome, Pool, RateLimitScope, SelectRequest};
 
+/// A chat body the mock's strict validation accepts.
+const CHAT_BODY: &str = r#"{"conversationState":{"chatTriggerType":"MANUAL","currentMessage":{"userInputMessage":{"content":"Hello","modelId":"claude-sonnet-4.5","origin":"AI_EDITOR"}}}}"#;
+
 struct Answer {
     status: StatusCode,
     headers: HeaderMap,
@@ -24,7 +27,7 @@ async fn chat(mock: &KiroMock, token: &str) -> Result<Answer, reqwest::Error> {
     let response = reqwest::Client::new()
         .post(format!("{}/generateAssistantResponse", mock.url()))
         .bearer_auth(token)
-        .body(json!({"conversationState": {}}).to_string())
+        .body(CHAT_BODY)
         .send()
         .await?;
     let status = response.status();
@@ -323,7 +326,7 @@ async fn mid_stream_exception_and_reset_are_visible() {
     let response = reqwest::Client::new()
         .post(format!("{}/generateAssistantResponse", mock.url()))
         .bearer_auth("at-acct")
-        .body("{}")
+        .body(CHAT_BODY)
         .send()
         .await
         .unwrap();
@@ -345,7 +348,7 @@ async fn mid_stream_exception_and_reset_are_visible() {
     let mut response = reqwest::Client::new()
         .post(format!("{}/generateAssistantResponse", mock.url()))
         .bearer_auth("at-acct")
-        .body("{}")
+        .body(CHAT_BODY)
         .send()
         .await
         .unwrap();

@@ -49,7 +49,7 @@ async fn send(mock: &KiroMock, pool: &Pool) -> (http::StatusCode, SelectedAccoun
     let request = http::Request::post(format!("{}/generateAssistantResponse", mock.url()))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(
-            br#"{"model":"claude-sonnet-4-5","conversationState":{}}"#,
+            br#"{"model":"claude-sonnet-4-5","conversationState":{"currentMessage":{"userInputMessage":{"content":"Hello","modelId":"claude-sonnet-4.5"}}}}"#,
         )))
         .unwrap();
     let response = service.oneshot(request).await.expect("a response");

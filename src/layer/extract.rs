@@ -170,6 +170,8 @@ fn scan_keys(body: &[u8], key: &[u8], found: &mut Option<(usize, usize, bool)>) 
     if at!(i) != b'{' {
         return Scan::Invalid;
     }
+    // Whether `key` was seen, with a string value or not: a later duplicate wins.
+    let mut seen = false;
     i += 1;
     loop {
         i = skip_ws(body, i);
@@ -185,15 +187,17 @@ fn scan_keys(body: &[u8], key: &[u8], found: &mut Option<(usize, usize, bool)>) 
             return Scan::Invalid;
         }
         i = skip_ws(body, i + 1);
-        if name_escaped || (name == key && found.is_some()) {
+        if name_escaped || (name == key && seen) {
             return Scan::Reparse;
         }
         if name == key {
-            if at!(i) != b'"' {
-                return Scan::Invalid;
+            seen = true;
+            // A value that is not a string names no model, but scanning goes on: a duplicate
+            // key later in the body is the one the upstream reads.
+            if at!(i) == b'"' {
+                let (end, escaped) = or_cut!(string_end(body, i + 1));
+                *found = Some((i, end, escaped));
             }
-            let (end, escaped) = or_cut!(string_end(body, i + 1));
-            *found = Some((i, end, escaped));
         }
         i = or_cut!(skip_value(body, i));
         i = skip_ws(body, i);
@@ -307,6 +311,14 @@ mod tests {
             Some("m")
         );
         assert_eq!(model(r#"{"model":3}"#), None);
+        // Found by tests/fuzz_parsers.rs: a first `model` that is not a string must not hide a
+        // later duplicate (the upstream reads the last one).
+        assert_eq!(model(r#"{"model":null,"model":""}"#).as_deref(), Some(""));
+        assert_eq!(
+            model(r#"{"model":{"a":1},"messages":[],"model":"dear"}"#).as_deref(),
+            Some("dear")
+        );
+        assert_eq!(model(r#"{"model":"dear","model":null}"#), None);
         assert_eq!(model(r#"{"other":"x"}"#), None);
         assert_eq!(model(r#"["model","x"]"#), None);
         assert_eq!(model(""), None);

@@ -5,9 +5,13 @@
 //! named; each has access tokens and refresh tokens the mock accepts, a script of chat
 //! [`Reply`]s (success streams, 403 invalid token, 402 quota, 429 with or without
 //! `Retry-After`, 5xx, suspension, validation errors, exception frames, slow answers,
-//! connection resets) and a usage document. Refresh endpoints issue access tokens, rotate
-//! refresh tokens when asked, and reject unknown refresh tokens with the real 400 body. Every
-//! request is recorded.
+//! connection resets, and streams of [`Event`]s: text, emulated thinking, tool calls whose input
+//! arrives in fragments, context usage) and a usage document. Chat bodies are checked as
+//! strictly as the real service is known to check them ([`Validation`]; a refused body gets
+//! Kiro's `ValidationException` answer and leaves the script untouched). Refresh endpoints
+//! issue access tokens, rotate refresh tokens when asked, and reject unknown refresh tokens
+//! with the real 400 body. Every request is recorded, with its body parsed
+//! ([`RecordedRequest::json`]).
 //!
 //! ```
 //! use tower_account_pool::kiro::eventstream::decode_all;
@@ -18,10 +22,12 @@
 //! mock.accept_access_token("alice", "at-alice");
 //! mock.script("alice", [Reply::success(&["Hel", "lo"])]);
 //!
+//! let body = serde_json::json!({"conversationState": {"currentMessage": {
+//!     "userInputMessage": {"content": "Hi", "modelId": "claude-sonnet-4.5"}}}});
 //! let response = reqwest::Client::new()
 //!     .post(format!("{}/generateAssistantResponse", mock.url()))
 //!     .bearer_auth("at-alice")
-//!     .body("{}")
+//!     .body(body.to_string())
 //!     .send()
 //!     .await
 //!     .unwrap();
@@ -29,6 +35,21 @@
 //! let frames = decode_all(&response.bytes().await.unwrap()).unwrap();
 //! assert_eq!(frames[0].event_type(), Some("assistantResponseEvent"));
 //! assert_eq!(mock.requests()[0].account.as_deref(), Some("alice"));
+//! assert_eq!(mock.requests()[0].current_message().unwrap()["content"], "Hi");
+//!
+//! // A body Kiro would refuse gets Kiro's answer.
+//! let refused = reqwest::Client::new()
+//!     .post(format!("{}/generateAssistantResponse", mock.url()))
+//!     .bearer_auth("at-alice")
+//!     .body(r#"{"conversationState": {}}"#)
+//!     .send()
+//!     .await
+//!     .unwrap();
+//! assert_eq!(refused.status(), 400);
+//! assert_eq!(
+//!     refused.text().await.unwrap(),
+//!     r#"{"message":"Improperly formed request.","reason":null}"#
+//! );
 //! # });
 //! ```
 
@@ -51,9 +72,34 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
+use super::kiro_validation::{self, Rejection, Validation};
 use crate::kiro::eventstream::Message;
 
 /// One scripted chat answer.
+///
+/// Failures are variants; successful streams are [`Reply::success`] (text) or a list of
+/// [`Event`]s, built directly with [`Reply::events`] or with the shortcuts:
+///
+/// ```
+/// use tower_account_pool::testing::{Event, Reply};
+///
+/// // A tool call whose input JSON arrives in two frames, closed like a real reply.
+/// let tool = Reply::tool_use("get_weather", "tooluse_1", [r#"{"city":"#, r#""Paris"}"#]);
+/// assert_eq!(tool, Reply::events([
+///     Event::tool_use("get_weather", "tooluse_1", [r#"{"city":"#, r#""Paris"}"#]),
+///     Event::metering(0.01),
+///     Event::context_usage(1.2),
+/// ]));
+///
+/// // Thinking, then the answer.
+/// let thought = Reply::thinking("Short question.", "Yes.");
+///
+/// // Text, then a tool call; then an exception frame once the content has started.
+/// let broken = Reply::success(&["Let me check."])
+///     .then(Event::tool_use("get_weather", "tooluse_2", ["{}"]))
+///     .then(Event::exception("InternalServerException", "Encountered an unexpected error"));
+/// # let _ = (thought, broken);
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Reply {
@@ -103,6 +149,11 @@ pub enum Reply {
         /// Events before the break.
         after: Vec<String>,
     },
+    /// 200: exactly these events, in order (see [`Event`]); nothing is added.
+    Events {
+        /// The events, each one or more frames.
+        events: Vec<Event>,
+    },
     /// Any status, content type and body bytes.
     Raw {
         /// The status.
@@ -120,6 +171,256 @@ impl Reply {
         Reply::Success {
             chunks: chunks.iter().map(|c| (*c).to_owned()).collect(),
         }
+    }
+
+    /// 200: exactly these events, in order.
+    pub fn events(events: impl IntoIterator<Item = Event>) -> Reply {
+        Reply::Events {
+            events: events.into_iter().collect(),
+        }
+    }
+
+    /// 200: one finished tool call ([`Event::tool_use`]), then `meteringEvent` and
+    /// `contextUsageEvent` as a real reply ends.
+    pub fn tool_use<I, S>(name: &str, tool_use_id: &str, input_fragments: I) -> Reply
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Reply::events([
+            Event::tool_use(name, tool_use_id, input_fragments),
+            Event::metering(0.01),
+            Event::context_usage(1.2),
+        ])
+    }
+
+    /// 200: `thought` as emulated thinking ([`Event::thinking`], 5 characters a frame), the
+    /// `answer` as one text frame, then `meteringEvent` and `contextUsageEvent`.
+    pub fn thinking(thought: &str, answer: &str) -> Reply {
+        Reply::events([
+            Event::thinking(thought, 5),
+            Event::text(answer),
+            Event::metering(0.01),
+            Event::context_usage(1.2),
+        ])
+    }
+
+    /// Appends an event. A [`Reply::Success`] becomes the equivalent [`Reply::Events`] with
+    /// `event` before its closing `meteringEvent` and `contextUsageEvent`, a
+    /// [`Reply::Events`] gets `event` last; any other reply is returned unchanged.
+    pub fn then(self, event: Event) -> Reply {
+        match self {
+            Reply::Success { chunks } => {
+                let mut events: Vec<Event> = chunks.into_iter().map(Event::Text).collect();
+                events.extend([event, Event::metering(0.01), Event::context_usage(1.2)]);
+                Reply::Events { events }
+            }
+            Reply::Events { mut events } => {
+                events.push(event);
+                Reply::Events { events }
+            }
+            other => other,
+        }
+    }
+}
+
+/// One piece of a scripted [`Reply::Events`] stream: one or more event-stream frames.
+///
+/// ```
+/// use tower_account_pool::kiro::eventstream::decode_all;
+/// use tower_account_pool::testing::{Event, KiroMock, Reply};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let mock = KiroMock::start().await;
+/// mock.accept_access_token("alice", "at-alice");
+/// // Thinking, a sentence, a tool call whose input arrives in three pieces, the context use.
+/// mock.script("alice", [Reply::events([
+///     Event::thinking("The user wants the weather.", 8),
+///     Event::text("Let me look."),
+///     Event::tool_use("get_weather", "tooluse_1", [r#"{"ci"#, r#"ty": "Par"#, r#"is"}"#]),
+///     Event::context_usage(12.5),
+/// ])]);
+///
+/// let body = serde_json::json!({"conversationState": {"currentMessage": {
+///     "userInputMessage": {"content": "Weather in Paris?", "modelId": "claude-sonnet-4.5"}}}});
+/// let response = reqwest::Client::new()
+///     .post(format!("{}/generateAssistantResponse", mock.url()))
+///     .bearer_auth("at-alice")
+///     .body(body.to_string())
+///     .send()
+///     .await
+///     .unwrap();
+/// let frames = decode_all(&response.bytes().await.unwrap()).unwrap();
+/// let kinds: Vec<_> = frames.iter().map(|f| f.event_type().unwrap()).collect();
+/// assert_eq!(kinds.iter().filter(|k| **k == "toolUseEvent").count(), 5); // start, 3 pieces, stop
+/// assert_eq!(kinds.last(), Some(&"contextUsageEvent"));
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// One `assistantResponseEvent` `{"content": …}`.
+    Text(String),
+    /// Emulated thinking: the text `<thinking>{text}</thinking>\n\n` (the form the converter
+    /// parses back, `anthropic-kiro.md` §4.2) cut into `assistantResponseEvent`s of
+    /// `frame_chars` characters each, so the tags are split across frames too.
+    Thinking {
+        /// The thought, without the tags.
+        text: String,
+        /// Characters per frame (at least 1).
+        frame_chars: usize,
+    },
+    /// A tool call: a `toolUseEvent` `{"name", "toolUseId", "input": ""}`, one per input
+    /// fragment with `"input": fragment`, then (when `stop`) one with `"stop": true`. Every
+    /// frame carries `name` and `toolUseId`.
+    ToolUse {
+        /// The tool name.
+        name: String,
+        /// The `toolUseId` (Kiro's look like `tooluse_…`).
+        tool_use_id: String,
+        /// The input JSON, in the pieces it arrives in.
+        input: Vec<String>,
+        /// Whether the closing `stop: true` frame is sent (Kiro leaves it out for a call cut
+        /// off upstream, `anthropic-kiro.md` §3.1).
+        stop: bool,
+    },
+    /// One `contextUsageEvent` `{"contextUsagePercentage": …}`.
+    ContextUsage(f64),
+    /// One `meteringEvent` `{"unit": "credit", "usage": …}`.
+    Metering(f64),
+    /// An exception frame (`:message-type: exception`) with `{"message": …}`.
+    Exception {
+        /// The `:exception-type` header.
+        exception_type: String,
+        /// The message.
+        message: String,
+    },
+    /// Any frame, as given. One that cannot be encoded (a header value over 65,535 bytes, a
+    /// frame over 16 MiB) is a mistake in the test: the mock drops the connection.
+    Frame(Message),
+}
+
+impl Event {
+    /// One text frame.
+    pub fn text(text: impl Into<String>) -> Event {
+        Event::Text(text.into())
+    }
+
+    /// Emulated thinking cut into frames of `frame_chars` characters ([`Event::Thinking`]).
+    pub fn thinking(text: impl Into<String>, frame_chars: usize) -> Event {
+        Event::Thinking {
+            text: text.into(),
+            frame_chars,
+        }
+    }
+
+    /// A finished tool call whose input JSON arrives in these fragments ([`Event::ToolUse`]).
+    pub fn tool_use<I, S>(name: &str, tool_use_id: &str, input_fragments: I) -> Event
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Event::ToolUse {
+            name: name.to_owned(),
+            tool_use_id: tool_use_id.to_owned(),
+            input: input_fragments.into_iter().map(Into::into).collect(),
+            stop: true,
+        }
+    }
+
+    /// A tool call cut off before its `stop: true` frame.
+    pub fn unfinished_tool_use<I, S>(name: &str, tool_use_id: &str, input_fragments: I) -> Event
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        match Event::tool_use(name, tool_use_id, input_fragments) {
+            Event::ToolUse {
+                name,
+                tool_use_id,
+                input,
+                ..
+            } => Event::ToolUse {
+                name,
+                tool_use_id,
+                input,
+                stop: false,
+            },
+            other => other,
+        }
+    }
+
+    /// One `contextUsageEvent` with this percentage.
+    pub fn context_usage(percentage: f64) -> Event {
+        Event::ContextUsage(percentage)
+    }
+
+    /// One `meteringEvent` with this usage.
+    pub fn metering(usage: f64) -> Event {
+        Event::Metering(usage)
+    }
+
+    /// An exception frame.
+    pub fn exception(exception_type: &str, message: &str) -> Event {
+        Event::Exception {
+            exception_type: exception_type.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
+    /// The encoded frames; `None` for a scripted [`Event::Frame`] that cannot be encoded.
+    fn frames(&self) -> Option<Vec<Bytes>> {
+        Some(match self {
+            Event::Text(text) => vec![event("assistantResponseEvent", json!({ "content": text }))],
+            Event::Thinking { text, frame_chars } => {
+                let whole: Vec<char> = format!("<thinking>{text}</thinking>\n\n").chars().collect();
+                whole
+                    .chunks((*frame_chars).max(1))
+                    .map(|c| {
+                        let chunk: String = c.iter().collect();
+                        event("assistantResponseEvent", json!({ "content": chunk }))
+                    })
+                    .collect()
+            }
+            Event::ToolUse {
+                name,
+                tool_use_id,
+                input,
+                stop,
+            } => {
+                let frame = |extra: (&str, Value)| {
+                    let mut payload = json!({"name": name, "toolUseId": tool_use_id});
+                    payload[extra.0] = extra.1;
+                    event("toolUseEvent", payload)
+                };
+                let mut frames = vec![frame(("input", json!("")))];
+                frames.extend(input.iter().map(|piece| frame(("input", json!(piece)))));
+                if *stop {
+                    frames.push(frame(("stop", json!(true))));
+                }
+                frames
+            }
+            Event::ContextUsage(pct) => vec![event(
+                "contextUsageEvent",
+                json!({ "contextUsagePercentage": pct }),
+            )],
+            Event::Metering(usage) => vec![event(
+                "meteringEvent",
+                json!({"unit": "credit", "usage": usage}),
+            )],
+            Event::Exception {
+                exception_type,
+                message,
+            } => vec![Bytes::from(
+                Message::exception(exception_type, json!({ "message": message }).to_string())
+                    .encode()
+                    .expect("mock frames encode"),
+            )],
+            Event::Frame(message) => match message.encode() {
+                Ok(bytes) => vec![Bytes::from(bytes)],
+                Err(_) => return None,
+            },
+        })
     }
 }
 
@@ -170,6 +471,34 @@ pub struct RecordedRequest {
     pub token: Option<String>,
     /// The account the token (bearer or refresh) belongs to, if the mock knows it.
     pub account: Option<String>,
+    /// The body parsed as JSON, when it is JSON.
+    pub json: Option<Value>,
+    /// Why the mock refused a chat request body ([`Validation`]), in its own words (the
+    /// answer itself carries Kiro's message).
+    pub rejection: Option<String>,
+}
+
+impl RecordedRequest {
+    /// `conversationState.currentMessage.userInputMessage` of a chat request.
+    pub fn current_message(&self) -> Option<&Value> {
+        self.json
+            .as_ref()?
+            .pointer("/conversationState/currentMessage/userInputMessage")
+    }
+
+    /// The `toolUseId`s of the current message's `toolResults`, in order.
+    pub fn tool_result_ids(&self) -> Vec<&str> {
+        self.current_message()
+            .and_then(|m| m.pointer("/userInputMessageContext/toolResults"))
+            .and_then(Value::as_array)
+            .map(|results| {
+                results
+                    .iter()
+                    .filter_map(|r| r.get("toolUseId").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Default)]
@@ -180,6 +509,7 @@ struct State {
     usage: HashMap<String, Value>,
     requests: Vec<RecordedRequest>,
     issued: u64,
+    validation: Validation,
 }
 
 /// The in-process Kiro upstream. Dropping it stops accepting connections.
@@ -275,6 +605,11 @@ impl KiroMock {
                 .or_default()
                 .extend(replies)
         });
+    }
+
+    /// How chat request bodies are checked from now on (default [`Validation::strict`]).
+    pub fn set_validation(&self, validation: Validation) {
+        self.with(|s| s.validation = validation);
     }
 
     /// The usage document `/getUsageLimits` returns for `account`.
@@ -440,6 +775,32 @@ fn text_events(chunks: &[String]) -> Vec<Bytes> {
         .collect()
 }
 
+/// Kiro's answer to a body the mock refused, with the mock's explanation in a header.
+fn rejected(rejection: &Rejection) -> MockResponse {
+    let mut response = json_error(
+        rejection.status,
+        "ValidationException",
+        json!({"message": rejection.message, "reason": rejection.reason}),
+    );
+    let detail: String = rejection
+        .detail
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if let Ok(value) = http::HeaderValue::from_str(&detail) {
+        response
+            .headers_mut()
+            .insert("x-kiro-mock-rejection", value);
+    }
+    response
+}
+
 fn invalid_token() -> MockResponse {
     json_error(
         403,
@@ -519,6 +880,16 @@ async fn render(reply: Reply, abort: &Notify) -> MockResponse {
             std::future::pending().await
         }
         Reply::ResetMidStream { after } => respond(200, stream, &[], text_events(&after), true),
+        Reply::Events { events } => {
+            let frames: Option<Vec<Vec<Bytes>>> = events.iter().map(Event::frames).collect();
+            match frames {
+                Some(frames) => respond(200, stream, &[], frames.concat(), false),
+                None => {
+                    abort.notify_one();
+                    std::future::pending().await
+                }
+            }
+        }
         Reply::Raw {
             status,
             content_type,
@@ -544,9 +915,14 @@ async fn handle(
     let token = bearer(&parts.headers);
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let account = {
+    let chat = parts.method == Method::POST
+        && matches!(
+            path.as_str(),
+            "/generateAssistantResponse" | "/SendMessageStreaming"
+        );
+    let (account, rejection) = {
         let s = lock();
-        match path.as_str() {
+        let account = match path.as_str() {
             "/refreshToken" | "/token" => parsed
                 .as_ref()
                 .and_then(|v| v.get("refreshToken"))
@@ -554,7 +930,12 @@ async fn handle(
                 .and_then(|t| s.refresh.get(t))
                 .map(|(a, _)| a.clone()),
             _ => token.as_ref().and_then(|t| s.access.get(t)).cloned(),
-        }
+        };
+        // Kiro checks the token first, then the body.
+        let rejection = (chat && account.is_some())
+            .then(|| kiro_validation::check(&body, &s.validation).err())
+            .flatten();
+        (account, rejection)
     };
     lock().requests.push(RecordedRequest {
         method: parts.method.clone(),
@@ -564,20 +945,24 @@ async fn handle(
         body: body.clone(),
         token: token.clone(),
         account: account.clone(),
+        json: parsed.clone(),
+        rejection: rejection.as_ref().map(|r| r.detail.clone()),
     });
     let response = match (parts.method.clone(), path.as_str()) {
-        (Method::POST, "/generateAssistantResponse" | "/SendMessageStreaming") => match account {
-            None => invalid_token(),
-            Some(_) if parsed.is_none() => render(Reply::Validation, &abort).await,
-            Some(account) => {
-                let reply = lock()
-                    .scripts
-                    .get_mut(&account)
-                    .and_then(VecDeque::pop_front)
-                    .unwrap_or_else(|| Reply::success(&["Hello", " from Kiro"]));
-                render(reply, &abort).await
+        (Method::POST, "/generateAssistantResponse" | "/SendMessageStreaming") => {
+            match (account, rejection) {
+                (None, _) => invalid_token(),
+                (Some(_), Some(rejection)) => rejected(&rejection),
+                (Some(account), None) => {
+                    let reply = lock()
+                        .scripts
+                        .get_mut(&account)
+                        .and_then(VecDeque::pop_front)
+                        .unwrap_or_else(|| Reply::success(&["Hello", " from Kiro"]));
+                    render(reply, &abort).await
+                }
             }
-        },
+        }
         (Method::GET, "/getUsageLimits") => match account {
             None => invalid_token(),
             Some(account) => {

@@ -30,10 +30,17 @@
 //! ```
 //!
 //! - [`KiroMock`] (with feature `kiro`): the Kiro upstream — chat, usage limits and both token
-//!   refresh endpoints, speaking the real AWS event-stream framing.
+//!   refresh endpoints, speaking the real AWS event-stream framing. Chat replies are scripted
+//!   ([`Reply`], [`Event`]: text, emulated thinking, tool calls with their input in fragments,
+//!   context usage, exception frames) and chat bodies are checked as strictly as Kiro is known
+//!   to check them ([`Validation`]).
 
 #[cfg(feature = "kiro")]
 mod kiro_mock;
+#[cfg(feature = "kiro")]
+mod kiro_validation;
 
 #[cfg(feature = "kiro")]
-pub use kiro_mock::{KiroMock, RecordedRequest, RefreshRule, Reply};
+pub use kiro_mock::{Event, KiroMock, RecordedRequest, RefreshRule, Reply};
+#[cfg(feature = "kiro")]
+pub use kiro_validation::{Validation, DEFAULT_MAX_INPUT_CHARS, KIRO_MODEL_IDS, MAX_TOOL_NAME_LEN};
