@@ -836,3 +836,26 @@ fn context_usage_at_100_percent_is_window_exceeded() {
     );
     assert!(out.contains(r#""input_tokens":200000"#), "{out}");
 }
+
+#[test]
+fn count_tokens_ignores_the_size_limits() {
+    let config = config().limits(Limits {
+        max_tools: 0,
+        max_prompt_bytes: 10,
+        ..Limits::default()
+    });
+    let request = json!({"model":"claude-sonnet-4-5","tools":[{"name":"T","input_schema":{"type":"object"}}],
+                         "messages":[{"role":"user","content":"x".repeat(400)}]});
+    let n = count_tokens(request.to_string().as_bytes(), &config).unwrap();
+    assert!(n > 100, "{n}");
+    let (_, message) = error_with(&request.to_string(), &config);
+    assert_eq!(message, "tools: 1 tools were sent; Kiro accepts at most 0");
+    let (_, message) = error_of(r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#);
+    assert!(count_tokens(
+        br#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#,
+        &config
+    )
+    .unwrap_err()
+    .message()
+    .starts_with(&message[..20]));
+}

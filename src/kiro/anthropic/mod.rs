@@ -208,6 +208,9 @@ pub struct AnthropicConfig {
     /// Kiro's limits (default [`Limits::default`]).
     pub limits: Limits,
     /// Largest request body read (default 32 MiB, Anthropic's own limit); larger is a 413.
+    /// Converted bodies above the pool's
+    /// [`replay_cap`](crate::layer::AccountPoolLayer::replay_cap) (default 16 MiB) are sent
+    /// once, never retried, and get no `profileArn`: keep the two in step.
     pub body_limit: usize,
     /// A `ping` event is sent when the upstream has been silent this long (default 15 s).
     pub ping_interval: Duration,

@@ -614,7 +614,7 @@ pub fn convert_request(
     body: &[u8],
     config: &AnthropicConfig,
 ) -> Result<ConvertedRequest, AnthropicError> {
-    convert(body, config, None)
+    convert(body, config, None, true)
 }
 
 /// [`convert_request`] with the conversation id to use when the request carries no session
@@ -624,13 +624,20 @@ pub fn convert_request_with_id(
     config: &AnthropicConfig,
     conversation_id: &str,
 ) -> Result<ConvertedRequest, AnthropicError> {
-    convert(body, config, Some(conversation_id))
+    convert(body, config, Some(conversation_id), true)
 }
 
 /// Estimated input tokens of a Messages (or count_tokens) request, by the same method as the
-/// converter (the model must be known).
+/// converter. The model must be known; the tool-count and prompt-size [`Limits`] do not apply
+/// (a client sizing its context wants the number, even above them).
 pub fn count_tokens(body: &[u8], config: &AnthropicConfig) -> Result<u64, AnthropicError> {
-    convert(body, config, Some("00000000-0000-4000-8000-000000000000")).map(|c| c.input_tokens)
+    convert(
+        body,
+        config,
+        Some("00000000-0000-4000-8000-000000000000"),
+        false,
+    )
+    .map(|c| c.input_tokens)
 }
 
 struct Writer {
@@ -850,6 +857,7 @@ fn convert(
     body: &[u8],
     config: &AnthropicConfig,
     conversation_id: Option<&str>,
+    enforce_limits: bool,
 ) -> Result<ConvertedRequest, AnthropicError> {
     let request: Request<'_> = serde_json::from_slice(body).map_err(parse_error)?;
     let Some(model_name) = request.model.as_deref() else {
@@ -1005,7 +1013,7 @@ fn convert(
         tools_out.out.extend_from_slice(b"}}}");
         declared.push(name);
     }
-    if count > limits.max_tools {
+    if enforce_limits && count > limits.max_tools {
         return Err(AnthropicError::invalid_request(format!(
             "tools: {count} tools were sent; Kiro accepts at most {}",
             limits.max_tools
@@ -1074,7 +1082,7 @@ fn convert(
     w.out.extend_from_slice(b"}}");
 
     let text_bytes = w.text_bytes + tools_out.text_bytes;
-    if text_bytes > limits.max_prompt_bytes {
+    if enforce_limits && text_bytes > limits.max_prompt_bytes {
         let tokens = json::units_to_tokens(w.units + tools_out.units);
         return Err(AnthropicError::invalid_request(format!(
             "prompt is too long: about {tokens} tokens ({text_bytes} bytes) > {} bytes maximum \
