@@ -491,11 +491,9 @@ impl<'a> Builder<'a, '_> {
                 &document_text(block.source.as_ref()),
                 text_sep,
             ),
-            "thinking" => {
-                if role == Role::Assistant {
-                    if let Some(t) = &block.thinking {
-                        push_text(thinking, t, "\n");
-                    }
+            "thinking" if role == Role::Assistant => {
+                if let Some(t) = &block.thinking {
+                    push_text(thinking, t, "\n");
                 }
             }
             "tool_use" => {
@@ -776,10 +774,10 @@ fn write_schema(w: &mut Writer, raw: Option<&RawValue>) {
         w.raw_json(EMPTY);
         return;
     };
-    if !map
+    if map
         .get("type")
         .and_then(|t| t.as_str())
-        .is_some_and(|t| !t.is_empty())
+        .is_none_or(str::is_empty)
     {
         map.insert("type".into(), "object".into());
     }
@@ -837,14 +835,12 @@ fn thinking_prefix(request: &Request<'_>) -> Option<String> {
             ))
         }
         Some("adaptive") => {
-            let effort = match request
+            let effort = request
                 .output_config
                 .as_ref()
                 .and_then(|o| o.effort.as_deref())
-            {
-                Some(e @ ("low" | "medium" | "high")) => e,
-                _ => "high",
-            };
+                .filter(|e| matches!(*e, "low" | "medium" | "high"))
+                .unwrap_or("high");
             Some(format!(
                 "<thinking_mode>adaptive</thinking_mode><thinking_effort>{effort}</thinking_effort>"
             ))
