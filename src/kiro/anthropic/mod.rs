@@ -290,9 +290,18 @@ impl ModelExtractor for RequestedModelExtractor {
 }
 
 /// The converted request's body: the CodeWhisperer JSON, in one frame.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct KiroRequestBody {
     data: Option<Bytes>,
+}
+
+impl fmt::Debug for KiroRequestBody {
+    /// The length only: the body is the client's conversation.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KiroRequestBody")
+            .field("len", &self.data.as_ref().map_or(0, Bytes::len))
+            .finish()
+    }
 }
 
 impl KiroRequestBody {
