@@ -189,7 +189,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
@@ -670,12 +670,8 @@ fn upstream_error(
     body: &[u8],
     default_retry_after: Duration,
 ) -> AnthropicError {
-    let retry_after = head
-        .headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    // Seconds, an HTTP date, or `retry-after-ms`.
+    let retry_after = crate::kiro::retry_after(&head.headers);
     if let Some(exhausted) = head.extensions.get::<Exhausted>() {
         let after = exhausted.retry_after().or(Some(default_retry_after));
         let kind = if exhausted.is_rate_limited() {
