@@ -152,7 +152,7 @@
 //! 400 `invalid_request_error`; a body over [`body_limit`](AnthropicConfig::body_limit) 413
 //! `request_too_large`. Upstream answers map as: Kiro 400 → 400 (`Input is too long` →
 //! `prompt is too long: …`); 402 / 429 / every candidate rate limited or out of quota (the
-//! pool's [`Exhausted`](crate::Exhausted)) → 429 `rate_limit_error` with `retry-after`; 401 /
+//! pool's [`Exhausted`]) → 429 `rate_limit_error` with `retry-after`; 401 /
 //! 403 (the account's credential, not the client's key) and 5xx and no account able to serve
 //! otherwise → 529 `overloaded_error` with `retry-after`; 408 / 504 → 504 `timeout_error`; a
 //! failure of the inner service → 529. An exception frame at the start of the stream fails
