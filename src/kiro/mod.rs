@@ -33,6 +33,9 @@
 //! - [`probe`] / [`Pool::probe_kiro_account`]: the usage-limits probe, feeding quota state.
 //! - [`spawn_refresher`] / [`spawn_usage_prober`]: background tasks over every Kiro account.
 //! - [`eventstream`]: the AWS event-stream framing (CRC-checked decoder and encoder).
+//! - [`anthropic`]: the Anthropic Messages API over Kiro accounts ([`anthropic::AnthropicLayer`]
+//!   converts requests and answers; [`anthropic::KiroAttemptLayer`] sets the account's
+//!   `profileArn` and endpoint per attempt).
 //!
 //! Quota-aware selection: an exhausted account is skipped through `Outcome::QuotaExhausted`
 //! until its reset, which the classifier and the probe both report; the probe also records
@@ -40,6 +43,7 @@
 //! [`Strategy::SoonestReset`](crate::Strategy::SoonestReset) spends first the quota that is
 //! renewed first.
 
+pub mod anthropic;
 pub mod classify;
 mod credential;
 pub mod eventstream;

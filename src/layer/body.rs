@@ -52,6 +52,29 @@ impl<B> ReplayBody<B> {
     }
 }
 
+impl<B> ReplayBody<B> {
+    /// The whole body, when it was buffered (every body up to the layer's replay cap): an
+    /// inner layer can read it without consuming it.
+    pub fn buffered_bytes(&self) -> Option<&Bytes> {
+        match &self.inner {
+            ReplayInner::Buffered { data, .. } => data.as_ref(),
+            ReplayInner::Streaming { .. } => None,
+        }
+    }
+
+    /// Replaces a buffered body's bytes (an inner layer rewriting the body for one attempt).
+    /// A streaming body is left as it is; returns whether the body was replaced.
+    pub(crate) fn replace_buffered(&mut self, bytes: Bytes) -> bool {
+        match &mut self.inner {
+            ReplayInner::Buffered { data, .. } => {
+                *data = Some(bytes);
+                true
+            }
+            ReplayInner::Streaming { .. } => false,
+        }
+    }
+}
+
 impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner {
