@@ -83,7 +83,7 @@ async fn the_demo_serves_every_client_and_its_table_tells_each_account_apart() {
         assert_eq!(r.requests as usize, r.upstream_saw, "{}: {table}", r.id);
     }
     // Each chat request carried its own account's profileArn, set by the gateway per attempt
-    // (the clients send none), and the rest of the client's body unchanged.
+    // (the clients send none), and the Anthropic request converted for Kiro.
     let chats = demo.mock.requests_to("/generateAssistantResponse");
     assert!(!chats.is_empty());
     for chat in &chats {
@@ -95,11 +95,10 @@ async fn the_demo_serves_every_client_and_its_table_tells_each_account_apart() {
             .get("content-length")
             .expect("a content-length");
         assert_eq!(length.to_str().unwrap(), chat.body.len().to_string());
-        assert_eq!(body["model"], demo::MODEL);
-        assert_eq!(
-            body["conversationState"]["currentMessage"]["userInputMessage"]["content"],
-            "Hello"
-        );
+        let message = &body["conversationState"]["currentMessage"]["userInputMessage"];
+        assert_eq!(message["modelId"], "claude-sonnet-4.5", "{body}");
+        assert_eq!(message["content"], "Hello", "{body}");
+        assert!(chat.rejection.is_none(), "{:?}", chat.rejection);
     }
     let successes: u64 = rows.iter().map(|r| r.successes).sum();
     assert_eq!(successes, 120, "one upstream success per client request");
@@ -133,6 +132,53 @@ async fn the_demo_serves_every_client_and_its_table_tells_each_account_apart() {
         .unwrap();
     assert_eq!(refused.status(), 401);
 
+    // A Claude client's session: a stream, a message, a tool round trip, thinking.
+    let session = demo.claude_session().await.unwrap();
+    println!("{}", demo::render_session(&session));
+    assert_eq!(
+        session.streamed_events,
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    assert_eq!(session.streamed_text, "Hello from Kiro");
+    assert_eq!(session.message["type"], "message");
+    assert_eq!(session.message["model"], demo::MODEL);
+    assert_eq!(session.message["content"][0]["text"], "Hello from Kiro");
+    assert_eq!(session.tool_call["stop_reason"], "tool_use");
+    let call = &session.tool_call["content"][0];
+    assert_eq!(call["type"], "tool_use");
+    assert_eq!(call["name"], "get_weather");
+    assert_eq!(call["input"], serde_json::json!({"city": "Paris"}));
+    assert_eq!(
+        session.tool_answer["content"][0]["text"],
+        "It is 18 °C and sunny in Paris."
+    );
+    // The follow-up's tool_result reached Kiro as a toolResult with the call's id.
+    let follow_up = demo
+        .mock
+        .requests_to("/generateAssistantResponse")
+        .into_iter()
+        .rev()
+        .find(|r| !r.tool_result_ids().is_empty())
+        .expect("the tool result reached Kiro");
+    assert_eq!(follow_up.tool_result_ids(), [call["id"].as_str().unwrap()]);
+    assert_eq!(session.thinking["content"][0]["type"], "thinking");
+    assert_eq!(
+        session.thinking["content"][0]["thinking"],
+        "A greeting: a short, friendly answer is enough."
+    );
+    assert_eq!(
+        session.thinking["content"][1]["text"],
+        "Hello! How can I help?"
+    );
+
     // Shutdown flushes every account to the SQLite file.
     assert_eq!(demo.shutdown().await.unwrap(), demo::ACCOUNTS.len());
 }
@@ -153,11 +199,11 @@ async fn shutdown_lets_a_request_in_flight_finish_and_then_refuses_connections()
     let key = demo.client_key.clone();
     let in_flight = tokio::spawn(async move {
         let response = reqwest::Client::new()
-            .post(format!("http://{addr}/generateAssistantResponse"))
+            .post(format!("http://{addr}/v1/messages"))
             .header("content-type", "application/json")
             .header("x-api-key", key)
             .body(
-                r#"{"model":"claude-sonnet-4-5","conversationState":{"currentMessage":{"userInputMessage":{"content":"Hello","modelId":"claude-sonnet-4.5"}}}}"#,
+                r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hello"}]}"#,
             )
             .send()
             .await
@@ -169,19 +215,71 @@ async fn shutdown_lets_a_request_in_flight_finish_and_then_refuses_connections()
     let stored = demo.shutdown().await.unwrap();
     let (status, body) = in_flight.await.unwrap();
     assert_eq!(status, 200);
-    let frames = tower_account_pool::kiro::eventstream::decode_all(&body).unwrap();
-    let text: String = frames
-        .iter()
-        .filter(|m| m.event_type() == Some("assistantResponseEvent"))
-        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-        .collect();
-    assert!(
-        text.contains("slow") && text.contains("but complete"),
-        "{text}"
+    let message: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        message["content"][0]["text"], "slow but complete",
+        "{message}"
     );
     assert_eq!(stored, demo::ACCOUNTS.len());
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "the listener is closed after shutdown"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_mode_forwards_kiro_bodies_with_each_accounts_profile_arn() {
+    use tower_account_pool::kiro::{KiroClassifier, KiroCredential, KiroOptions};
+    use tower_account_pool::{Account, AccountPoolLayer, Pool};
+    let mock = tower_account_pool::testing::KiroMock::start().await;
+    let mut accounts = Vec::new();
+    for id in ["social-1", "social-2"] {
+        mock.accept_access_token(id, &format!("at-{id}"));
+        let json = format!(
+            r#"{{"accessToken":"at-{id}","refreshToken":"rt-{id}","authMethod":"social","profileArn":"{}","expiresAt":"2099-01-01T00:00:00Z"}}"#,
+            demo::profile_arn(id)
+        );
+        let credential =
+            KiroCredential::from_json(&json, KiroOptions::with_base_url(mock.url())).unwrap();
+        accounts.push(Account::new(id, credential));
+    }
+    let pool = Pool::builder().accounts(accounts).build().unwrap();
+    let listener = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let gateway = proxy::Gateway::start(
+        listener,
+        pool.clone(),
+        AccountPoolLayer::new(pool).classifier(KiroClassifier::default()),
+        proxy::ProxyOptions::new(mock.url()),
+    )
+    .unwrap();
+    let body = r#"{"conversationState":{"currentMessage":{"userInputMessage":{"content":"Hi","modelId":"claude-sonnet-4.5"}}}}"#;
+    for _ in 0..2 {
+        let response = reqwest::Client::new()
+            .post(format!(
+                "http://{}/generateAssistantResponse",
+                gateway.addr()
+            ))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let chats = mock.requests_to("/generateAssistantResponse");
+    assert_eq!(chats.len(), 2);
+    for chat in chats {
+        let account = chat.account.as_deref().unwrap();
+        let sent: serde_json::Value = serde_json::from_slice(&chat.body).unwrap();
+        assert_eq!(sent["profileArn"], demo::profile_arn(account));
+        assert_eq!(
+            sent["conversationState"]["currentMessage"]["userInputMessage"]["content"],
+            "Hi"
+        );
+        assert_eq!(
+            chat.headers["content-length"].to_str().unwrap(),
+            chat.body.len().to_string()
+        );
+    }
+    gateway.shutdown().await.unwrap();
 }

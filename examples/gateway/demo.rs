@@ -1,5 +1,7 @@
-//! The gateway's demo: an in-process Kiro mock with accounts that misbehave differently, the
-//! SQLite store in a temp dir, a burst of client traffic and a table of what happened.
+//! The gateway's demo: Claude clients (Anthropic Messages API requests, streamed and not, a
+//! tool call and its result, thinking) through the gateway's Anthropic front to an in-process
+//! Kiro mock with accounts that misbehave differently, the SQLite store in a temp dir, a burst
+//! of client traffic and a table of what happened.
 //!
 //! Shared by `examples/gateway` and `tests/gateway_demo.rs`.
 #![allow(dead_code)]
@@ -18,7 +20,9 @@ use tower_account_pool::store::{SqliteStore, Store, StoreHandle};
 use tower_account_pool::testing::{KiroMock, RefreshRule, Reply};
 use tower_account_pool::{AccountPoolLayer, Pool, Strategy};
 
-use crate::proxy::{self, BoxError, Gateway, ProxyOptions};
+use tower_account_pool::kiro::anthropic::AnthropicConfig;
+
+use crate::proxy::{self, Api, BoxError, Gateway, ProxyOptions};
 
 /// The demo's accounts and how each misbehaves.
 pub const ACCOUNTS: [(&str, &str); 7] = [
@@ -140,6 +144,7 @@ pub async fn start(listen: SocketAddr, admin_token: Option<String>) -> Result<De
     );
     mock.script("kiro-no-quota", many(Reply::QuotaExhausted));
     mock.script("kiro-suspended", many(Reply::Suspended));
+    mock.respond_with(claude_like_reply);
     let pool_path = dir.path().join("account_pool.json");
     std::fs::write(
         &pool_path,
@@ -155,6 +160,10 @@ pub async fn start(listen: SocketAddr, admin_token: Option<String>) -> Result<De
 
     let admin_token = admin_token.unwrap_or_else(|| format!("{:032x}", fastrand::u128(..)));
     let mut options = ProxyOptions::new(mock.url());
+    options.api = Api::Anthropic {
+        config: AnthropicConfig::default(),
+        base_url: Some(mock.url()),
+    };
     options.admin = Some(AdminConfig::new(&admin_token)?);
     let (client_keys, client_key) = proxy::ClientKeys::generate();
     options.client_keys = Some(client_keys);
@@ -192,7 +201,7 @@ impl Demo {
         pace: Duration,
     ) -> ClientTally {
         let client = reqwest::Client::new();
-        let url = format!("http://{}/generateAssistantResponse", self.gateway.addr());
+        let url = format!("http://{}/v1/messages", self.gateway.addr());
         let key = self.client_key.clone();
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let started = Instant::now();
@@ -202,11 +211,17 @@ impl Demo {
             let key = key.clone();
             workers.spawn(async move {
                 let mut tally = ClientTally::default();
-                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= requests {
+                        break;
+                    }
+                    // Half of the requests stream, as Claude Code always does.
                     let body = serde_json::json!({
                         "model": MODEL,
-                        "conversationState": {"currentMessage": {"userInputMessage": {
-                            "content": "Hello", "modelId": MODEL}}}
+                        "max_tokens": 256,
+                        "stream": n % 2 == 0,
+                        "messages": [{"role": "user", "content": "Hello"}],
                     });
                     match client
                         .post(&url)
@@ -295,6 +310,193 @@ impl Demo {
         let stored = SqliteStore::open(&self.db_path)?.load().await?;
         Ok(stored.len())
     }
+}
+
+/// What the mock answers a chat request that finds no scripted reply: the answer a Claude
+/// model would give to what the converted request asks — a tool call when tools are declared,
+/// the tool's answer once its result came back, thinking (in Kiro's tags) when thinking is on.
+pub fn claude_like_reply(body: &serde_json::Value) -> Reply {
+    let message = &body["conversationState"]["currentMessage"]["userInputMessage"];
+    let context = &message["userInputMessageContext"];
+    let has = |field: &str| context[field].as_array().is_some_and(|a| !a.is_empty());
+    if has("toolResults") {
+        Reply::success(&["It is 18 °C", " and sunny in Paris."])
+    } else if has("tools") {
+        Reply::tool_use(
+            "get_weather",
+            "tooluse_demo_1",
+            [r#"{"city""#, r#":"Paris"}"#],
+        )
+    } else if body.to_string().contains("<thinking_mode>") {
+        Reply::thinking(
+            "A greeting: a short, friendly answer is enough.",
+            "Hello! How can I help?",
+        )
+    } else {
+        Reply::success(&["Hello", " from Kiro"])
+    }
+}
+
+/// What a Claude client saw in the demo's session (see [`Demo::claude_session`]).
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// A streamed answer: the SSE event names in order, and the text its deltas carried.
+    pub streamed_events: Vec<String>,
+    pub streamed_text: String,
+    /// A Message answer (`stream: false`).
+    pub message: serde_json::Value,
+    /// The answer to a request declaring a tool: a `tool_use` block.
+    pub tool_call: serde_json::Value,
+    /// The answer once the client sent the `tool_result` back.
+    pub tool_answer: serde_json::Value,
+    /// An answer with thinking on: a `thinking` block, then text.
+    pub thinking: serde_json::Value,
+}
+
+impl Demo {
+    /// A Claude client's session through the gateway, as the Anthropic SDK would send it: a
+    /// streamed answer, a Message, a tool call and its round trip, thinking.
+    pub async fn claude_session(&self) -> Result<Session, BoxError> {
+        let client = reqwest::Client::new();
+        let url = format!("http://{}/v1/messages?beta=true", self.gateway.addr());
+        let send = |body: serde_json::Value| {
+            let request = client
+                .post(&url)
+                .header("x-api-key", &self.client_key)
+                .header("anthropic-version", "2023-06-01")
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            async move {
+                let response = request.send().await?;
+                let status = response.status();
+                let bytes = response.bytes().await?;
+                if !status.is_success() {
+                    return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)).into());
+                }
+                Ok::<_, BoxError>(bytes)
+            }
+        };
+        let hello = serde_json::json!([{"role": "user", "content": "Hello"}]);
+        let sse = send(serde_json::json!({
+            "model": MODEL, "max_tokens": 256, "stream": true, "messages": hello,
+        }))
+        .await?;
+        let mut streamed_events = Vec::new();
+        let mut streamed_text = String::new();
+        for block in String::from_utf8_lossy(&sse).split("\n\n") {
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(name) = line.strip_prefix("event: ") {
+                    streamed_events.push(name.to_owned());
+                } else if let Some(json) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str::<serde_json::Value>(json).ok();
+                }
+            }
+            if let Some(text) = data.as_ref().and_then(|d| d["delta"]["text"].as_str()) {
+                streamed_text.push_str(text);
+            }
+        }
+        let message = serde_json::from_slice(
+            &send(serde_json::json!({"model": MODEL, "max_tokens": 256, "messages": hello}))
+                .await?,
+        )?;
+        let tools = serde_json::json!([{
+            "name": "get_weather",
+            "description": "The current weather in a city.",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                             "required": ["city"]},
+        }]);
+        let question =
+            serde_json::json!({"role": "user", "content": "What is the weather in Paris?"});
+        let tool_call: serde_json::Value = serde_json::from_slice(
+            &send(serde_json::json!({
+                "model": MODEL, "max_tokens": 256, "tools": tools, "messages": [question],
+            }))
+            .await?,
+        )?;
+        let call = tool_call["content"]
+            .as_array()
+            .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_use"))
+            .cloned()
+            .ok_or("the answer holds no tool call")?;
+        let tool_answer = serde_json::from_slice(
+            &send(serde_json::json!({
+                "model": MODEL, "max_tokens": 256, "tools": tools,
+                "messages": [
+                    question,
+                    {"role": "assistant", "content": [call.clone()]},
+                    {"role": "user", "content": [{
+                        "type": "tool_result", "tool_use_id": call["id"],
+                        "content": "18 °C, sunny",
+                    }]},
+                ],
+            }))
+            .await?,
+        )?;
+        let thinking = serde_json::from_slice(
+            &send(serde_json::json!({
+                "model": MODEL, "max_tokens": 2048, "messages": hello,
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+            }))
+            .await?,
+        )?;
+        Ok(Session {
+            streamed_events,
+            streamed_text,
+            message,
+            tool_call,
+            tool_answer,
+            thinking,
+        })
+    }
+}
+
+/// The session as the demo prints it.
+pub fn render_session(session: &Session) -> String {
+    let text_of = |message: &serde_json::Value, kind: &str| -> String {
+        message["content"]
+            .as_array()
+            .map(|blocks| {
+                blocks
+                    .iter()
+                    .filter(|b| b["type"] == kind)
+                    .map(|b| match kind {
+                        "text" => b["text"].as_str().unwrap_or_default().to_owned(),
+                        "thinking" => b["thinking"].as_str().unwrap_or_default().to_owned(),
+                        _ => format!("{}({})", b["name"].as_str().unwrap_or_default(), b["input"]),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "stream: {}\n  text: {:?}",
+        session.streamed_events.join(", "),
+        session.streamed_text
+    );
+    let _ = writeln!(
+        out,
+        "message: {:?} (stop_reason {})",
+        text_of(&session.message, "text"),
+        session.message["stop_reason"]
+    );
+    let _ = writeln!(
+        out,
+        "tool call: {} (stop_reason {}) → after the tool_result: {:?}",
+        text_of(&session.tool_call, "tool_use"),
+        session.tool_call["stop_reason"],
+        text_of(&session.tool_answer, "text")
+    );
+    let _ = writeln!(
+        out,
+        "thinking: {:?} → {:?}",
+        text_of(&session.thinking, "thinking"),
+        text_of(&session.thinking, "text")
+    );
+    out
 }
 
 fn human(d: Duration) -> String {

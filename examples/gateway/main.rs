@@ -26,19 +26,27 @@ use std::time::Duration;
 
 use tower_account_pool::admin::AdminConfig;
 use tower_account_pool::config::{FileWatcher, PoolFile};
-use tower_account_pool::kiro::{self, KiroClassifier, KiroOptions, KiroResolver};
+use tower_account_pool::kiro::anthropic::AnthropicConfig;
+use tower_account_pool::kiro::{self, KiroClassifier, KiroEndpoints, KiroOptions, KiroResolver};
 use tower_account_pool::store::{JsonFileStore, SqliteStore, StoreHandle};
 use tower_account_pool::{AccountPoolLayer, Pool};
 
-use proxy::{BoxError, ClientKeys, Gateway, ProxyOptions, RequestGate, CLIENT_KEYS_VAR};
+use proxy::{Api, BoxError, ClientKeys, Gateway, ProxyOptions, RequestGate, CLIENT_KEYS_VAR};
 
 const USAGE: &str = "usage:
   gateway [--demo-serve] [--listen ADDR]
       the demo: an in-process Kiro mock, a burst of traffic, a table; --demo-serve keeps serving
-  gateway --pool PATH --upstream URL [--store json|sqlite:PATH|redis:URL] [--listen ADDR]
-          [--body-cap BYTES] [--methods GET,POST,HEAD] [--header-timeout SECS]
-          [--max-connections N] [--allow-anonymous]
-      proxy every request to URL through the accounts of the pool file PATH
+  gateway --pool PATH [--upstream URL] [--api anthropic|passthrough] [--kiro-auth-base URL]
+          [--store json|sqlite:PATH|redis:URL] [--listen ADDR] [--body-cap BYTES]
+          [--methods GET,POST,HEAD] [--header-timeout SECS] [--max-connections N]
+          [--allow-anonymous]
+      serve the accounts of the pool file PATH:
+      --api anthropic (the default when the pool holds Kiro accounts): the Anthropic Messages
+        API (/v1/messages, /v1/messages/count_tokens, /v1/models) over Kiro accounts; Kiro calls
+        go to URL/generateAssistantResponse (and usage probes to URL), or without --upstream
+        to each account's region endpoint; --kiro-auth-base sends token refreshes to another
+        base (a mock or a private endpoint)
+      --api passthrough (the default otherwise): every request forwarded to URL as it is
       clients must send a key of GATEWAY_API_KEY (comma-separated keys) as x-api-key or
       Authorization: Bearer; without it the gateway refuses to start unless --allow-anonymous
       (admin API under /admin when GATEWAY_ADMIN_TOKEN holds a token of 16+ characters)";
@@ -57,6 +65,8 @@ struct Args {
     header_timeout: Option<Duration>,
     max_connections: Option<usize>,
     allow_anonymous: bool,
+    api: Option<String>,
+    kiro_auth_base: Option<String>,
     demo_serve: bool,
 }
 
@@ -104,13 +114,25 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 )?);
             }
             "--allow-anonymous" => parsed.allow_anonymous = true,
+            "--api" => {
+                let text = value("--api")?;
+                if !matches!(text.as_str(), "anthropic" | "passthrough") {
+                    return Err(format!(
+                        "--api: `{text}` is neither anthropic nor passthrough"
+                    ));
+                }
+                parsed.api = Some(text);
+            }
+            "--kiro-auth-base" => parsed.kiro_auth_base = Some(value("--kiro-auth-base")?),
             "--demo-serve" => parsed.demo_serve = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
     match (&parsed.pool, &parsed.upstream) {
-        (Some(_), None) => return Err("--pool needs --upstream".into()),
+        (Some(_), None) if parsed.api.as_deref() == Some("passthrough") => {
+            return Err("--api passthrough needs --upstream".into())
+        }
         (None, Some(_)) => return Err("--upstream needs --pool".into()),
         (Some(_), Some(_)) if parsed.demo_serve => {
             return Err("--demo-serve is for the demo, without --pool".into())
@@ -164,11 +186,15 @@ async fn run_demo(args: Args) -> Result<(), BoxError> {
     );
     let tally = demo.traffic(140, 6, Duration::from_millis(60)).await;
     print!("{}", demo::render(&demo.rows(), &tally));
+    println!("\nA Claude client's session through the gateway (Anthropic Messages API → Kiro):");
+    print!("{}", demo::render_session(&demo.claude_session().await?));
     if args.demo_serve {
         println!(
-            "\nStill serving: dashboard {} , proxy http://{}/generateAssistantResponse. Ctrl-C stops.",
+            "\nStill serving: dashboard {} , Anthropic API http://{}/v1/messages \
+             (ANTHROPIC_BASE_URL=http://{1} ANTHROPIC_API_KEY={}). Ctrl-C stops.",
             demo.dashboard_url(),
-            demo.gateway.addr()
+            demo.gateway.addr(),
+            demo.client_key
         );
         proxy::shutdown_signal().await;
         println!("Shutting down: requests in flight finish, then the store is flushed.");
@@ -184,13 +210,25 @@ async fn run_demo(args: Args) -> Result<(), BoxError> {
 
 async fn serve(args: Args) -> Result<(), BoxError> {
     let pool_path = args.pool.expect("checked by parse_args");
-    let upstream = args.upstream.expect("checked by parse_args");
+    let upstream = args.upstream;
     let listen = args
         .listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
     let client_keys = client_keys(args.allow_anonymous)?;
+    // Usage probes go where the chat goes when a base is given (tests and private endpoints
+    // need no internet); refreshes go to --kiro-auth-base, else to Kiro's own endpoints.
+    let passthrough_asked = args.api.as_deref() == Some("passthrough");
+    let kiro_options = KiroOptions {
+        endpoints: KiroEndpoints {
+            social_base: args.kiro_auth_base.clone(),
+            oidc_base: args.kiro_auth_base.clone(),
+            q_base: upstream.clone().filter(|_| !passthrough_asked),
+        },
+        ..KiroOptions::default()
+    };
+    let resolver = KiroResolver::new(kiro_options.clone());
     let file = PoolFile::load(&pool_path)?;
-    let pool = file.build_with(Pool::builder(), &KiroResolver::new(KiroOptions::default()))?;
+    let pool = file.build_with(Pool::builder(), &resolver)?;
     let store = match args.store.as_deref() {
         None => None,
         Some("json") => Some(StoreHandle::start(&pool, JsonFileStore::open(&pool_path)?).await?),
@@ -205,7 +243,7 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     // Hot reload: edits of the pool file (accounts added, removed, changed) reach the running
     // pool; a broken edit is logged and ignored. Stops when `_watch` is dropped.
     let _watch = FileWatcher::new(&pool, &pool_path)
-        .resolver(Arc::new(KiroResolver::new(KiroOptions::default())))
+        .resolver(Arc::new(KiroResolver::new(kiro_options)))
         .start();
     let kiro_accounts = pool
         .snapshot()
@@ -213,6 +251,15 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         .iter()
         .filter(|a| a.credential.kind == kiro::KIND)
         .count();
+    let api = match args.api.as_deref() {
+        Some("anthropic") => "anthropic",
+        Some(_) => "passthrough",
+        None if kiro_accounts > 0 => "anthropic",
+        None => "passthrough",
+    };
+    if api == "passthrough" && upstream.is_none() {
+        return Err("the pool holds no Kiro account: --api passthrough needs --upstream".into());
+    }
     let mut layer = AccountPoolLayer::new(pool.clone());
     let tasks = if kiro_accounts > 0 {
         layer = layer.classifier(KiroClassifier::default());
@@ -220,7 +267,13 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     } else {
         Vec::new()
     };
-    let mut options = ProxyOptions::new(upstream.clone());
+    let mut options = ProxyOptions::new(upstream.clone().unwrap_or_default());
+    if api == "anthropic" {
+        options.api = Api::Anthropic {
+            config: AnthropicConfig::default(),
+            base_url: upstream.clone(),
+        };
+    }
     options.client_keys = client_keys;
     if let Some(cap) = args.body_cap {
         options.body_cap = cap;
@@ -242,8 +295,9 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let gateway = Gateway::start(listener, pool.clone(), layer, options)?;
     let snapshot = pool.snapshot();
+    let target = upstream.unwrap_or_else(|| "each account's region endpoint".into());
     println!(
-        "Proxying http://{} → {upstream} with {} accounts ({} Kiro, {} available now)",
+        "Proxying http://{} → {target} ({api} API) with {} accounts ({} Kiro, {} available now)",
         gateway.addr(),
         snapshot.accounts.len(),
         kiro_accounts,

@@ -23,10 +23,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tower::{Layer, Service, ServiceExt};
 use tower_account_pool::admin::{self, AdminConfig};
-use tower_account_pool::layer::{
-    AccountPoolLayer, AccountPoolService, ReplayBody, SelectedAccount,
+use tower_account_pool::kiro;
+use tower_account_pool::kiro::anthropic::{
+    AnthropicConfig, AnthropicLayer, AnthropicService, KiroAttemptLayer, KiroAttemptService,
+    KiroRequestBody, RequestedModel,
 };
-use tower_account_pool::{kiro, Pool};
+use tower_account_pool::layer::{AccountPoolLayer, AccountPoolService, ReplayBody};
+use tower_account_pool::Pool;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -42,24 +45,32 @@ pub use guard::{error_response, ClientKeys, RequestGate, UpstreamBase, CLIENT_KE
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The body sent upstream: the layer's as is, or rewritten (see [`for_account`]).
-type OutBody = Either<ReplayBody<Full<Bytes>>, Full<Bytes>>;
-
-type HttpClient =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, OutBody>;
-
 /// A response body from either client.
 pub type UpstreamBody = Either<hyper::body::Incoming, reqwest::Body>;
 
 /// The inner service, the request's URI already pointing at the upstream: a hyper-util client
-/// for `http://` upstreams (the lighter path), reqwest (rustls) for `https://` ones.
-#[derive(Clone)]
-pub struct Upstream {
-    http: HttpClient,
+/// for `http://` upstreams (the lighter path), reqwest (rustls) for `https://` ones. `B` is the
+/// request body the layers above hand it.
+pub struct Upstream<B> {
+    http: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, B>,
     https: reqwest::Client,
 }
 
-impl Upstream {
+impl<B> Clone for Upstream<B> {
+    fn clone(&self) -> Self {
+        Upstream {
+            http: self.http.clone(),
+            https: self.https.clone(),
+        }
+    }
+}
+
+impl<B> Upstream<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     pub fn new() -> Result<Self, BoxError> {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_nodelay(true);
@@ -93,7 +104,11 @@ impl std::fmt::Display for UpstreamError {
 
 impl std::error::Error for UpstreamError {}
 
-impl Service<http::Request<ReplayBody<Full<Bytes>>>> for Upstream {
+impl<B> Service<http::Request<B>> for Upstream<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     type Response = http::Response<UpstreamBody>;
     type Error = UpstreamError;
     type Future = std::pin::Pin<
@@ -107,27 +122,17 @@ impl Service<http::Request<ReplayBody<Full<Bytes>>>> for Upstream {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
-        let plain_http = request.uri().scheme_str() == Some("http");
-        if plain_http && !is_kiro(&request) {
-            // The common path: nothing to rewrite, no clone of the client.
-            let call = self.http.request(request.map(Either::Left));
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().scheme_str() == Some("http") {
+            let call = self.http.request(request);
             return Box::pin(async move {
                 call.await
                     .map(|r| r.map(Either::Left))
                     .map_err(UpstreamError::Http)
             });
         }
-        let (http, https) = (self.http.clone(), self.https.clone());
+        let https = self.https.clone();
         Box::pin(async move {
-            let request = for_account(request).await;
-            if plain_http {
-                return http
-                    .request(request)
-                    .await
-                    .map(|r| r.map(Either::Left))
-                    .map_err(UpstreamError::Http);
-            }
             let request = reqwest::Request::try_from(request.map(reqwest::Body::wrap))
                 .map_err(|e| UpstreamError::Https(e.without_url()))?;
             let response = https
@@ -139,42 +144,29 @@ impl Service<http::Request<ReplayBody<Full<Bytes>>>> for Upstream {
     }
 }
 
-fn is_kiro<B>(request: &http::Request<B>) -> bool {
-    request
-        .extensions()
-        .get::<SelectedAccount>()
-        .is_some_and(|s| s.credential_kind() == kiro::KIND)
+/// What the gateway speaks to its clients.
+#[derive(Clone)]
+pub enum Api {
+    /// Requests are forwarded as they are, to `ProxyOptions::upstream` (path and query kept).
+    /// Kiro accounts' bodies get their `profileArn` per attempt.
+    Passthrough,
+    /// The Anthropic Messages API (`/v1/messages`, `/v1/messages/count_tokens`,
+    /// `/v1/models`) over Kiro accounts, through `kiro::anthropic`. Kiro calls go to
+    /// `<base>/generateAssistantResponse`, or to each account's region endpoint without a base.
+    Anthropic {
+        config: AnthropicConfig,
+        base_url: Option<String>,
+    },
 }
 
-/// Kiro's chat body names the account: social accounts send their `profileArn` as a top-level
-/// field, Builder ID / IdC accounts must send none. The layer picks the account per attempt,
-/// so the field is set here, from the [`SelectedAccount`] (a read-only credential field, not a
-/// secret). Other accounts' requests, and bodies that are not a JSON object, pass unchanged.
-async fn for_account(request: http::Request<ReplayBody<Full<Bytes>>>) -> http::Request<OutBody> {
-    if !is_kiro(&request) {
-        return request.map(Either::Left);
-    }
-    let arn = request
-        .extensions()
-        .get::<SelectedAccount>()
-        .and_then(|s| s.field("profileArn"));
-    let (mut parts, body) = request.into_parts();
-    let bytes = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(never) => match never {},
-    };
-    let bytes = match serde_json::from_slice::<serde_json::Value>(&bytes) {
-        Ok(serde_json::Value::Object(mut map)) => {
-            match arn {
-                Some(arn) => map.insert("profileArn".into(), arn.into()),
-                None => map.remove("profileArn"),
-            };
-            parts.headers.remove(header::CONTENT_LENGTH);
-            Bytes::from(serde_json::Value::Object(map).to_string())
+impl Api {
+    /// `anthropic` or `passthrough`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Api::Passthrough => "passthrough",
+            Api::Anthropic { .. } => "anthropic",
         }
-        _ => bytes,
-    };
-    http::Request::from_parts(parts, Either::Right(Full::new(bytes)))
+    }
 }
 
 /// How the gateway treats requests.
@@ -198,6 +190,8 @@ pub struct ProxyOptions {
     pub header_read_timeout: Duration,
     /// Most connections open at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// What the gateway speaks to its clients.
+    pub api: Api,
 }
 
 /// Default [`ProxyOptions::header_read_timeout`].
@@ -216,13 +210,28 @@ impl ProxyOptions {
             gate: RequestGate::default(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            api: Api::Passthrough,
         }
     }
 }
 
+/// The pass-through stack: the pool, then the per-attempt `profileArn` of Kiro accounts.
+type PassthroughService = AccountPoolService<KiroAttemptService<Upstream<ReplayBody<Full<Bytes>>>>>;
+
+/// The Anthropic stack: conversion once, the pool, the per-attempt Kiro request.
+type AnthropicStack =
+    AnthropicService<AccountPoolService<KiroAttemptService<Upstream<ReplayBody<KiroRequestBody>>>>>;
+
+enum Inner {
+    Passthrough {
+        service: PassthroughService,
+        upstream: UpstreamBase,
+    },
+    Anthropic(AnthropicStack),
+}
+
 struct Proxy {
-    service: AccountPoolService<Upstream>,
-    upstream: UpstreamBase,
+    inner: Inner,
     body_cap: usize,
     body_timeout: Duration,
 }
@@ -245,9 +254,25 @@ impl Gateway {
         options: ProxyOptions,
     ) -> Result<Gateway, BoxError> {
         let addr = listener.local_addr()?;
+        let inner = match &options.api {
+            Api::Passthrough => Inner::Passthrough {
+                service: layer.layer(KiroAttemptLayer::new().keep_uri().layer(Upstream::new()?)),
+                upstream: UpstreamBase::parse(&options.upstream)?,
+            },
+            Api::Anthropic { config, base_url } => {
+                let attempt = match base_url {
+                    Some(url) => KiroAttemptLayer::new().base_url(url)?,
+                    None => KiroAttemptLayer::new(),
+                };
+                let pool_layer = layer.model_extractor(RequestedModel::extractor());
+                Inner::Anthropic(
+                    AnthropicLayer::new(config.clone())
+                        .layer(pool_layer.layer(attempt.layer(Upstream::new()?))),
+                )
+            }
+        };
         let proxy = Arc::new(Proxy {
-            service: layer.layer(Upstream::new()?),
-            upstream: UpstreamBase::parse(&options.upstream)?,
+            inner,
             body_cap: options.body_cap,
             body_timeout: options.body_timeout,
         });
@@ -529,15 +554,19 @@ where
 {
     let (parts, body) = request.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = match proxy.upstream.join(target) {
-        Ok(uri) => uri,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                &e.to_string(),
-            )
-        }
+    let uri = match &proxy.inner {
+        Inner::Passthrough { upstream, .. } => match upstream.join(target) {
+            Ok(uri) => uri,
+            Err(e) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    &e.to_string(),
+                )
+            }
+        },
+        // Routed by `AnthropicService` on its path; the Kiro URI is set per attempt.
+        Inner::Anthropic(_) => parts.uri.clone(),
     };
     let bytes = match read_body(body, proxy.body_cap, proxy.body_timeout).await {
         Ok(bytes) => bytes,
@@ -556,8 +585,18 @@ where
             upstream.headers_mut().append(name.clone(), value.clone());
         }
     }
-    let service = proxy.service.clone();
-    match service.oneshot(upstream).await {
+    let result = match &proxy.inner {
+        Inner::Passthrough { service, .. } => service
+            .clone()
+            .oneshot(upstream)
+            .await
+            .map(|r| r.map(Body::new)),
+        Inner::Anthropic(service) => match service.clone().oneshot(upstream).await {
+            Ok(response) => Ok(response.map(Body::new)),
+            Err(never) => match never {},
+        },
+    };
+    match result {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             let names: Vec<HeaderName> = parts
@@ -570,7 +609,7 @@ where
                 parts.headers.remove(name);
             }
             // Streamed as it arrives: axum polls the layer's body frame by frame.
-            Response::from_parts(parts, Body::new(body))
+            Response::from_parts(parts, body)
         }
         Err(e) => {
             tracing::warn!(error = %e, "upstream call failed on every attempt");

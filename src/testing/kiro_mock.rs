@@ -510,7 +510,12 @@ struct State {
     requests: Vec<RecordedRequest>,
     issued: u64,
     validation: Validation,
+    responder: Option<Responder>,
 }
+
+/// Chooses the reply to a chat request whose account has no scripted reply left, from the
+/// parsed request body (see [`KiroMock::respond_with`]).
+pub type Responder = Arc<dyn Fn(&Value) -> Reply + Send + Sync>;
 
 /// The in-process Kiro upstream. Dropping it stops accepting connections.
 pub struct KiroMock {
@@ -568,6 +573,31 @@ impl KiroMock {
             state,
             accept,
         }
+    }
+
+    /// Answers chat requests that find no scripted reply for their account with
+    /// `responder(body)` instead of the default `Hello from Kiro` (scripted replies still come
+    /// first): a reply chosen by what the request asks, e.g. a tool call when tools are
+    /// declared.
+    ///
+    /// ```
+    /// use tower_account_pool::testing::{KiroMock, Reply};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let mock = KiroMock::start().await;
+    /// mock.respond_with(|body| {
+    ///     let message = &body["conversationState"]["currentMessage"]["userInputMessage"];
+    ///     match message["content"].as_str() {
+    ///         Some(text) if text.contains("weather") => {
+    ///             Reply::tool_use("get_weather", "tooluse_1", [r#"{"city":"#, r#""Paris"}"#])
+    ///         }
+    ///         _ => Reply::success(&["Hi"]),
+    ///     }
+    /// });
+    /// # });
+    /// ```
+    pub fn respond_with(&self, responder: impl Fn(&Value) -> Reply + Send + Sync + 'static) {
+        self.state.lock().unwrap().responder = Some(Arc::new(responder));
     }
 
     /// `http://127.0.0.1:<port>`: use it as every Kiro base URL.
@@ -954,11 +984,18 @@ async fn handle(
                 (None, _) => invalid_token(),
                 (Some(_), Some(rejection)) => rejected(&rejection),
                 (Some(account), None) => {
-                    let reply = lock()
-                        .scripts
-                        .get_mut(&account)
-                        .and_then(VecDeque::pop_front)
-                        .unwrap_or_else(|| Reply::success(&["Hello", " from Kiro"]));
+                    let (scripted, responder) = {
+                        let mut state = lock();
+                        let scripted = state
+                            .scripts
+                            .get_mut(&account)
+                            .and_then(VecDeque::pop_front);
+                        (scripted, state.responder.clone())
+                    };
+                    let reply = scripted.unwrap_or_else(|| match (responder, &parsed) {
+                        (Some(respond), Some(body)) => respond(body),
+                        _ => Reply::success(&["Hello", " from Kiro"]),
+                    });
                     render(reply, &abort).await
                 }
             }

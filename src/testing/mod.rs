@@ -41,6 +41,6 @@ mod kiro_mock;
 mod kiro_validation;
 
 #[cfg(feature = "kiro")]
-pub use kiro_mock::{Event, KiroMock, RecordedRequest, RefreshRule, Reply};
+pub use kiro_mock::{Event, KiroMock, RecordedRequest, RefreshRule, Reply, Responder};
 #[cfg(feature = "kiro")]
 pub use kiro_validation::{Validation, DEFAULT_MAX_INPUT_CHARS, KIRO_MODEL_IDS, MAX_TOOL_NAME_LEN};

@@ -28,7 +28,8 @@ pub const GENERATE_PATH: &str = "/generateAssistantResponse";
 /// - **URI**: `<base>/generateAssistantResponse` with a fixed base URL when one is configured
 ///   ([`base_url`](Self::base_url): tests, private endpoints), else the account's region
 ///   endpoint `https://q.{region}.amazonaws.com/generateAssistantResponse` (region from the
-///   credential, default `us-east-1`).
+///   credential, default `us-east-1`); or the request's own URI, untouched, with
+///   [`keep_uri`](Self::keep_uri) (a pass-through proxy that already chose the URL).
 ///
 /// ```
 /// use tower_account_pool::kiro::anthropic::KiroAttemptLayer;
@@ -47,12 +48,14 @@ pub const GENERATE_PATH: &str = "/generateAssistantResponse";
 #[derive(Clone, Default)]
 pub struct KiroAttemptLayer {
     base: Option<Arc<Uri>>,
+    keep_uri: bool,
 }
 
 impl fmt::Debug for KiroAttemptLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KiroAttemptLayer")
             .field("base", &self.base.as_deref().map(Uri::to_string))
+            .field("keep_uri", &self.keep_uri)
             .finish()
     }
 }
@@ -65,7 +68,26 @@ pub struct InvalidBaseUrl(pub String);
 impl KiroAttemptLayer {
     /// Requests go to each account's region endpoint.
     pub fn new() -> Self {
-        KiroAttemptLayer { base: None }
+        KiroAttemptLayer::default()
+    }
+
+    /// Requests keep the URI they arrive with: only the `profileArn` is set per attempt.
+    ///
+    /// ```
+    /// use tower_account_pool::kiro::anthropic::KiroAttemptLayer;
+    ///
+    /// let layer = KiroAttemptLayer::new().keep_uri();
+    /// assert!(layer.keeps_uri());
+    /// ```
+    pub fn keep_uri(mut self) -> Self {
+        self.keep_uri = true;
+        self.base = None;
+        self
+    }
+
+    /// Whether requests keep their own URI ([`keep_uri`](Self::keep_uri)).
+    pub fn keeps_uri(&self) -> bool {
+        self.keep_uri
     }
 
     /// Requests go to `<url>/generateAssistantResponse` whatever the account.
@@ -76,6 +98,7 @@ impl KiroAttemptLayer {
             return Err(InvalidBaseUrl(url.to_owned()));
         }
         self.base = Some(Arc::new(uri));
+        self.keep_uri = false;
         Ok(self)
     }
 
@@ -130,8 +153,10 @@ where
 
     fn call(&mut self, mut request: Request<ReplayBody<B>>) -> S::Future {
         let selected = request.extensions().get::<SelectedAccount>().cloned();
-        let region = selected.as_ref().and_then(|s| s.field("region"));
-        *request.uri_mut() = self.layer.uri_for(region.as_deref());
+        if !self.layer.keep_uri {
+            let region = selected.as_ref().and_then(|s| s.field("region"));
+            *request.uri_mut() = self.layer.uri_for(region.as_deref());
+        }
         if let Some(selected) = selected.filter(|s| s.credential_kind() == crate::kiro::KIND) {
             let arn = selected.field("profileArn");
             if let Some(bytes) = request.body().buffered_bytes() {
