@@ -283,3 +283,126 @@ async fn passthrough_mode_forwards_kiro_bodies_with_each_accounts_profile_arn() 
     }
     gateway.shutdown().await.unwrap();
 }
+
+/// The Python interpreter that has the official `anthropic` SDK: `ANTHROPIC_SDK_PYTHON` (which
+/// `.ci/run` sets to a venv it fills from PyPI), else `python3` when it can import it. `None`
+/// (the test says it skipped) only outside CI.
+fn sdk_python() -> Option<String> {
+    let imports = |python: &str| {
+        std::process::Command::new(python)
+            .args(["-c", "import anthropic"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Ok(python) = std::env::var("ANTHROPIC_SDK_PYTHON") {
+        assert!(
+            imports(&python),
+            "ANTHROPIC_SDK_PYTHON={python} cannot import the anthropic SDK"
+        );
+        return Some(python);
+    }
+    if imports("python3") {
+        return Some("python3".into());
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the Anthropic SDK test: set ANTHROPIC_SDK_PYTHON (.ci/run does)"
+    );
+    None
+}
+
+/// A gateway in `anthropic` mode over one Kiro account of `mock` that answers every chat
+/// request with `reply`.
+async fn one_account_gateway(
+    mock: &tower_account_pool::testing::KiroMock,
+    id: &str,
+    reply: Reply,
+    key: &str,
+) -> proxy::Gateway {
+    use tower_account_pool::kiro::anthropic::AnthropicConfig;
+    use tower_account_pool::kiro::{KiroClassifier, KiroCredential, KiroOptions};
+    use tower_account_pool::{Account, AccountPoolLayer, Pool};
+    mock.accept_access_token(id, &format!("at-{id}"));
+    mock.script(id, std::iter::repeat_n(reply, 100));
+    let json = format!(
+        r#"{{"accessToken":"at-{id}","refreshToken":"rt-{id}","authMethod":"social","profileArn":"{}","expiresAt":"2099-01-01T00:00:00Z"}}"#,
+        demo::profile_arn(id)
+    );
+    let credential =
+        KiroCredential::from_json(&json, KiroOptions::with_base_url(mock.url())).unwrap();
+    let pool = Pool::builder()
+        .account(Account::new(id, credential))
+        .build()
+        .unwrap();
+    let mut options = proxy::ProxyOptions::new(mock.url());
+    options.api = proxy::Api::Anthropic {
+        config: AnthropicConfig::default(),
+        base_url: Some(mock.url()),
+    };
+    options.client_keys = Some(proxy::ClientKeys::parse(key).unwrap());
+    let listener = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    proxy::Gateway::start(
+        listener,
+        pool.clone(),
+        AccountPoolLayer::new(pool).classifier(KiroClassifier::default()),
+        options,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_anthropic_sdk_works_through_the_gateway() {
+    let Some(python) = sdk_python() else {
+        println!("skipped: no Python with the anthropic SDK (set ANTHROPIC_SDK_PYTHON)");
+        return;
+    };
+    let demo = demo::start(any_port(), None).await.unwrap();
+    let others = tower_account_pool::testing::KiroMock::start().await;
+    let throttled = one_account_gateway(
+        &others,
+        "always-throttled",
+        Reply::Throttled {
+            retry_after: Some(30),
+        },
+        &demo.client_key,
+    )
+    .await;
+    let suspended = one_account_gateway(
+        &others,
+        "always-suspended",
+        Reply::Suspended,
+        &demo.client_key,
+    )
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/anthropic_sdk.py");
+    let output = tokio::process::Command::new(&python)
+        .arg(script)
+        .env("GATEWAY_URL", format!("http://{}", demo.gateway.addr()))
+        .env("GATEWAY_KEY", &demo.client_key)
+        .env("THROTTLED_URL", format!("http://{}", throttled.addr()))
+        .env("SUSPENDED_URL", format!("http://{}", suspended.addr()))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    println!("{stdout}");
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // The follow-up's tool_result reached Kiro as a toolResult with the call's id.
+    let id = seen["tool_use_id"].as_str().unwrap();
+    let follow_up = demo
+        .mock
+        .requests_to("/generateAssistantResponse")
+        .into_iter()
+        .find(|r| !r.tool_result_ids().is_empty())
+        .expect("the tool result reached Kiro");
+    assert_eq!(follow_up.tool_result_ids(), [id]);
+    // Nothing the SDK sent was refused by Kiro's checks.
+    for chat in demo.mock.requests_to("/generateAssistantResponse") {
+        assert!(chat.rejection.is_none(), "{:?}", chat.rejection);
+    }
+    throttled.shutdown().await.unwrap();
+    suspended.shutdown().await.unwrap();
+    demo.shutdown().await.unwrap();
+}

@@ -1,18 +1,19 @@
-//! A reverse proxy for a pool of accounts: every request goes to one upstream through
-//! `AccountPoolLayer`, responses stream back unbuffered, the admin API and dashboard are under
-//! `/admin`, and Ctrl-C (or SIGTERM) shuts down gracefully — requests in flight finish and the
-//! store is flushed.
+//! A gateway for a pool of accounts: the Anthropic Messages API over Kiro accounts
+//! (`--api anthropic`, the default for a Kiro pool) or a reverse proxy to one upstream
+//! (`--api passthrough`), through `AccountPoolLayer`, behind client keys (`GATEWAY_API_KEY`);
+//! responses stream back unbuffered, the admin API and dashboard are under `/admin`, and
+//! Ctrl-C (or SIGTERM) shuts down gracefully — requests in flight finish and the store is
+//! flushed.
 //!
 //! ```sh
-//! # The demo: an in-process Kiro mock with accounts that misbehave differently.
+//! # The demo: Claude-client requests to an in-process Kiro mock with accounts that misbehave.
 //! cargo run --example gateway --features kiro,test-util,sqlite,admin
 //! cargo run --example gateway --features kiro,test-util,sqlite,admin -- --demo-serve
 //!
-//! # The real thing: Kiro token files in the pool file, the Kiro endpoint as upstream.
+//! # The real thing: Kiro token files in the pool file, each account's region endpoint.
 //! GATEWAY_API_KEY=$(openssl rand -hex 24) GATEWAY_ADMIN_TOKEN=$(openssl rand -hex 24) \
 //! cargo run --release --example gateway --features kiro,test-util,sqlite,admin -- \
 //!     --pool configs/account_pool.json \
-//!     --upstream https://codewhisperer.us-east-1.amazonaws.com \
 //!     --store sqlite:configs/gateway.db --listen 127.0.0.1:8080
 //! ```
 
