@@ -999,3 +999,129 @@ async fn the_real_gateway_needs_client_keys_or_allow_anonymous() {
     );
     assert!(!all.contains("cli-client-key"), "{all}");
 }
+
+/// The real binary in `anthropic` mode (the default for a Kiro pool): a token file, the Kiro
+/// mock as upstream and refresh base, a model added with `--models`.
+#[cfg(feature = "test-util")]
+#[tokio::test]
+async fn the_real_gateway_serves_the_anthropic_api_for_a_kiro_pool() {
+    use tokio::io::AsyncBufReadExt;
+    let mock = tower_account_pool::testing::KiroMock::start().await;
+    mock.accept_access_token("kiro-cli", "at-kiro-cli");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("kiro-cli.json"),
+        r#"{"accessToken":"at-kiro-cli","refreshToken":"rt-kiro-cli","authMethod":"social","profileArn":"arn:aws:codewhisperer:us-east-1:1:profile/CLI","expiresAt":"2099-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let pool = dir.path().join("pool.json");
+    std::fs::write(
+        &pool,
+        format!(
+            r#"{{"accounts":[{{"uuid":"kiro-cli","KIRO_OAUTH_CREDS_FILE_PATH":"{}"}}]}}"#,
+            dir.path().join("kiro-cli.json").display()
+        ),
+    )
+    .unwrap();
+    let models = dir.path().join("models.json");
+    let run = |models_json: &str| {
+        std::fs::write(&models, models_json).unwrap();
+        tokio::process::Command::new(gateway_binary())
+            .args(["--pool", pool.to_str().unwrap(), "--upstream", &mock.url()])
+            .args(["--kiro-auth-base", &mock.url(), "--listen", "127.0.0.1:0"])
+            .args(["--models", models.to_str().unwrap()])
+            .env("GATEWAY_API_KEY", "cli-anthropic-key")
+            .env_remove("GATEWAY_ADMIN_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    // A models file the gateway cannot read is refused at start, naming the place.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        run(r#"[{"id":"claude-opus-5-5"}]"#).wait_with_output(),
+    )
+    .await
+    .expect("ends")
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("model at index 0 needs a non-empty string `kiroId`"),
+        "{stderr}"
+    );
+
+    let mut child =
+        run(r#"[{"id":"claude-opus-5-5","kiroId":"claude-opus-4.6","aliases":["opus"]}]"#);
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("Proxying") {
+                return line;
+            }
+        }
+        panic!("the gateway ended before serving");
+    })
+    .await
+    .expect("the gateway starts");
+    assert!(line.contains("(anthropic API)"), "{line}");
+    let addr: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let models: serde_json::Value = serde_json::from_slice(
+        &client
+            .get(format!("http://{addr}/v1/models"))
+            .header("x-api-key", "cli-anthropic-key")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"claude-opus-5-5"), "{ids:?}");
+    let response = client
+        .post(format!("http://{addr}/v1/messages?beta=true"))
+        .header("authorization", "Bearer cli-anthropic-key")
+        .header("content-type", "application/json")
+        .body(r#"{"model":"opus","max_tokens":64,"messages":[{"role":"user","content":"Hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let message: serde_json::Value =
+        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        message["content"][0]["text"], "Hello from Kiro",
+        "{message}"
+    );
+    let chat = mock.requests_to("/generateAssistantResponse");
+    assert_eq!(chat.len(), 1);
+    let body = chat[0].json.clone().unwrap();
+    assert_eq!(
+        body["conversationState"]["currentMessage"]["userInputMessage"]["modelId"],
+        "claude-opus-4.6"
+    );
+    assert_eq!(
+        body["profileArn"],
+        "arn:aws:codewhisperer:us-east-1:1:profile/CLI"
+    );
+    // The usage probe at start went to the same base.
+    assert!(!mock.requests_to("/getUsageLimits").is_empty());
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+}

@@ -21,13 +21,13 @@ mod demo;
 mod proxy;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tower_account_pool::admin::AdminConfig;
 use tower_account_pool::config::{FileWatcher, PoolFile};
-use tower_account_pool::kiro::anthropic::AnthropicConfig;
+use tower_account_pool::kiro::anthropic::{AnthropicConfig, ModelEntry, ModelTable};
 use tower_account_pool::kiro::{self, KiroClassifier, KiroEndpoints, KiroOptions, KiroResolver};
 use tower_account_pool::store::{JsonFileStore, SqliteStore, StoreHandle};
 use tower_account_pool::{AccountPoolLayer, Pool};
@@ -40,13 +40,14 @@ const USAGE: &str = "usage:
   gateway --pool PATH [--upstream URL] [--api anthropic|passthrough] [--kiro-auth-base URL]
           [--store json|sqlite:PATH|redis:URL] [--listen ADDR] [--body-cap BYTES]
           [--methods GET,POST,HEAD] [--header-timeout SECS] [--max-connections N]
-          [--allow-anonymous]
+          [--allow-anonymous] [--models FILE]
       serve the accounts of the pool file PATH:
       --api anthropic (the default when the pool holds Kiro accounts): the Anthropic Messages
         API (/v1/messages, /v1/messages/count_tokens, /v1/models) over Kiro accounts; Kiro calls
         go to URL/generateAssistantResponse (and usage probes to URL), or without --upstream
         to each account's region endpoint; --kiro-auth-base sends token refreshes to another
-        base (a mock or a private endpoint)
+        base (a mock or a private endpoint); --models FILE adds models to the table (a JSON
+        array of objects with id, kiroId, displayName, aliases, contextWindow, maxOutputTokens)
       --api passthrough (the default otherwise): every request forwarded to URL as it is
       clients must send a key of GATEWAY_API_KEY (comma-separated keys) as x-api-key or
       Authorization: Bearer; without it the gateway refuses to start unless --allow-anonymous
@@ -68,6 +69,7 @@ struct Args {
     allow_anonymous: bool,
     api: Option<String>,
     kiro_auth_base: Option<String>,
+    models: Option<PathBuf>,
     demo_serve: bool,
 }
 
@@ -125,6 +127,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 parsed.api = Some(text);
             }
             "--kiro-auth-base" => parsed.kiro_auth_base = Some(value("--kiro-auth-base")?),
+            "--models" => parsed.models = Some(value("--models")?.into()),
             "--demo-serve" => parsed.demo_serve = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
@@ -270,10 +273,16 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     };
     let mut options = ProxyOptions::new(upstream.clone().unwrap_or_default());
     if api == "anthropic" {
+        let mut models = ModelTable::default();
+        if let Some(path) = &args.models {
+            models = with_models_file(models, path)?;
+        }
         options.api = Api::Anthropic {
-            config: AnthropicConfig::default(),
+            config: AnthropicConfig::default().models(models),
             base_url: upstream.clone(),
         };
+    } else if args.models.is_some() {
+        return Err("--models is for --api anthropic".into());
     }
     options.client_keys = client_keys;
     if let Some(cap) = args.body_cap {
@@ -317,6 +326,60 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         store.shutdown().await?;
     }
     Ok(())
+}
+
+/// `table` with the models of the JSON file at `path` added (an entry with a known id replaces
+/// it): `[{"id": "claude-opus-5-5", "kiroId": "claude-opus-4.6", "displayName": "…",
+/// "aliases": [...], "contextWindow": 1000000, "maxOutputTokens": 64000}]`.
+fn with_models_file(mut table: ModelTable, path: &Path) -> Result<ModelTable, BoxError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--models {}: {e}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("--models {}: invalid JSON: {e}", path.display()))?;
+    let entries = value.as_array().ok_or_else(|| {
+        format!(
+            "--models {}: expected a JSON array of models",
+            path.display()
+        )
+    })?;
+    for (index, entry) in entries.iter().enumerate() {
+        let field = |name: &str| -> Result<String, BoxError> {
+            entry[name]
+                .as_str()
+                .filter(|v| !v.trim().is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    format!(
+                        "--models {}: model at index {index} needs a non-empty string `{name}`",
+                        path.display()
+                    )
+                    .into()
+                })
+        };
+        let id = field("id")?;
+        let display = entry["displayName"].as_str().unwrap_or(&id).to_owned();
+        let mut model = ModelEntry::new(id, field("kiroId")?, display);
+        for alias in entry["aliases"].as_array().into_iter().flatten() {
+            let alias = alias.as_str().ok_or_else(|| {
+                format!(
+                    "--models {}: model at index {index}: `aliases` holds strings",
+                    path.display()
+                )
+            })?;
+            model = model.alias(alias);
+        }
+        if let Some(tokens) = entry["contextWindow"].as_u64() {
+            model = model.context_window(tokens);
+        }
+        if let Some(tokens) = entry["maxOutputTokens"].as_u64() {
+            model = model.max_output_tokens(tokens);
+        }
+        if let Some(at) = entry["createdAt"].as_str() {
+            model = model.created_at(at);
+        }
+        table = table.with(model);
+    }
+    Ok(table)
 }
 
 /// The client keys from `GATEWAY_API_KEY`; without it, `None` only with `--allow-anonymous`.
