@@ -233,13 +233,15 @@ fn skip_ws(body: &[u8], mut i: usize) -> usize {
 fn string_end(body: &[u8], mut i: usize) -> Option<(usize, bool)> {
     let mut escaped = false;
     loop {
-        match body.get(i)? {
+        // Most of a request body is string content: jump to the next quote or backslash
+        // (memchr's vectorised search) instead of stepping byte by byte.
+        i += memchr::memchr2(b'"', b'\\', body.get(i..)?)?;
+        match body[i] {
             b'"' => return Some((i, escaped)),
-            b'\\' => {
+            _ => {
                 escaped = true;
                 i += 2;
             }
-            _ => i += 1,
         }
     }
 }
