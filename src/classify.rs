@@ -84,6 +84,17 @@ pub trait Classifier: Send + Sync + 'static {
         complete: bool,
     ) -> Outcome;
 
+    /// After a [`HeadVerdict::Peek`] read its bytes, whether they are enough to decide.
+    /// `Some(n)` makes the layer read on until it holds `n` bytes in all (or the body ends),
+    /// then ask again; `None`, the default, decides with what was read. A stream whose first
+    /// frame arrives in pieces, or whose first frames carry only metadata, can so be read up to
+    /// its first decisive frame — and an error sent there still fails over. The layer holds
+    /// back at most 64 KiB this way, within the attempt's timeout and deadline.
+    fn peek_more(&self, status: StatusCode, headers: &HeaderMap, prefix: &[u8]) -> Option<usize> {
+        let _ = (status, headers, prefix);
+        None
+    }
+
     /// Classifies a streamed answer by its trailers, which gRPC uses for the call's status once
     /// messages were sent. Called when the trailers arrive, after the response was handed out
     /// (nothing is retried then; the outcome is the account's). `None`, the default: the
@@ -121,6 +132,10 @@ impl<C: Classifier + ?Sized> Classifier for std::sync::Arc<C> {
 
     fn classify_trailers(&self, trailers: &HeaderMap) -> Option<Outcome> {
         (**self).classify_trailers(trailers)
+    }
+
+    fn peek_more(&self, status: StatusCode, headers: &HeaderMap, prefix: &[u8]) -> Option<usize> {
+        (**self).peek_more(status, headers, prefix)
     }
 
     fn refine(&self, outcome: Outcome, account: &SelectedAccount) -> Outcome {

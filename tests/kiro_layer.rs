@@ -167,3 +167,78 @@ async fn a_quota_exhausted_account_waits_for_its_probed_reset_not_the_month_end(
         "alice returns at the probed reset ({reset_secs} s), not at {until:?}"
     );
 }
+
+/// An exception sent before any content fails over however the upstream cuts the bytes (one
+/// byte per chunk here) and when metadata-only frames come first.
+#[tokio::test]
+async fn an_exception_before_content_fails_over_even_in_pieces_and_after_metadata() {
+    use std::convert::Infallible;
+    use tower_account_pool::kiro::eventstream::Message;
+
+    let mock = KiroMock::start().await;
+    let pool = Pool::builder()
+        .account(kiro_account(&mock, "alice"))
+        .account(kiro_account(&mock, "bob"))
+        .strategy(Strategy::FillFirst)
+        .build()
+        .unwrap();
+    let metadata = Message::event("messageMetadataEvent", br#"{"conversationId":"c"}"#);
+    let throttled = Message::exception("ThrottlingException", br#"{"message":"slow down"}"#);
+    let text = Message::event("assistantResponseEvent", br#"{"content":"Hi"}"#);
+    for first in [
+        vec![throttled.clone()],
+        vec![metadata.clone(), throttled.clone()],
+    ] {
+        let alice_stream: Vec<u8> = first.iter().flat_map(|m| m.encode().unwrap()).collect();
+        let bob_stream: Vec<u8> = [metadata.clone(), text.clone()]
+            .iter()
+            .flat_map(|m| m.encode().unwrap())
+            .collect();
+        let upstream = tower::service_fn(move |request: http::Request<ReplayBody<Full<Bytes>>>| {
+            let who = request
+                .extensions()
+                .get::<SelectedAccount>()
+                .unwrap()
+                .id()
+                .to_string();
+            let bytes = if who == "alice" {
+                alice_stream.clone()
+            } else {
+                bob_stream.clone()
+            };
+            async move {
+                // One byte per chunk.
+                let chunks: Vec<Result<http_body::Frame<Bytes>, Infallible>> = bytes
+                    .into_iter()
+                    .map(|b| Ok(http_body::Frame::data(Bytes::from(vec![b]))))
+                    .collect();
+                let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+                Ok::<_, Infallible>(http::Response::new(body))
+            }
+        });
+        pool.reset_all();
+        let service = AccountPoolLayer::new(pool.clone())
+            .classifier(KiroClassifier::default())
+            .layer(upstream);
+        let request = http::Request::post("http://kiro.test/generateAssistantResponse")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        let selected = response
+            .extensions()
+            .get::<SelectedAccount>()
+            .cloned()
+            .unwrap();
+        assert_eq!(selected.id().as_str(), "bob", "failed over from alice");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let frames = decode_all(&body).unwrap();
+        assert_eq!(
+            frames.last().unwrap().event_type(),
+            Some("assistantResponseEvent")
+        );
+        assert_eq!(
+            pool.snapshot().account("alice").unwrap().state,
+            HealthState::RateLimited
+        );
+    }
+}

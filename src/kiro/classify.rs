@@ -249,10 +249,13 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// the [module docs](self), wired to the layer's [`Classifier`](crate::classify::Classifier).
 ///
 /// Error answers are read (up to [`body_limit`](Self::body_limit) bytes) and classified with
-/// [`classify_response`]. A 2xx answer is peeked at: the layer reads the first chunk of the
-/// event stream (at least the 16 bytes of the smallest frame, so a stream is never held back
-/// waiting for more), and an exception frame there — a failure sent in-band — fails the
-/// attempt over to another account before anything reaches the client. A quota exhaustion
+/// [`classify_response`]. A 2xx answer is peeked at up to its first decisive frame: the layer
+/// reads the first chunk of the event stream, then (through
+/// [`peek_more`](crate::classify::Classifier::peek_more)) the rest of a frame that arrived in
+/// pieces and past frames that carry only metadata (`messageMetadataEvent`, `meteringEvent`,
+/// `contextUsageEvent`) — never past the first content frame, so the first token is not held
+/// back. An exception frame there — a failure sent in-band — fails the attempt over to another
+/// account before anything reaches the client. A quota exhaustion
 /// lasts until the account's `nextDateReset` as its last usage probe reported it
 /// ([`refine`](crate::classify::Classifier::refine) reads it from the account's credential),
 /// else until the first of next month UTC.
@@ -290,6 +293,57 @@ impl Default for KiroClassifier {
 /// The smallest event-stream frame: prelude (12 bytes) and message CRC (4 bytes).
 const MIN_FRAME: usize = 16;
 
+/// Events that carry only metadata: an exception may still follow them before any content.
+const METADATA_EVENTS: &[&str] = &[
+    "messageMetadataEvent",
+    "metadataEvent",
+    "meteringEvent",
+    "contextUsageEvent",
+];
+
+/// What the start of a stream holds, up to its first decisive frame.
+enum Decisive {
+    /// The first frame that is content, an exception or an error.
+    Frame(Message),
+    /// Whole frames, all metadata, and nothing after them.
+    OnlyMetadata,
+    /// A frame is cut short: this many bytes in all would hold it.
+    NeedBytes(usize),
+    /// Bytes that are not an event stream.
+    Broken,
+}
+
+fn first_decisive_frame(bytes: &[u8]) -> Decisive {
+    let mut offset = 0;
+    loop {
+        let rest = &bytes[offset..];
+        if rest.is_empty() {
+            return Decisive::OnlyMetadata;
+        }
+        match eventstream::decode(rest) {
+            Err(_) => return Decisive::Broken,
+            Ok(None) => {
+                // The prelude's first word is the frame's length, when it is here.
+                let needed = match rest.get(..4) {
+                    Some(word) => u32::from_be_bytes([word[0], word[1], word[2], word[3]]) as usize,
+                    None => MIN_FRAME,
+                };
+                return Decisive::NeedBytes(offset + needed.max(MIN_FRAME));
+            }
+            Ok(Some((message, used))) => {
+                let metadata = message.message_type() == Some("event")
+                    && message
+                        .event_type()
+                        .is_some_and(|t| METADATA_EVENTS.contains(&t));
+                if !metadata {
+                    return Decisive::Frame(message);
+                }
+                offset += used;
+            }
+        }
+    }
+}
+
 impl crate::classify::Classifier for KiroClassifier {
     fn classify_head(
         &self,
@@ -320,13 +374,29 @@ impl crate::classify::Classifier for KiroClassifier {
         if !status.is_success() {
             return classify_response(status, headers, body, None);
         }
-        match classify_stream_start(body, None) {
-            Some(outcome) => outcome,
-            // The first frame is not whole yet: nothing in-band to see, the stream goes on.
-            None if !complete => Outcome::Success,
-            // A 2xx whose whole body is a partial frame: the stream broke.
-            None if !body.is_empty() => Outcome::Transient,
-            None => Outcome::Success,
+        match first_decisive_frame(body) {
+            Decisive::Frame(message) => classify_frame(&message, None),
+            Decisive::Broken => Outcome::Transient,
+            // Not whole yet (the layer read as far as it would): nothing in-band to see.
+            Decisive::NeedBytes(_) if !complete => Outcome::Success,
+            // A 2xx whose whole body ends inside a frame: the stream broke.
+            Decisive::NeedBytes(_) => Outcome::Transient,
+            Decisive::OnlyMetadata => Outcome::Success,
+        }
+    }
+
+    /// Reads a 2xx stream up to its first decisive frame: the rest of a frame that arrived in
+    /// pieces, and past frames that carry only metadata (`messageMetadataEvent`,
+    /// `meteringEvent`, `contextUsageEvent`), so an exception sent before any content fails
+    /// over however the bytes were cut.
+    fn peek_more(&self, status: StatusCode, _headers: &HeaderMap, prefix: &[u8]) -> Option<usize> {
+        if !status.is_success() {
+            return None;
+        }
+        match first_decisive_frame(prefix) {
+            Decisive::NeedBytes(n) => Some(n),
+            Decisive::OnlyMetadata => Some(prefix.len() + MIN_FRAME),
+            Decisive::Frame(_) | Decisive::Broken => None,
         }
     }
 

@@ -166,11 +166,24 @@ pub(crate) async fn read_prefix<B>(body: &mut B, limit: usize) -> Result<Prefix,
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    let mut first: Option<Bytes> = None;
+    read_prefix_after(body, Prefix::empty(), limit).await
+}
+
+/// Reads on after `start` (a prefix read before, of a body that did not end) until `limit`
+/// bytes are held in all.
+pub(crate) async fn read_prefix_after<B>(
+    body: &mut B,
+    start: Prefix,
+    limit: usize,
+) -> Result<Prefix, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut held = start.data.len();
+    let mut first: Option<Bytes> = (held > 0).then_some(start.data);
     let mut rest: Option<BytesMut> = None;
-    let mut held = 0usize;
-    let mut trailers = None;
-    let mut ended = body.is_end_stream();
+    let mut trailers = start.trailers;
+    let mut ended = start.ended || body.is_end_stream();
     while !ended && held < limit {
         match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
             None => ended = true,

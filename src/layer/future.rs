@@ -14,7 +14,7 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::body::{read_prefix, Prefix, ReplayBody, ResponseBody};
+use super::body::{read_prefix, read_prefix_after, Prefix, ReplayBody, ResponseBody};
 use super::{Config, SelectedAccount};
 use crate::account::AccountId;
 use crate::classify::{Classifier, HeadVerdict};
@@ -232,6 +232,9 @@ impl<F: Future> Future for Until<F> {
 
 /// Awaits `$future` until `$until` (if any): `Some(output)`, or `None` on timeout. One await
 /// point whether or not there is a deadline, so what is live across it is stored once.
+/// Most bytes a peeking classifier may ask to hold back ([`Classifier::peek_more`]).
+const MAX_PEEK: usize = 64 * 1024;
+
 macro_rules! until {
     ($until:expr, $future:expr) => {
         Until::new($until, $future).await
@@ -416,13 +419,30 @@ where
                     Some(Ok(response)) => response,
                 };
                 let (head, mut body) = response.into_parts();
-                let limit = match config.classifier.classify_head(head.status, &head.headers) {
-                    HeadVerdict::Final(outcome) => {
-                        break 'call (Answer::Response(head, Prefix::empty(), body), outcome)
+                let (limit, peek) =
+                    match config.classifier.classify_head(head.status, &head.headers) {
+                        HeadVerdict::Final(outcome) => {
+                            break 'call (Answer::Response(head, Prefix::empty(), body), outcome)
+                        }
+                        HeadVerdict::ReadBody { limit } => (limit, false),
+                        HeadVerdict::Peek { bytes } => (bytes, true),
+                    };
+                let classifier = &config.classifier;
+                let read = async {
+                    let mut prefix = read_prefix(&mut body, limit).await?;
+                    // A peeking classifier may ask for more, e.g. the rest of a stream's first
+                    // frame, or the frame after a metadata-only one.
+                    while peek && !prefix.ended {
+                        match classifier.peek_more(head.status, &head.headers, &prefix.data) {
+                            Some(more) if more > prefix.data.len() && more <= MAX_PEEK => {
+                                prefix = read_prefix_after(&mut body, prefix, more).await?;
+                            }
+                            _ => break,
+                        }
                     }
-                    HeadVerdict::ReadBody { limit } | HeadVerdict::Peek { bytes: limit } => limit,
+                    Ok::<_, RB::Error>(prefix)
                 };
-                match until!(until, read_prefix(&mut body, limit)) {
+                match until!(until, read) {
                     Some(Ok(prefix)) => {
                         let outcome = config.classifier.classify_body(
                             head.status,
