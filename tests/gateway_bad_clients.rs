@@ -599,6 +599,24 @@ async fn clients_need_a_key_checked_before_the_body_and_never_forwarded() {
     )))
     .await;
     assert_eq!(status, 200);
+    // Headers the client names in `Connection` are hop-by-hop: not forwarded.
+    let response = client
+        .post(url(addr))
+        .header("x-api-key", "first-client-key-0001")
+        .header("connection", "keep-alive, X-Secret")
+        .header("x-secret", "hop")
+        .header("x-kept", "end-to-end")
+        .body(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    {
+        let seen = s.seen.lock().unwrap();
+        let (_, _, headers) = seen.last().unwrap();
+        assert!(headers.get("x-secret").is_none(), "{headers:?}");
+        assert_eq!(headers["x-kept"], "end-to-end");
+    }
     // The client's key never left the gateway; the account's went instead.
     for (_, _, headers) in s.seen.lock().unwrap().iter() {
         let all = format!("{headers:?}");
@@ -614,7 +632,7 @@ async fn clients_need_a_key_checked_before_the_body_and_never_forwarded() {
         .unwrap();
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
-    assert_eq!(s.upstream_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(s.upstream_calls.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -643,7 +661,16 @@ async fn the_admin_prefix_is_never_proxied() {
         })
         .await;
         let addr = s.gateway.addr();
-        for path in ["/admin", "/admin/", "/admin/nothing/here", "/admin/?x=1"] {
+        for path in [
+            "/admin",
+            "/admin/",
+            "/admin/nothing/here",
+            "/admin/?x=1",
+            "//admin",
+            "/%61dmin/x",
+            "/%2Fadmin",
+            "/ADMIN/",
+        ] {
             let answer = raw(
                 addr,
                 format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
@@ -1124,4 +1151,41 @@ async fn the_real_gateway_serves_the_anthropic_api_for_a_kiro_pool() {
     assert!(!mock.requests_to("/getUsageLimits").is_empty());
     child.start_kill().unwrap();
     let _ = child.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_too() {
+    let s = setup_with(|o| o.header_read_timeout = Duration::from_millis(300)).await;
+    let addr = s.gateway.addr();
+    for requests in [0, 1] {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut send, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        // The connection task answers the server's pings: only idleness can end it.
+        let connection = tokio::spawn(connection);
+        for _ in 0..requests {
+            let request = http::Request::post(format!("http://{addr}/v1/messages"))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    GOOD.as_bytes(),
+                )))
+                .unwrap();
+            let response = send.send_request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+        }
+        tokio::time::timeout(Duration::from_secs(5), connection)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("an idle HTTP/2 connection after {requests} requests is closed")
+            })
+            .unwrap()
+            .ok();
+    }
+    assert_eq!(s.upstream_calls.load(Ordering::SeqCst), 1);
+    still_serving(addr).await;
 }

@@ -305,7 +305,7 @@ impl RequestGate {
     /// everything under it belong to the admin router (404 here, where it did not match).
     pub fn check(&self, method: &Method, uri: &Uri, version: Version) -> Result<(), Response> {
         let path = uri.path();
-        if path == "/admin" || path.starts_with("/admin/") {
+        if is_admin_path(path) {
             return Err(error_response(
                 StatusCode::NOT_FOUND,
                 "not_found_error",
@@ -337,6 +337,33 @@ impl RequestGate {
         }
         Ok(())
     }
+}
+
+/// Whether `path` names `/admin` or a path under it, however spelled: percent-escapes decoded,
+/// repeated slashes collapsed, any case (`//admin`, `/%61dmin/x`, `/ADMIN`).
+pub fn is_admin_path(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut canonical = Vec::with_capacity(bytes.len().min(16));
+    let mut i = 0;
+    while i < bytes.len() && canonical.len() < 8 {
+        let mut byte = bytes[i];
+        i += 1;
+        if byte == b'%' {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(high), Some(low)) = (
+                bytes.get(i).copied().and_then(hex),
+                bytes.get(i + 1).copied().and_then(hex),
+            ) {
+                byte = (high * 16 + low) as u8;
+                i += 2;
+            }
+        }
+        if byte == b'/' && canonical.last() == Some(&b'/') {
+            continue;
+        }
+        canonical.push(byte.to_ascii_lowercase());
+    }
+    canonical == b"/admin" || canonical.starts_with(b"/admin/")
 }
 
 /// Checks a JSON body strictly: valid UTF-8 everywhere (serde_json does not check the bytes of

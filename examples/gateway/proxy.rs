@@ -19,7 +19,6 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tower::{Layer, Service, ServiceExt};
 use tower_account_pool::admin::{self, AdminConfig};
@@ -405,6 +404,11 @@ impl Default for ServerLimits {
 /// Accepts connections (at most `limits.max_connections` at once) and serves `app` on each
 /// with hyper-util's HTTP/1 + HTTP/2 server, until `stopped`; then waits for the connections'
 /// requests in flight to finish.
+///
+/// A connection with no request in flight for `limits.header_read_timeout` is closed
+/// gracefully, whatever its protocol: HTTP/1's header timer does not cover HTTP/2, whose
+/// keep-alive pings only catch a peer that stopped answering, so an HTTP/2 client that answers
+/// pings and sends nothing would otherwise keep its connection slot for ever.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
@@ -419,10 +423,15 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(64)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let max = limits.max_connections.clamp(
+        1,
+        tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
+    );
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let (closing, closing_seen) = tokio::sync::watch::channel(false);
     loop {
         let slot = tokio::select! {
             biased;
@@ -443,25 +452,141 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (builder, graceful_watcher, app) = (builder.clone(), graceful.watcher(), app.clone());
-        let first_byte = limits.header_read_timeout;
+        let (builder, app, mut closing) = (builder.clone(), app.clone(), closing_seen.clone());
+        let idle_limit = limits.header_read_timeout;
         tokio::spawn(async move {
+            let _slot = slot;
             // hyper-util's protocol detection (HTTP/1 or HTTP/2) reads the first bytes without
             // a timer: a client that sends nothing is closed here after the header timeout.
             let mut probe = [0u8; 1];
-            match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
+            match tokio::time::timeout(idle_limit, stream.peek(&mut probe)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                _ => return drop(slot),
+                _ => return,
             }
-            let service = TowerToHyperService::new(app);
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let _ = graceful_watcher.watch(connection.into_owned()).await;
-            drop(slot);
+            let activity = Arc::new(Activity::new());
+            let tracked = {
+                let activity = activity.clone();
+                tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let guard = activity.begin();
+                    let call = app.clone().oneshot(request);
+                    async move {
+                        let response = call.await?;
+                        Ok::<_, std::convert::Infallible>(response.map(|body| {
+                            Body::new(Tracked {
+                                body,
+                                _guard: guard,
+                            })
+                        }))
+                    }
+                })
+            };
+            let connection = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(tracked),
+            );
+            tokio::pin!(connection);
+            let mut tick = tokio::time::interval((idle_limit / 4).max(Duration::from_millis(10)));
+            let mut closing_down = false;
+            loop {
+                tokio::select! {
+                    _ = connection.as_mut() => break,
+                    _ = closing.changed(), if !closing_down => {
+                        closing_down = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    _ = tick.tick(), if !closing_down => {
+                        if activity.idle_for() >= idle_limit {
+                            closing_down = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Connections finish their requests in flight, then give their slots back.
+    let _ = closing.send(true);
+    let _ = slots.acquire_many(max as u32).await;
     Ok(())
+}
+
+/// Requests in flight on one connection, and since when it has had none.
+struct Activity {
+    started: std::time::Instant,
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds after `started` when the last request ended.
+    idle_since_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            started: std::time::Instant::now(),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ActivityGuard(self.clone())
+    }
+
+    /// How long the connection has had no request in flight (zero while one is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        let since =
+            Duration::from_millis(self.idle_since_ms.load(std::sync::atomic::Ordering::SeqCst));
+        self.started.elapsed().saturating_sub(since)
+    }
+}
+
+/// One request in flight, until its response body is done or dropped.
+struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        let now = self.0.started.elapsed().as_millis() as u64;
+        self.0
+            .idle_since_ms
+            .fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight until it ends.
+    struct Tracked {
+        #[pin]
+        body: Body,
+        _guard: ActivityGuard,
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Connection-level headers a proxy must not forward (RFC 9110 §7.6.1), plus the client's own
@@ -580,8 +705,18 @@ where
     let mut upstream = http::Request::new(Full::new(bytes));
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
+    // Headers the client named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
+    let hop_by_hop: Vec<String> = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
     for (name, value) in &parts.headers {
-        if !dropped_request_header(name) {
+        if !dropped_request_header(name) && !hop_by_hop.iter().any(|h| h == name.as_str()) {
             upstream.headers_mut().append(name.clone(), value.clone());
         }
     }
@@ -607,6 +742,12 @@ where
                 .collect();
             for name in names {
                 parts.headers.remove(name);
+            }
+            // 529 has no standard reason phrase: say what Anthropic's clients expect.
+            if parts.status.as_u16() == 529 {
+                parts
+                    .extensions
+                    .insert(hyper::ext::ReasonPhrase::from_static(b"Overloaded"));
             }
             // Streamed as it arrives: axum polls the layer's body frame by frame.
             Response::from_parts(parts, body)

@@ -130,5 +130,6 @@ error = expect_error(anthropic.OverloadedError,
                      lambda: client(url=os.environ["SUSPENDED_URL"]).messages.create(model=MODEL, max_tokens=16, messages=hello),
                      "no account can serve")
 check(error.status_code == 529, f"529: {error.status_code}")
+check(error.response.reason_phrase == "Overloaded", f"reason phrase: {error.response.reason_phrase!r}")
 
 print(json.dumps(out))
