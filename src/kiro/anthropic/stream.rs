@@ -148,6 +148,8 @@ pub struct StreamConverter {
     blocks: Vec<Block>,
     error: Option<AnthropicError>,
     done: bool,
+    /// Answer content (text, thinking, a tool call) has arrived.
+    content_seen: bool,
 }
 
 impl fmt::Debug for StreamConverter {
@@ -303,8 +305,9 @@ fn partial_suffix(s: &str, tag: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// What an exception frame in the stream means for the client.
-fn exception_error(exception: Option<&str>, payload: &[u8]) -> AnthropicError {
+/// What an exception frame in the stream means for the client; `mid_answer` when answer
+/// content came before it.
+fn exception_error(exception: Option<&str>, payload: &[u8], mid_answer: bool) -> AnthropicError {
     let message = serde_json::from_slice::<serde_json::Value>(payload)
         .ok()
         .and_then(|v| {
@@ -329,12 +332,15 @@ fn exception_error(exception: Option<&str>, payload: &[u8]) -> AnthropicError {
         }
         _ if text.contains(crate::kiro::MONTHLY_QUOTA_MARKER) => ErrorKind::RateLimit,
         t if t.contains("Validation") => ErrorKind::InvalidRequest,
+        t if t.contains("InternalServer") || t.contains("InternalFailure") => ErrorKind::Api,
         _ => ErrorKind::Overloaded,
     };
-    AnthropicError::new(
-        kind,
-        format!("the upstream failed mid-answer ({kind_name}): {message}"),
-    )
+    let message = if mid_answer {
+        format!("the upstream failed mid-answer ({kind_name}): {message}")
+    } else {
+        format!("the upstream answered {kind_name} before any content: {message}")
+    };
+    AnthropicError::new(kind, message)
 }
 
 impl StreamConverter {
@@ -380,7 +386,15 @@ impl StreamConverter {
             blocks: Vec::new(),
             error: None,
             done: false,
+            content_seen: false,
         }
+    }
+
+    /// Answer content (text, thinking or a tool call) has arrived from the upstream; until
+    /// then only metadata (usage, metering, …) has. An error before any content can still
+    /// be answered with an HTTP error status instead of a 200 stream.
+    pub fn has_content(&self) -> bool {
+        self.content_seen
     }
 
     /// The answer ended (with `message_stop` or an `error` event): nothing more is produced.
@@ -457,7 +471,12 @@ impl StreamConverter {
                     self.finish();
                     return;
                 }
-                self.fail(exception_error(frame.exception_type, frame.payload));
+                let mid_answer = self.content_seen;
+                self.fail(exception_error(
+                    frame.exception_type,
+                    frame.payload,
+                    mid_answer,
+                ));
                 return;
             }
             _ => {}
@@ -468,12 +487,14 @@ impl StreamConverter {
                     content: Some(text),
                 }) = serde_json::from_slice(frame.payload)
                 {
+                    self.content_seen |= !text.is_empty();
                     self.text(&text);
                 }
             }
             Some("reasoningContentEvent") => {
                 if let Ok(event) = serde_json::from_slice::<ReasoningEvent<'_>>(frame.payload) {
                     if let Some(t) = event.text.or(event.reasoning_text) {
+                        self.content_seen |= !t.is_empty();
                         if self.stopped.is_none() && !t.is_empty() {
                             self.thinking_delta(&t);
                         }
@@ -482,6 +503,7 @@ impl StreamConverter {
             }
             Some("toolUseEvent") => {
                 if let Ok(event) = serde_json::from_slice::<ToolEvent<'_>>(frame.payload) {
+                    self.content_seen = true;
                     self.tool(event);
                 }
             }
