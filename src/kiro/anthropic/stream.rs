@@ -6,6 +6,7 @@
 //! on chunk boundaries.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use bytes::Bytes;
@@ -134,7 +135,7 @@ pub struct StreamConverter {
     tool_id: String,
     tool_input: String,
     tool_input_sent: bool,
-    closed_tools: Vec<String>,
+    closed_tools: HashSet<String>,
     think: Think,
     stop_hold: String,
     stopped: Option<String>,
@@ -372,7 +373,7 @@ impl StreamConverter {
             tool_id: String::new(),
             tool_input: String::new(),
             tool_input_sent: false,
-            closed_tools: Vec::new(),
+            closed_tools: HashSet::new(),
             think,
             stop_hold: String::new(),
             stopped: None,
@@ -717,7 +718,7 @@ impl StreamConverter {
         match event.tool_use_id.as_deref().filter(|id| !id.is_empty()) {
             Some(id) if self.open == Open::Tool && self.tool_id == id => {}
             Some(id) => {
-                if self.closed_tools.iter().any(|c| c == id) {
+                if self.closed_tools.contains(id) {
                     return;
                 }
                 self.flush_text();
@@ -833,7 +834,7 @@ impl StreamConverter {
                     self.input_delta("{}");
                 }
                 let id = std::mem::take(&mut self.tool_id);
-                self.closed_tools.push(id);
+                self.closed_tools.insert(id);
             }
             Open::Text => {}
         }
