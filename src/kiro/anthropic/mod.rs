@@ -402,7 +402,8 @@ type BoxedResponse<RB> =
     Pin<Box<dyn Future<Output = Result<Response<AnthropicBody<RB>>, Infallible>> + Send>>;
 
 /// The future of [`AnthropicService`]: reads the body, converts, calls the inner service and
-/// (for a Message answer) reads the whole upstream stream. One boxed future per request, as
+/// reads the upstream stream: the whole of it for a Message answer, up to the first content
+/// (or the end) for an SSE answer, so a failure before any content is an HTTP error. One boxed future per request, as
 /// [`AccountPoolService`](crate::layer::AccountPoolService)'s.
 pub struct ResponseFuture<RB> {
     inner: BoxedResponse<RB>,
