@@ -3,10 +3,11 @@
 //! errors, and the layers end to end over an in-process Kiro stand-in.
 #![cfg(feature = "kiro")]
 
+use bytes::Bytes;
 use serde_json::{json, Value};
 use tower_account_pool::kiro::anthropic::{
-    convert_request, convert_request_with_id, count_tokens, shorten_tool_name, AnswerContext,
-    AnthropicConfig, ErrorKind, Limits, ModelEntry, ModelTable, StreamConverter,
+    convert_request, convert_request_with_id, count_tokens, shorten_tool_name, with_profile_arn,
+    AnswerContext, AnthropicConfig, ErrorKind, Limits, ModelEntry, ModelTable, StreamConverter,
 };
 use tower_account_pool::kiro::eventstream::Message;
 
@@ -215,6 +216,190 @@ fn schemas_with_nulls_are_normalized_and_server_tools_dropped() {
         "{body}"
     );
     assert!(!body.contains("web_search"));
+}
+
+/// The `inputSchema.json` each declared tool is sent with, by name.
+fn schemas_sent(tools: Value) -> Vec<(String, String)> {
+    let body = body_of(
+        &json!({"model":"claude-sonnet-4-5","max_tokens":10,"tools":tools,
+        "messages":[{"role":"user","content":"Hi"}]}),
+    );
+    let parsed: Value = serde_json::from_str(&body).unwrap();
+    parsed["conversationState"]["currentMessage"]["userInputMessage"]["userInputMessageContext"]
+        ["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let spec = &t["toolSpecification"];
+            (
+                spec["name"].as_str().unwrap().to_owned(),
+                spec["inputSchema"]["json"].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn malformed_schemas_are_normalized_from_their_structure() {
+    let sent = schemas_sent(json!([
+        // `required` not an array: Kiro answers 400 "Improperly formed request".
+        {"name":"a","input_schema":{"type":"object","properties":{"a":{"type":"string"}},"required":"a"}},
+        // No top-level type, only a property named `type`.
+        {"name":"b","input_schema":{"properties":{"type":{"type":"string"}}}},
+        // An empty type, properties not an object, required with a number.
+        {"name":"c","input_schema":{"type":"","properties":[],"required":["x",1]}},
+        // A non-object type keeps its type; its non-object properties are replaced.
+        {"name":"d","input_schema":{"type":"string","properties":"no"}},
+        // The type is not a string.
+        {"name":"f","input_schema":{"type":["object"],"properties":{}}},
+        // Well formed: copied as it is (key order kept, no `properties` added to a non-object).
+        {"name":"g","input_schema":{"required":["q"],"type":"object","properties":{"q":{"type":"string"}}}},
+        {"name":"h","input_schema":{"type":"string"}}
+    ]));
+    let expected = [
+        (
+            "a",
+            r#"{"type":"object","properties":{"a":{"type":"string"}},"required":[]}"#,
+        ),
+        (
+            "b",
+            r#"{"properties":{"type":{"type":"string"}},"type":"object"}"#,
+        ),
+        ("c", r#"{"type":"object","properties":{},"required":["x"]}"#),
+        ("d", r#"{"type":"string","properties":{}}"#),
+        ("f", r#"{"type":"object","properties":{}}"#),
+        (
+            "g",
+            r#"{"required":["q"],"type":"object","properties":{"q":{"type":"string"}}}"#,
+        ),
+        ("h", r#"{"type":"string"}"#),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(sent, expected);
+
+    // A repeated key (which `json!` cannot build): the last one wins, as in a JSON parser.
+    let body = body_of_text(
+        r#"{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"Hi"}],
+            "tools":[{"name":"e","input_schema":{"type":"object","type":"","properties":{}}}]}"#,
+    );
+    assert!(
+        body.contains(r#""inputSchema":{"json":{"type":"object","properties":{}}}"#),
+        "{body}"
+    );
+}
+
+/// The converted body of a request given as text.
+fn body_of_text(request: &str) -> String {
+    let converted = convert_request_with_id(request.as_bytes(), &config(), CONV)
+        .unwrap_or_else(|e| panic!("conversion failed: {e}"));
+    String::from_utf8(converted.body.to_vec()).unwrap()
+}
+
+#[test]
+fn twenty_thousand_tool_pairs_convert() {
+    const N: usize = 20_000;
+    // Distinct names over the 63-byte limit: each is shortened and declared as a placeholder.
+    let name = |i: usize| format!("mcp__server__{i:0>60}");
+    let mut uses: Vec<Value> = (0..N)
+        .map(|i| json!({"type":"tool_use","id":format!("u{i}"),"name":name(i),"input":{}}))
+        .collect();
+    uses.push(json!({"type":"tool_use","id":"unanswered","name":"x","input":{}}));
+    let mut results: Vec<Value> = (0..N)
+        .map(|i| json!({"type":"tool_result","tool_use_id":format!("u{i}"),"content":"ok"}))
+        .collect();
+    results.push(json!({"type":"tool_result","tool_use_id":"u5","content":"again"}));
+    results.push(json!({"type":"tool_result","tool_use_id":"stray","content":"?"}));
+    let request = json!({"model":"claude-sonnet-4-5","max_tokens":10,"messages":[
+        {"role":"user","content":"go"},
+        {"role":"assistant","content":uses},
+        {"role":"user","content":results}]});
+    let config = config().limits(Limits {
+        max_prompt_bytes: usize::MAX,
+        ..Limits::default()
+    });
+    let converted = convert_request(request.to_string().as_bytes(), &config).unwrap();
+    let body: Value = serde_json::from_slice(&converted.body).unwrap();
+    let state = &body["conversationState"];
+    let context = &state["currentMessage"]["userInputMessage"]["userInputMessageContext"];
+    let results = context["toolResults"].as_array().unwrap();
+    assert_eq!(results.len(), N);
+    assert_eq!(results[5]["toolUseId"], "u5");
+    assert_eq!(results[5]["content"][0]["text"], "ok");
+    assert!(results.iter().all(|r| r["toolUseId"] != "stray"));
+    let uses = state["history"][1]["assistantResponseMessage"]["toolUses"]
+        .as_array()
+        .unwrap();
+    assert_eq!(uses.len(), N);
+    assert_eq!(uses[N - 1]["toolUseId"], format!("u{}", N - 1));
+    let tools = context["tools"].as_array().unwrap();
+    assert_eq!(tools.len(), N);
+    let short = shorten_tool_name(&name(7), 63);
+    assert_eq!(uses[7]["name"], short.as_str());
+    assert_eq!(tools[7]["toolSpecification"]["name"], short.as_str());
+    // "x" (the unanswered call) is gone, so is its placeholder.
+    assert!(tools.iter().all(|t| t["toolSpecification"]["name"] != "x"));
+    assert_eq!(converted.tool_names.len(), N);
+    assert_eq!(converted.tool_names.original(&short), name(7));
+}
+
+#[test]
+fn the_tool_cap_is_checked_before_any_schema_is_written() {
+    let config = config().limits(Limits {
+        max_tools: 2,
+        ..Limits::default()
+    });
+    // The third tool has no name: the cap answers first. Server tools do not count.
+    let request = json!({"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"x"}],
+        "tools":[{"name":"a"},{"name":"b"},{"input_schema":{}},{"type":"web_search_20250305","name":"w"}]});
+    let (kind, message) = error_with(&request.to_string(), &config);
+    assert_eq!(kind, ErrorKind::InvalidRequest);
+    assert_eq!(message, "tools: 3 tools were sent; Kiro accepts at most 2");
+}
+
+#[test]
+fn the_accounts_profile_arn_replaces_escaped_and_repeated_ones() {
+    const ARN: &str = "arn:aws:codewhisperer:us-east-1:1:profile/OURS";
+    let cases = [
+        // An escaped key, which a byte search for `"profileArn"` misses.
+        r#"{"profile\u0041rn":"arn:CLIENT","conversationState":{}}"#,
+        r#"{"\u0070rofileArn":"arn:CLIENT","conversationState":{}}"#,
+        // Repeated keys: a parser keeps the last.
+        r#"{"profileArn":"arn:A","conversationState":{},"profileArn":"arn:CLIENT"}"#,
+        r#"{"profileArn":"arn:A","profile\u0041rn":"arn:CLIENT","conversationState":{}}"#,
+        r#"{"profile\u0041rn":"arn:A","conversationState":{},"profile\u0041rn":"arn:CLIENT"}"#,
+        // Text after the object, which some parsers skip.
+        r#"{"profile\u0041rn":"arn:CLIENT","conversationState":{}} {"profileArn":"x"}"#,
+    ];
+    for body in cases {
+        let body = Bytes::from(body);
+        // A social-login account: its ARN is the only one.
+        let social = with_profile_arn(&body, Some(ARN));
+        assert_eq!(
+            std::str::from_utf8(&social).unwrap(),
+            format!(r#"{{"profileArn":"{ARN}","conversationState":{{}}}}"#),
+            "{body:?}"
+        );
+        // An IdC account: none at all.
+        let idc = with_profile_arn(&body, None);
+        assert_eq!(
+            std::str::from_utf8(&idc).unwrap(),
+            r#"{"conversationState":{}}"#,
+            "{body:?}"
+        );
+    }
+    // `\u` in a value only: the body is rebuilt, the value unchanged.
+    let body = Bytes::from_static(br#"{"conversationState":{"x":"caf\u00e9"}}"#);
+    let social: Value = serde_json::from_slice(&with_profile_arn(&body, Some(ARN))).unwrap();
+    assert_eq!(
+        social,
+        json!({"profileArn": ARN, "conversationState": {"x": "café"}})
+    );
+    let idc: Value = serde_json::from_slice(&with_profile_arn(&body, None)).unwrap();
+    assert_eq!(idc, json!({"conversationState": {"x": "café"}}));
 }
 
 #[test]
@@ -709,7 +894,45 @@ fn an_exception_after_content_ends_the_stream_with_an_error_event() {
             .unwrap(),
     );
     let (out, _) = run(&context(false), &[&bytes]);
-    assert!(out.ends_with("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"the upstream failed mid-answer (InternalServerException): boom\"}}\n\n"), "{out}");
+    assert!(out.ends_with("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"the upstream failed mid-answer (InternalServerException): boom\"}}\n\n"), "{out}");
+}
+
+#[test]
+fn an_exception_before_content_says_so() {
+    let mut bytes = event("meteringEvent", &json!({"unit":"credit","usage":0.1}));
+    bytes.extend(
+        Message::exception(
+            "ThrottlingException",
+            br#"{"message":"Too many requests"}"#.to_vec(),
+        )
+        .encode()
+        .unwrap(),
+    );
+    for sse in [true, false] {
+        let mut converter = if sse {
+            StreamConverter::sse(context(false))
+        } else {
+            StreamConverter::message(context(false))
+        };
+        converter.push(&bytes[..bytes.len() / 2]);
+        assert!(!converter.has_content() && !converter.is_done());
+        converter.push(&bytes[bytes.len() / 2..]);
+        assert!(converter.is_done());
+        assert!(!converter.has_content());
+        let error = converter.error().unwrap();
+        assert_eq!(error.kind(), ErrorKind::RateLimit);
+        assert_eq!(
+            error.message(),
+            "the upstream answered ThrottlingException before any content: Too many requests"
+        );
+    }
+    let mut converter = StreamConverter::sse(context(false));
+    converter.push(&text_event("Hi"));
+    assert!(converter.has_content());
+    // Empty text is not content.
+    let mut converter = StreamConverter::sse(context(false));
+    converter.push(&text_event(""));
+    assert!(!converter.has_content());
 }
 
 #[test]

@@ -423,7 +423,7 @@ async fn an_exception_after_content_ends_the_sse_stream_with_an_error_event() {
     let events = events(&body);
     let (name, data) = events.last().unwrap();
     assert_eq!(name, "error");
-    assert_eq!(data["error"]["type"], "overloaded_error");
+    assert_eq!(data["error"]["type"], "api_error");
     assert_eq!(
         data["error"]["message"],
         "the upstream failed mid-answer (InternalServerException): lost it"
@@ -435,8 +435,169 @@ async fn an_exception_after_content_ends_the_sse_stream_with_an_error_event() {
     answer.extend(exception("InternalServerException", "lost it"));
     kiro.script("alice", Reply::Stream(answer));
     let (status, _, body) = call(&service, post("/v1/messages", hello(false))).await;
-    assert_eq!(status.as_u16(), 529);
-    assert_eq!(json_of(&body)["error"]["type"], "overloaded_error");
+    assert_eq!(status.as_u16(), 500);
+    assert_eq!(json_of(&body)["error"]["type"], "api_error");
+}
+
+/// Sends `bytes` as the upstream's 200 stream, three bytes a chunk.
+fn trickle(kiro: &Kiro, account: &str, bytes: &[u8]) {
+    let (tx, rx) = mpsc::channel(bytes.len().div_ceil(3).max(1));
+    for chunk in bytes.chunks(3) {
+        tx.try_send(Bytes::copy_from_slice(chunk)).unwrap();
+    }
+    kiro.script(account, Reply::Channel(rx));
+}
+
+#[tokio::test]
+async fn an_exception_before_any_content_is_an_http_error_with_retry_after() {
+    let metadata = || {
+        let mut bytes = event("messageMetadataEvent", &json!({"conversationId":"c"}));
+        bytes.extend(event(
+            "contextUsageEvent",
+            &json!({"contextUsagePercentage":1.5}),
+        ));
+        bytes.extend(event(
+            "meteringEvent",
+            &json!({"unit":"credit","usage":0.01}),
+        ));
+        bytes
+    };
+    let cases: Vec<(&str, u16, &str, Option<&str>)> = vec![
+        ("ThrottlingException", 429, "rate_limit_error", Some("10")),
+        (
+            "ServiceQuotaExceededException",
+            429,
+            "rate_limit_error",
+            Some("10"),
+        ),
+        ("ValidationException", 400, "invalid_request_error", None),
+        ("InternalServerException", 500, "api_error", Some("10")),
+        (
+            "ServiceUnavailableException",
+            529,
+            "overloaded_error",
+            Some("10"),
+        ),
+    ];
+    for (exception_type, status, kind, retry_after) in cases {
+        for stream in [true, false] {
+            for split in [false, true] {
+                let kiro = Kiro::default();
+                let mut bytes = metadata();
+                bytes.extend(exception(exception_type, "no luck"));
+                if split {
+                    trickle(&kiro, "alice", &bytes);
+                } else {
+                    kiro.script("alice", Reply::Stream(bytes));
+                }
+                let service = stack(
+                    &kiro,
+                    pool(vec![social("alice")]),
+                    AnthropicConfig::default(),
+                    Some("http://kiro.test"),
+                );
+                let (got, headers, body) =
+                    call(&service, post("/v1/messages", hello(stream))).await;
+                let case = format!("{exception_type} stream={stream} split={split}");
+                assert_eq!(got.as_u16(), status, "{case}");
+                assert_eq!(headers["content-type"], "application/json", "{case}");
+                assert_eq!(
+                    headers.get("retry-after").map(|v| v.to_str().unwrap()),
+                    retry_after,
+                    "{case}"
+                );
+                let error = json_of(&body);
+                assert_eq!(error["type"], "error", "{case}");
+                assert_eq!(error["error"]["type"], kind, "{case}");
+                assert_eq!(
+                    error["error"]["message"],
+                    format!("the upstream answered {exception_type} before any content: no luck"),
+                    "{case}"
+                );
+            }
+        }
+    }
+
+    // As the first frame: the pool fails over to the next account, and the last one's
+    // exception is still an HTTP error, never a 200 holding an `error` event.
+    for stream in [true, false] {
+        let kiro = Kiro::default();
+        kiro.script(
+            "alice",
+            Reply::Stream(exception("ThrottlingException", "Too many requests")),
+        );
+        trickle(
+            &kiro,
+            "bob",
+            &exception("ThrottlingException", "Too many requests"),
+        );
+        let service = stack(
+            &kiro,
+            pool(vec![social("alice"), social("bob")]),
+            AnthropicConfig::default(),
+            Some("http://kiro.test"),
+        );
+        let (got, headers, body) = call(&service, post("/v1/messages", hello(stream))).await;
+        assert_eq!(got.as_u16(), 429, "stream={stream}");
+        assert!(headers.contains_key("retry-after"), "stream={stream}");
+        let error = json_of(&body);
+        assert_eq!(error["error"]["type"], "rate_limit_error");
+        assert!(
+            !error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("mid-answer"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metadata_then_content_streams_everything_read_before_the_head() {
+    let kiro = Kiro::default();
+    let mut bytes = event("contextUsageEvent", &json!({"contextUsagePercentage":1.0}));
+    bytes.extend(texts(&["Hel", "lo"]));
+    bytes.extend(exception("ThrottlingException", "late"));
+    trickle(&kiro, "alice", &bytes);
+    let service = stack(
+        &kiro,
+        pool(vec![social("alice")]),
+        AnthropicConfig::default(),
+        Some("http://kiro.test"),
+    );
+    let (status, headers, body) = call(&service, post("/v1/messages", hello(true))).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    let got = events(&body);
+    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "error"
+        ]
+    );
+    assert_eq!(got[2].1["delta"]["text"], "Hel");
+    assert_eq!(got[3].1["delta"]["text"], "lo");
+    assert_eq!(
+        got[4].1["error"]["message"],
+        "the upstream failed mid-answer (ThrottlingException): late"
+    );
+
+    // Metadata only, then the end: an empty answer, whole.
+    let mut bytes = event("meteringEvent", &json!({"unit":"credit","usage":0.01}));
+    bytes.extend(event(
+        "contextUsageEvent",
+        &json!({"contextUsagePercentage":1.0}),
+    ));
+    trickle(&kiro, "alice", &bytes);
+    let (status, _, body) = call(&service, post("/v1/messages", hello(true))).await;
+    assert_eq!(status, 200);
+    let names: Vec<String> = events(&body).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["message_start", "message_delta", "message_stop"]);
 }
 
 #[tokio::test]
@@ -493,7 +654,25 @@ async fn upstream_errors_map_to_anthropic_errors() {
             Reply::Status(503, r#"{"message":"try later"}"#),
             529,
             "overloaded_error",
-            "the upstream failed (503): try later",
+            "the upstream is overloaded (503): try later",
+        ),
+        (
+            Reply::Status(529, r#"{"message":"busy"}"#),
+            529,
+            "overloaded_error",
+            "the upstream is overloaded (529): busy",
+        ),
+        (
+            Reply::Status(500, r#"{"message":"boom"}"#),
+            500,
+            "api_error",
+            "the upstream failed (500): boom",
+        ),
+        (
+            Reply::Status(502, "bad gateway"),
+            500,
+            "api_error",
+            "the upstream failed (502): bad gateway",
         ),
     ];
     for (reply, status, kind, message) in cases {
@@ -510,7 +689,7 @@ async fn upstream_errors_map_to_anthropic_errors() {
         assert_eq!(error["type"], "error");
         assert_eq!(error["error"]["type"], kind);
         assert_eq!(error["error"]["message"], message);
-        if status == 429 || status == 529 {
+        if matches!(status, 429 | 500 | 529) {
             assert!(headers.contains_key("retry-after"), "{kind}");
         }
     }

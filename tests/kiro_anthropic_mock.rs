@@ -1,7 +1,8 @@
 //! The Anthropic layer over real HTTP: a hyper client to the Kiro mock, through the pool with
 //! the Kiro classifier. A reply's text comes back as SSE and as a Message; an invalid token is
 //! refreshed and the converted body sent again; a throttled account gives way to the next;
-//! a mid-stream connection reset ends the stream with an `error` event.
+//! a mid-stream connection reset ends the stream with an `error` event; malformed tool schemas
+//! are normalized into what the mock's validation (Kiro's rules) accepts.
 #![cfg(all(feature = "kiro", feature = "test-util"))]
 
 use bytes::Bytes;
@@ -32,6 +33,12 @@ fn account(mock: &KiroMock, name: &str) -> Account {
 }
 
 async fn send(mock: &KiroMock, pool: &Pool, stream: bool) -> (u16, String) {
+    let body = json!({"model":"claude-sonnet-4-5","max_tokens":100,"stream":stream,
+                      "messages":[{"role":"user","content":"Hello"}]});
+    send_body(mock, pool, body).await
+}
+
+async fn send_body(mock: &KiroMock, pool: &Pool, body: Value) -> (u16, String) {
     let client: Client<_, ReplayBody<KiroRequestBody>> =
         Client::builder(TokioExecutor::new()).build_http();
     let service = ServiceBuilder::new()
@@ -43,8 +50,6 @@ async fn send(mock: &KiroMock, pool: &Pool, stream: bool) -> (u16, String) {
         )
         .layer(KiroAttemptLayer::new().base_url(&mock.url()).unwrap())
         .service(client);
-    let body = json!({"model":"claude-sonnet-4-5","max_tokens":100,"stream":stream,
-                      "messages":[{"role":"user","content":"Hello"}]});
     let request = http::Request::post("/v1/messages?beta=true")
         .header("x-api-key", "client-key")
         .body(Full::new(Bytes::from(body.to_string())))
@@ -170,4 +175,19 @@ async fn a_connection_reset_mid_stream_ends_with_an_error_event() {
         "{body}"
     );
     assert!(!body.contains("message_stop"));
+}
+
+#[tokio::test]
+async fn malformed_tool_schemas_are_normalized_before_they_reach_kiro() {
+    let (mock, pool) = two_accounts().await;
+    let body = json!({"model":"claude-sonnet-4-5","max_tokens":100,"messages":[{"role":"user","content":"Hello"}],
+        "tools":[
+            {"name":"a","input_schema":{"type":"object","properties":{"a":{"type":"string"}},"required":"a"}},
+            {"name":"b","input_schema":{"properties":{"type":{"type":"string"}}}},
+            {"name":"c","input_schema":{"type":"object","properties":[],"required":["x",1]}}]});
+    let (status, answer) = send_body(&mock, &pool, body).await;
+    assert_eq!(status, 200, "{answer}");
+    let requests = mock.requests_to("/generateAssistantResponse");
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].rejection, None);
 }

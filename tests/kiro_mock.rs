@@ -947,6 +947,18 @@ async fn tool_specifications_are_checked() {
             format!("{spec}.inputSchema.json.type is empty"),
         ),
         (
+            schema(json!({})),
+            format!("{spec}.inputSchema.json.type is missing"),
+        ),
+        (
+            schema(json!({"properties": {"type": {"type": "string"}}})),
+            format!("{spec}.inputSchema.json.type is missing"),
+        ),
+        (
+            schema(json!({"type": "object", "properties": {}, "required": "a"})),
+            format!("{spec}.inputSchema.json.required must be an array"),
+        ),
+        (
             schema(json!({"type": ["object"]})),
             format!("{spec}.inputSchema.json.type must be a string"),
         ),

@@ -513,10 +513,12 @@ fn tool_spec(tool: &Value, path: &str) -> Checked<()> {
     let schema = object(required(spec, "inputSchema", &spec_path)?, &schema_path)?;
     let json_path = format!("{schema_path}.json");
     let json = object(required(schema, "json", &schema_path)?, &json_path)?;
-    if let Some(kind) = json.get("type") {
-        if string(kind, &format!("{json_path}.type"))?.is_empty() {
-            return Err(improper(format!("{json_path}.type is empty")));
-        }
+    let kind = string(
+        required(json, "type", &json_path)?,
+        &format!("{json_path}.type"),
+    )?;
+    if kind.is_empty() {
+        return Err(improper(format!("{json_path}.type is empty")));
     }
     if let Some(properties) = json.get("properties") {
         object(properties, &format!("{json_path}.properties"))?;

@@ -22,7 +22,7 @@ pub const GENERATE_PATH: &str = "/generateAssistantResponse";
 /// - **`profileArn`**: a Kiro social-login account's ARN is set as the body's top-level
 ///   `profileArn`; a Builder ID / IdC account has none, and any `profileArn` in the body is
 ///   removed. The field is spliced into the buffered bytes (the JSON is re-parsed only when the
-///   body already holds a `profileArn`). Bodies larger than the pool's replay cap are streamed
+///   body already holds a `profileArn` or a `\u` escape, which could spell one). Bodies larger than the pool's replay cap are streamed
 ///   and cannot be rewritten: they go as they are. Other credential kinds' bodies are left
 ///   alone.
 /// - **URI**: `<base>/generateAssistantResponse` with a fixed base URL when one is configured
@@ -176,9 +176,11 @@ where
 }
 
 /// `body` (a JSON object) with its top-level `profileArn` set to `arn`, or removed when `arn`
-/// is `None`. Bodies without a `profileArn` are not parsed: the field is spliced in after the
-/// opening brace (or the body is returned as it is). Bodies that are not a JSON object are
-/// returned unchanged.
+/// is `None`. Bodies without a `profileArn` and without any `\u` escape are not parsed: the
+/// field is spliced in after the opening brace (or the body is returned as it is). Bodies that
+/// hold `"profileArn"` (once or more) or a `\u` escape (which could spell the key) are parsed
+/// and rebuilt from their first JSON value, so the result holds exactly one top-level
+/// `profileArn` (`arn`), or none. Bodies that are not a JSON object are returned unchanged.
 ///
 /// ```
 /// use bytes::Bytes;
@@ -192,8 +194,12 @@ where
 /// ```
 pub fn with_profile_arn(body: &Bytes, arn: Option<&str>) -> Bytes {
     const FIELD: &[u8] = b"\"profileArn\"";
-    let has_field = body.windows(FIELD.len()).any(|w| w == FIELD);
-    if !has_field {
+    // A key can be spelled with `\u` escapes (`"profile\u0041rn"`), which a byte search does
+    // not see: a body holding any `\u` is parsed, so the rebuilt body has exactly one
+    // `profileArn`, ours (a parser keeps the last of duplicate keys).
+    let must_parse =
+        memchr::memmem::find(body, FIELD).is_some() || memchr::memmem::find(body, b"\\u").is_some();
+    if !must_parse {
         let Some(arn) = arn else {
             return body.clone();
         };
@@ -215,8 +221,12 @@ pub fn with_profile_arn(body: &Bytes, arn: Option<&str>) -> Bytes {
         out.extend_from_slice(rest);
         return Bytes::from(out);
     }
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(mut map)) => {
+    // The first JSON value only: text after it (which some parsers skip) is dropped.
+    let first = serde_json::Deserializer::from_slice(body)
+        .into_iter::<serde_json::Value>()
+        .next();
+    match first {
+        Some(Ok(serde_json::Value::Object(mut map))) => {
             map.shift_remove("profileArn");
             let mut out = Vec::with_capacity(body.len() + 16);
             out.push(b'{');

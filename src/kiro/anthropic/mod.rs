@@ -105,9 +105,10 @@
 //! - Tool pairing: an assistant turn's calls without a result in the next turn are removed,
 //!   results for no call (or repeated) are removed (Kiro rejects both).
 //! - `tools`: client tools become `toolSpecification`s in the current message; server tools
-//!   (`type` other than `custom`, e.g. `web_search_20250305`) are dropped; schemas are copied,
-//!   or normalized when they hold `null`s or no `type` (nulls removed, `type`, `properties`,
-//!   `required` fixed); an empty description becomes the tool name; every tool the history
+//!   (`type` other than `custom`, e.g. `web_search_20250305`) are dropped; a schema is copied
+//!   when its top level is well formed (`type` a non-empty string, `properties` an object and
+//!   `required` an array of strings where present, no `null` anywhere), else normalized
+//!   (nulls removed, `type`, `properties`, `required` fixed); an empty description becomes the tool name; every tool the history
 //!   calls but the request does not declare gets a placeholder definition.
 //! - [`Limits`]: tool names over 63 bytes are shortened deterministically and mapped back in
 //!   the answer; descriptions are cut at 10 000 characters; more than 128 tools, or more than
@@ -153,11 +154,21 @@
 //! `request_too_large`. Upstream answers map as: Kiro 400 → 400 (`Input is too long` →
 //! `prompt is too long: …`); 402 / 429 / every candidate rate limited or out of quota (the
 //! pool's [`Exhausted`]) → 429 `rate_limit_error` with `retry-after`; 401 /
-//! 403 (the account's credential, not the client's key) and 5xx and no account able to serve
-//! otherwise → 529 `overloaded_error` with `retry-after`; 408 / 504 → 504 `timeout_error`; a
-//! failure of the inner service → 529. An exception frame at the start of the stream fails
-//! over inside the pool (the Kiro classifier peeks at it); one after content was sent ends
-//! the stream with an `error` event (a Message answer becomes the error instead).
+//! 403 (the account's credential, not the client's key), 503, 529 and no account able to
+//! serve otherwise → 529 `overloaded_error` with `retry-after`; other 5xx → 500 `api_error`
+//! with `retry-after`; 408 / 504 → 504 `timeout_error`; a failure of the inner service → 529.
+//!
+//! An exception frame at the start of the stream fails over inside the pool (the Kiro
+//! classifier peeks at it). When the pool still hands out a stream that fails before any
+//! answer content (an exception first, or after metadata-only frames such as
+//! `messageMetadataEvent` or `meteringEvent`; a read error; a cut frame), the client gets an
+//! HTTP error, also with `stream: true` (the answer's head waits for the first content):
+//! `ThrottlingException` and quota exceptions → 429 `rate_limit_error`, validation
+//! exceptions and `Input is too long` → 400 `invalid_request_error`, internal-server
+//! exceptions and read errors → 500 `api_error`, others → 529 `overloaded_error`; the
+//! retryable ones carry `retry-after` ([`default_retry_after`](AnthropicConfig::default_retry_after)).
+//! An exception after content ends the SSE stream with an `error` event (a Message answer
+//! becomes the error instead).
 //! [`AnthropicError::authentication`] and [`AnthropicError::permission`] are for a gateway's
 //! own client authentication.
 
@@ -391,7 +402,8 @@ type BoxedResponse<RB> =
     Pin<Box<dyn Future<Output = Result<Response<AnthropicBody<RB>>, Infallible>> + Send>>;
 
 /// The future of [`AnthropicService`]: reads the body, converts, calls the inner service and
-/// (for a Message answer) reads the whole upstream stream. One boxed future per request, as
+/// reads the upstream stream: the whole of it for a Message answer, up to the first content
+/// (or the end) for an SSE answer, so a failure before any content is an HTTP error. One boxed future per request, as
 /// [`AccountPoolService`](crate::layer::AccountPoolService)'s.
 pub struct ResponseFuture<RB> {
     inner: BoxedResponse<RB>,
@@ -623,11 +635,19 @@ where
         return response;
     }
     if stream {
-        let mut response = Response::new(AnthropicBody::sse(
-            body,
-            StreamConverter::sse(context),
-            config.ping_interval,
-        ));
+        // The head waits for the first content (or the end): an error before any content is
+        // an HTTP error, which clients retry, instead of a 200 holding an `error` event. What
+        // was read is kept: the SSE body starts with the converter's output so far.
+        let mut converter = StreamConverter::sse(context);
+        while !converter.has_content() && !converter.is_done() {
+            read_into(&mut body, &mut converter).await;
+        }
+        if let Some(error) = early_error(&converter, &config) {
+            let mut response = error_response(error);
+            *response.extensions_mut() = head.extensions;
+            return response;
+        }
+        let mut response = Response::new(AnthropicBody::sse(body, converter, config.ping_interval));
         *response.extensions_mut() = head.extensions;
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -635,33 +655,60 @@ where
         return response;
     }
     let mut converter = StreamConverter::message(context);
-    loop {
-        match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            None => break,
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    converter.push(&data);
-                    if converter.is_done() {
-                        break;
-                    }
-                }
-            }
-            Some(Err(e)) => {
-                converter.fail(AnthropicError::api(format!(
-                    "the upstream stream failed: {}",
-                    e.into()
-                )));
-                break;
-            }
-        }
+    while !converter.is_done() {
+        read_into(&mut body, &mut converter).await;
     }
-    converter.finish();
+    if let Some(error) = early_error(&converter, &config) {
+        let mut response = error_response(error);
+        *response.extensions_mut() = head.extensions;
+        return response;
+    }
     let mut response = match converter.into_message() {
         Ok(json) => local(StatusCode::OK, json),
         Err(e) => error_response(e),
     };
     *response.extensions_mut() = head.extensions;
     response
+}
+
+/// Reads one upstream frame into `converter`: the end of the body finishes it, a read error
+/// fails it.
+async fn read_into<RB>(body: &mut RB, converter: &mut StreamConverter)
+where
+    RB: Body<Data = Bytes> + Unpin,
+    RB::Error: Into<BoxError>,
+{
+    match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+        None => converter.finish(),
+        Some(Ok(frame)) => {
+            if let Ok(data) = frame.into_data() {
+                converter.push(&data);
+            }
+        }
+        Some(Err(e)) => converter.fail(AnthropicError::api(format!(
+            "the upstream stream failed: {}",
+            e.into()
+        ))),
+    }
+}
+
+/// The error that ended the answer before any content, with a `retry-after` when a retry
+/// can help (rate limited, overloaded, an upstream failure): the client gets it as an HTTP
+/// error status.
+fn early_error(converter: &StreamConverter, config: &AnthropicConfig) -> Option<AnthropicError> {
+    if converter.has_content() {
+        return None;
+    }
+    let error = converter.error()?.clone();
+    let retry = matches!(
+        error.kind(),
+        ErrorKind::RateLimit | ErrorKind::Overloaded | ErrorKind::Api
+    );
+    Some(if retry && error.retry_after().is_none() {
+        error.with_retry_after(Some(config.default_retry_after))
+    } else {
+        error
+    })
 }
 
 /// An upstream (or pool) error answer as an Anthropic error.
@@ -721,7 +768,11 @@ fn upstream_error(
         400..=499 => AnthropicError::invalid_request(format!(
             "Kiro rejected the request ({status}): {message}"
         )),
-        _ => AnthropicError::overloaded(format!("the upstream failed ({status}): {message}"))
+        503 | 529 => {
+            AnthropicError::overloaded(format!("the upstream is overloaded ({status}): {message}"))
+                .with_retry_after(retry_after.or(Some(default_retry_after)))
+        }
+        _ => AnthropicError::api(format!("the upstream failed ({status}): {message}"))
             .with_retry_after(retry_after.or(Some(default_retry_after))),
     }
 }

@@ -3,6 +3,7 @@
 //! See the [module docs](super) for the rules; [`convert_request`] is the entry point.
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use bytes::Bytes;
@@ -84,14 +85,16 @@ impl fmt::Debug for ConvertedRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ToolNames {
     map: Vec<(String, String)>,
+    /// Position in `map` of each short name.
+    index: HashMap<String, usize>,
 }
 
 impl ToolNames {
     /// The client's name for a name Kiro answered with (unchanged when it was not shortened).
     pub fn original<'a>(&'a self, sent: &'a str) -> &'a str {
-        self.map
-            .iter()
-            .find(|(short, _)| short == sent)
+        self.index
+            .get(sent)
+            .map(|&at| &self.map[at])
             .or_else(|| {
                 self.map
                     .iter()
@@ -112,7 +115,8 @@ impl ToolNames {
 
     fn shorten(&mut self, name: &str, limit: usize) -> String {
         let short = shorten_tool_name(name, limit);
-        if short != name && !self.map.iter().any(|(s, _)| *s == short) {
+        if short != name && !self.index.contains_key(&short) {
+            self.index.insert(short.clone(), self.map.len());
             self.map.push((short.clone(), name.to_owned()));
         }
         short
@@ -755,9 +759,41 @@ impl Writer {
     }
 }
 
+/// The top level of a tool input schema, read without copying: enough to know whether Kiro
+/// takes it as it is.
+#[derive(Deserialize)]
+struct SchemaTop<'a> {
+    #[serde(rename = "type", default)]
+    kind: Option<&'a str>,
+    #[serde(borrow, default)]
+    properties: Option<&'a RawValue>,
+    /// Read only to check that it is an array of strings.
+    #[serde(rename = "required", borrow, default)]
+    _required: Option<Vec<&'a str>>,
+}
+
+/// Whether `schema` (trimmed JSON) can go to Kiro unchanged: an object with no `null`
+/// anywhere, whose top-level `type` is a non-empty string, `properties` (when present) an
+/// object and `required` (when present) an array of strings. A duplicate or escaped key, or
+/// anything else unusual, takes the normalising path.
+fn schema_is_well_formed(schema: &str) -> bool {
+    if !schema.starts_with('{') || schema.contains("null") {
+        return false;
+    }
+    match serde_json::from_str::<SchemaTop<'_>>(schema) {
+        Ok(top) => {
+            top.kind.is_some_and(|k| !k.is_empty())
+                && top
+                    .properties
+                    .is_none_or(|p| p.get().trim_start().starts_with('{'))
+        }
+        Err(_) => false,
+    }
+}
+
 /// A tool input schema as Kiro accepts it: an object with a `type`, `properties` an object,
-/// `required` a list of strings, no `null` values. Schemas that need no change are copied as
-/// they are.
+/// `required` a list of strings, no `null` values. Schemas that need no change (see
+/// [`schema_is_well_formed`]) are copied as they are.
 fn write_schema(w: &mut Writer, raw: Option<&RawValue>) {
     const EMPTY: &str = r#"{"type":"object","properties":{}}"#;
     let Some(raw) = raw.map(RawValue::get) else {
@@ -765,7 +801,7 @@ fn write_schema(w: &mut Writer, raw: Option<&RawValue>) {
         return;
     };
     let trimmed = raw.trim();
-    if trimmed.starts_with('{') && !trimmed.contains("null") && trimmed.contains("\"type\"") {
+    if schema_is_well_formed(trimmed) {
         w.raw_json(trimmed);
         return;
     }
@@ -781,9 +817,11 @@ fn write_schema(w: &mut Writer, raw: Option<&RawValue>) {
     {
         map.insert("type".into(), "object".into());
     }
-    if map.get("type").and_then(|t| t.as_str()) == Some("object")
-        && !map.get("properties").is_some_and(|p| p.is_object())
-    {
+    let properties_ok = match map.get("properties") {
+        Some(p) => p.is_object(),
+        None => map.get("type").and_then(|t| t.as_str()) != Some("object"),
+    };
+    if !properties_ok {
         map.insert(
             "properties".into(),
             serde_json::Value::Object(Default::default()),
@@ -940,18 +978,14 @@ fn convert(
         let user = &mut rest[0];
         match before.last_mut() {
             Some(assistant) if assistant.role == Role::Assistant => {
-                assistant
-                    .uses
-                    .retain(|u| user.results.iter().any(|r| r.id == u.id));
-                let uses = &assistant.uses;
-                let mut seen: Vec<String> = Vec::with_capacity(user.results.len());
-                user.results.retain(|r| {
-                    let keep = uses.iter().any(|u| u.id == r.id) && !seen.contains(&r.id);
-                    if keep {
-                        seen.push(r.id.clone());
-                    }
-                    keep
-                });
+                // Hash sets keep this linear in the number of calls and results.
+                let answered: HashSet<&str> = user.results.iter().map(|r| r.id.as_str()).collect();
+                assistant.uses.retain(|u| answered.contains(u.id.as_str()));
+                drop(answered);
+                // Each call takes its first result; repeats and strays find no id left.
+                let mut open: HashSet<&str> =
+                    assistant.uses.iter().map(|u| u.id.as_str()).collect();
+                user.results.retain(|r| open.remove(r.id.as_str()));
             }
             _ => user.results.clear(),
         }
@@ -972,11 +1006,20 @@ fn convert(
         text_bytes: 0,
         images: 0,
     };
-    let mut declared: Vec<String> = Vec::new();
+    // Names declared so far, ASCII-lowercased (Kiro matches them case-insensitively).
+    let mut declared: HashSet<String> = HashSet::new();
     let client_tools = request.tools.unwrap_or_default();
-    let mut count = 0usize;
+    let is_client_tool = |tool: &Tool<'_>| tool.kind.as_deref().is_none_or(|k| k == "custom");
+    // The cap is checked before any schema is written.
+    let count = client_tools.iter().filter(|t| is_client_tool(t)).count();
+    if enforce_limits && count > limits.max_tools {
+        return Err(AnthropicError::invalid_request(format!(
+            "tools: {count} tools were sent; Kiro accepts at most {}",
+            limits.max_tools
+        )));
+    }
     for (i, tool) in client_tools.iter().enumerate() {
-        if tool.kind.as_deref().is_some_and(|k| k != "custom") {
+        if !is_client_tool(tool) {
             // Anthropic server tools (web search, code execution...): Kiro rejects them.
             continue;
         }
@@ -985,7 +1028,6 @@ fn convert(
                 "tools.{i}.name: required"
             )));
         };
-        count += 1;
         let name = names.shorten(name, limits.max_tool_name_len);
         let description = tool
             .description
@@ -1007,18 +1049,12 @@ fn convert(
             .extend_from_slice(br#","inputSchema":{"json":"#);
         write_schema(&mut tools_out, tool.input_schema);
         tools_out.out.extend_from_slice(b"}}}");
-        declared.push(name);
-    }
-    if enforce_limits && count > limits.max_tools {
-        return Err(AnthropicError::invalid_request(format!(
-            "tools: {count} tools were sent; Kiro accepts at most {}",
-            limits.max_tools
-        )));
+        declared.insert(name.to_ascii_lowercase());
     }
     // Every tool the history calls must be declared.
     for turn in &turns {
         for u in &turn.uses {
-            if !declared.iter().any(|d| d.eq_ignore_ascii_case(&u.name)) {
+            if declared.insert(u.name.to_ascii_lowercase()) {
                 if !tools_out.out.is_empty() {
                     tools_out.out.push(b',');
                 }
@@ -1029,7 +1065,6 @@ fn convert(
                 tools_out.out.extend_from_slice(
                     br#","description":"Tool used in conversation history","inputSchema":{"json":{"type":"object","properties":{},"additionalProperties":true}}}}"#,
                 );
-                declared.push(u.name.clone());
             }
         }
     }

@@ -6,6 +6,7 @@
 //! on chunk boundaries.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use bytes::Bytes;
@@ -134,7 +135,7 @@ pub struct StreamConverter {
     tool_id: String,
     tool_input: String,
     tool_input_sent: bool,
-    closed_tools: Vec<String>,
+    closed_tools: HashSet<String>,
     think: Think,
     stop_hold: String,
     stopped: Option<String>,
@@ -148,6 +149,8 @@ pub struct StreamConverter {
     blocks: Vec<Block>,
     error: Option<AnthropicError>,
     done: bool,
+    /// Answer content (text, thinking, a tool call) has arrived.
+    content_seen: bool,
 }
 
 impl fmt::Debug for StreamConverter {
@@ -303,8 +306,9 @@ fn partial_suffix(s: &str, tag: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// What an exception frame in the stream means for the client.
-fn exception_error(exception: Option<&str>, payload: &[u8]) -> AnthropicError {
+/// What an exception frame in the stream means for the client; `mid_answer` when answer
+/// content came before it.
+fn exception_error(exception: Option<&str>, payload: &[u8], mid_answer: bool) -> AnthropicError {
     let message = serde_json::from_slice::<serde_json::Value>(payload)
         .ok()
         .and_then(|v| {
@@ -329,12 +333,15 @@ fn exception_error(exception: Option<&str>, payload: &[u8]) -> AnthropicError {
         }
         _ if text.contains(crate::kiro::MONTHLY_QUOTA_MARKER) => ErrorKind::RateLimit,
         t if t.contains("Validation") => ErrorKind::InvalidRequest,
+        t if t.contains("InternalServer") || t.contains("InternalFailure") => ErrorKind::Api,
         _ => ErrorKind::Overloaded,
     };
-    AnthropicError::new(
-        kind,
-        format!("the upstream failed mid-answer ({kind_name}): {message}"),
-    )
+    let message = if mid_answer {
+        format!("the upstream failed mid-answer ({kind_name}): {message}")
+    } else {
+        format!("the upstream answered {kind_name} before any content: {message}")
+    };
+    AnthropicError::new(kind, message)
 }
 
 impl StreamConverter {
@@ -366,7 +373,7 @@ impl StreamConverter {
             tool_id: String::new(),
             tool_input: String::new(),
             tool_input_sent: false,
-            closed_tools: Vec::new(),
+            closed_tools: HashSet::new(),
             think,
             stop_hold: String::new(),
             stopped: None,
@@ -380,7 +387,15 @@ impl StreamConverter {
             blocks: Vec::new(),
             error: None,
             done: false,
+            content_seen: false,
         }
+    }
+
+    /// Answer content (text, thinking or a tool call) has arrived from the upstream; until
+    /// then only metadata (usage, metering, …) has. An error before any content can still
+    /// be answered with an HTTP error status instead of a 200 stream.
+    pub fn has_content(&self) -> bool {
+        self.content_seen
     }
 
     /// The answer ended (with `message_stop` or an `error` event): nothing more is produced.
@@ -457,7 +472,12 @@ impl StreamConverter {
                     self.finish();
                     return;
                 }
-                self.fail(exception_error(frame.exception_type, frame.payload));
+                let mid_answer = self.content_seen;
+                self.fail(exception_error(
+                    frame.exception_type,
+                    frame.payload,
+                    mid_answer,
+                ));
                 return;
             }
             _ => {}
@@ -468,12 +488,14 @@ impl StreamConverter {
                     content: Some(text),
                 }) = serde_json::from_slice(frame.payload)
                 {
+                    self.content_seen |= !text.is_empty();
                     self.text(&text);
                 }
             }
             Some("reasoningContentEvent") => {
                 if let Ok(event) = serde_json::from_slice::<ReasoningEvent<'_>>(frame.payload) {
                     if let Some(t) = event.text.or(event.reasoning_text) {
+                        self.content_seen |= !t.is_empty();
                         if self.stopped.is_none() && !t.is_empty() {
                             self.thinking_delta(&t);
                         }
@@ -482,6 +504,7 @@ impl StreamConverter {
             }
             Some("toolUseEvent") => {
                 if let Ok(event) = serde_json::from_slice::<ToolEvent<'_>>(frame.payload) {
+                    self.content_seen = true;
                     self.tool(event);
                 }
             }
@@ -695,7 +718,7 @@ impl StreamConverter {
         match event.tool_use_id.as_deref().filter(|id| !id.is_empty()) {
             Some(id) if self.open == Open::Tool && self.tool_id == id => {}
             Some(id) => {
-                if self.closed_tools.iter().any(|c| c == id) {
+                if self.closed_tools.contains(id) {
                     return;
                 }
                 self.flush_text();
@@ -811,7 +834,7 @@ impl StreamConverter {
                     self.input_delta("{}");
                 }
                 let id = std::mem::take(&mut self.tool_id);
-                self.closed_tools.push(id);
+                self.closed_tools.insert(id);
             }
             Open::Text => {}
         }
