@@ -177,6 +177,12 @@ impl FileState {
         Some(PersistedState {
             state,
             reason,
+            // Seeded: older than any reset an operator makes.
+            since: None,
+            reset_at: None,
+            recovered_at: None,
+            enabled: None,
+            enabled_at: None,
             until: None,
             consecutive_failures: self.error_count.unwrap_or(0),
             ejection_level: 0,
@@ -756,7 +762,38 @@ impl Fields<'_> {
     }
 }
 
-fn parse_entry(
+/// The older system's state fields of one account object, read as the loader reads them
+/// (fields of the wrong type are left out), for stores that keep state in a pool file.
+pub(crate) fn file_state_of(map: &Map<String, Value>) -> FileState {
+    let f = Fields {
+        path: Path::new(""),
+        index: 0,
+        map,
+    };
+    FileState {
+        is_healthy: f.bool("isHealthy").ok().flatten(),
+        error_count: f.u32("errorCount").ok().flatten(),
+        usage_count: f.u64("usageCount").ok().flatten(),
+        last_used: f.time("lastUsed").ok().flatten(),
+        last_error_time: f.time("lastErrorTime").ok().flatten(),
+        last_error_message: f
+            .string("lastErrorMessage")
+            .ok()
+            .flatten()
+            .map(str::to_owned),
+        last_health_check_time: f.time("lastHealthCheckTime").ok().flatten(),
+        last_health_check_model: f
+            .string("lastHealthCheckModel")
+            .ok()
+            .flatten()
+            .map(str::to_owned),
+        check_health: f.bool("checkHealth").ok().flatten(),
+        cached_email: f.string("cachedEmail").ok().flatten().map(str::to_owned),
+        cached_user_id: f.string("cachedUserId").ok().flatten().map(str::to_owned),
+    }
+}
+
+pub(crate) fn parse_entry(
     path: &Path,
     index: usize,
     raw: Map<String, Value>,

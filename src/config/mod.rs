@@ -90,7 +90,7 @@
 
 mod credential;
 mod error;
-mod file;
+pub(crate) mod file;
 mod legacy;
 mod migrate;
 mod time;
