@@ -17,6 +17,7 @@
 //! ```
 
 mod demo;
+mod pool_source;
 mod proxy;
 
 use std::net::SocketAddr;
@@ -35,9 +36,10 @@ use proxy::{BoxError, Gateway, ProxyOptions};
 const USAGE: &str = "usage:
   gateway [--demo-serve] [--listen ADDR]
       the demo: an in-process Kiro mock, a burst of traffic, a table; --demo-serve keeps serving
-  gateway --pool PATH --upstream URL [--store json|sqlite:PATH|redis:URL] [--listen ADDR]
-          [--body-cap BYTES]
-      proxy every request to URL through the accounts of the pool file PATH
+  gateway --pool PATH|sqlite:PATH --upstream URL [--store json|sqlite:PATH|redis:URL]
+          [--listen ADDR] [--body-cap BYTES]
+      proxy every request to URL through the accounts of the pool file PATH (or of the older
+      system's SQLite database with sqlite:PATH, also its store unless --store is given)
       (admin API under /admin when GATEWAY_ADMIN_TOKEN holds a token of 16+ characters)";
 
 /// The environment variable holding the admin token.
@@ -157,9 +159,10 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     let listen = args
         .listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let file = PoolFile::load(&pool_path)?;
-    let pool = file.build_with(Pool::builder(), &KiroResolver::new(KiroOptions::default()))?;
-    let store = match args.store.as_deref() {
+    let source = pool_source::PoolSource::parse(&pool_path);
+    let pool = source.build(KiroOptions::default())?;
+    let store_spec = args.store.clone().or_else(|| source.default_store());
+    let store = match store_spec.as_deref() {
         None => None,
         Some("json") => Some(StoreHandle::start(&pool, JsonFileStore::open(&pool_path)?).await?),
         Some(spec) if spec.starts_with("sqlite:") => {
@@ -172,9 +175,19 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     };
     // Hot reload: edits of the pool file (accounts added, removed, changed) reach the running
     // pool; a broken edit is logged and ignored. Stops when `_watch` is dropped.
-    let _watch = FileWatcher::new(&pool, &pool_path)
-        .resolver(Arc::new(KiroResolver::new(KiroOptions::default())))
-        .start();
+    let _watch = match &source {
+        pool_source::PoolSource::File(path) => {
+            let dir = PoolFile::load(path)?.dir();
+            Some(
+                FileWatcher::new(&pool, path)
+                    .resolver(Arc::new(
+                        KiroResolver::new(KiroOptions::default()).base_dir(dir),
+                    ))
+                    .start(),
+            )
+        }
+        pool_source::PoolSource::Sqlite(_) => None,
+    };
     let kiro_accounts = pool
         .snapshot()
         .accounts

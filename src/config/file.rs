@@ -338,6 +338,17 @@ impl fmt::Debug for PoolFile {
 }
 
 impl PoolFile {
+    /// A pool file of these entries (a source other than a file: the older system's database).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn from_entries(path: &Path, entries: Vec<AccountEntry>) -> PoolFile {
+        PoolFile {
+            path: path.to_owned(),
+            shape: PoolShape::Accounts,
+            entries,
+            other: Map::new(),
+        }
+    }
+
     /// Reads and parses a pool file, then logs a `warn` when it is in the old grouped shape
     /// (naming the file and the migration command) and one for top-level keys that are not
     /// loaded. The file is only read.
@@ -444,6 +455,17 @@ impl PoolFile {
         &self.path
     }
 
+    /// The folder the file is in: relative credential paths in it are resolved against it
+    /// (by [`accounts`](Self::accounts), [`build`](Self::build) and
+    /// [`build_from_file`](PoolBuilder::build_from_file); give it to other resolvers, e.g.
+    /// [`TokenFileResolver::base_dir`] or `KiroResolver::base_dir`).
+    pub fn dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        }
+    }
+
     /// The shape it was found in.
     pub fn shape(&self) -> PoolShape {
         self.shape
@@ -539,9 +561,10 @@ impl PoolFile {
         file
     }
 
-    /// The accounts, with credential files opened by the default [`TokenFileResolver`].
+    /// The accounts, with credential files opened by a [`TokenFileResolver`] relative to the
+    /// file's folder.
     pub fn accounts(&self) -> Vec<(Account, Option<String>)> {
-        self.accounts_with(&TokenFileResolver::default())
+        self.accounts_with(&TokenFileResolver::new().base_dir(self.dir()))
     }
 
     /// The accounts, with credential files opened by `resolver`. The second value says why an
@@ -554,9 +577,10 @@ impl PoolFile {
     }
 
     /// Builds a pool from this file with `builder`'s strategy, policy and TTL; credential files
-    /// are opened by the default [`TokenFileResolver`]. See [`build_with`](Self::build_with).
+    /// are opened by a [`TokenFileResolver`], relative paths against the file's folder. See
+    /// [`build_with`](Self::build_with).
     pub fn build(&self, builder: PoolBuilder) -> Result<Pool, ConfigError> {
-        self.build_with(builder, &TokenFileResolver::default())
+        self.build_with(builder, &TokenFileResolver::new().base_dir(self.dir()))
     }
 
     /// Builds a pool from this file. State fields seed each account's runtime state

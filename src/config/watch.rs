@@ -44,13 +44,18 @@ pub struct FileWatcher {
 
 impl FileWatcher {
     /// Watches `path` for `pool`, every [`DEFAULT_WATCH_INTERVAL`], opening credential files
-    /// with the default [`TokenFileResolver`].
+    /// with a [`TokenFileResolver`], relative paths against the file's folder.
     pub fn new(pool: &Pool, path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
         FileWatcher {
             pool: pool.clone(),
-            path: path.into(),
+            path,
             interval: DEFAULT_WATCH_INTERVAL,
-            resolver: Arc::new(TokenFileResolver::default()),
+            resolver: Arc::new(TokenFileResolver::new().base_dir(dir)),
         }
     }
 

@@ -1,0 +1,234 @@
+//! The older system's SQLite database as a source of accounts (issue 12, point 3): the
+//! `config` JSON with the columns winning over it, v1 and v2, the SQLite store keeping state in
+//! the same rows, and accounts added or changed at runtime written back.
+#![cfg(feature = "sqlite")]
+
+mod support;
+
+use std::path::Path;
+
+use rusqlite::Connection;
+use tower_account_pool::config::{ConfigError, SqlitePool};
+use tower_account_pool::credential::BearerToken;
+use tower_account_pool::store::{SqliteStore, StoreHandle};
+use tower_account_pool::{Account, HealthState, Outcome, Pool, SelectRequest};
+
+const V2: &str = "
+CREATE TABLE accounts (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE NOT NULL, config TEXT NOT NULL,
+  is_healthy INTEGER DEFAULT 1, is_disabled INTEGER DEFAULT 0, error_count INTEGER DEFAULT 0,
+  usage_count INTEGER DEFAULT 0, last_used TEXT, last_error_time TEXT, last_error_message TEXT,
+  last_health_check_time TEXT, last_health_check_model TEXT, cached_email TEXT, cached_user_id TEXT,
+  not_supported_models TEXT, created_at TEXT DEFAULT (datetime('now')),
+  updated_at TEXT DEFAULT (datetime('now')));
+PRAGMA user_version = 2;
+INSERT INTO accounts (uuid, config, is_disabled, not_supported_models, usage_count) VALUES
+  ('a', '{\"uuid\":\"a\",\"bearerToken\":\"token-a\",\"weight\":2}', 0, NULL, 7),
+  ('b', '{\"uuid\":\"b\",\"bearerToken\":\"token-b\",\"isDisabled\":false}', 1, NULL, 0),
+  ('c', '{\"uuid\":\"c\",\"bearerToken\":\"token-c\",\"notSupportedModels\":[]}', 0, '[\"claude-opus-4-5\"]', 0);
+";
+
+const V1: &str = "
+CREATE TABLE providers (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE NOT NULL, provider_type TEXT NOT NULL,
+  config TEXT NOT NULL, is_healthy INTEGER DEFAULT 1, is_disabled INTEGER DEFAULT 0,
+  error_count INTEGER DEFAULT 0, usage_count INTEGER DEFAULT 0, last_used TEXT,
+  last_error_time TEXT, last_error_message TEXT, last_health_check_time TEXT,
+  last_health_check_model TEXT, cached_email TEXT, cached_user_id TEXT, not_supported_models TEXT,
+  created_at TEXT DEFAULT (datetime('now')), updated_at TEXT DEFAULT (datetime('now')));
+INSERT INTO providers (uuid, provider_type, config, is_healthy, is_disabled, last_error_message) VALUES
+  ('k1', 'claude-kiro-oauth', '{\"uuid\":\"k1\",\"bearerToken\":\"token-1\"}', 1, 0, NULL),
+  ('k2', 'claude-kiro-oauth', '{\"uuid\":\"k2\",\"bearerToken\":\"token-2\"}', 0, 0, '403 suspended'),
+  ('g1', 'gemini-cli-oauth', '{\"uuid\":\"g1\"}', 1, 0, NULL);
+";
+
+fn create(path: &Path, sql: &str) {
+    Connection::open(path).unwrap().execute_batch(sql).unwrap();
+}
+
+fn served(pool: &Pool, model: Option<&str>, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let request = match model {
+                Some(m) => SelectRequest::for_model(m),
+                None => SelectRequest::default(),
+            };
+            let lease = pool.select(&request).unwrap();
+            let id = lease.id().to_string();
+            lease.report(Outcome::Success);
+            id
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn columns_win_over_the_config_json_and_the_store_keeps_state_in_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provider_pool.db");
+    create(&path, V2);
+    let source = SqlitePool::load(&path).unwrap();
+    let ids: Vec<&str> = source.entries().iter().map(|e| e.id().as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    let pool = source.build(Pool::builder()).unwrap();
+    let handle = StoreHandle::start(&pool, SqliteStore::open(&path).unwrap())
+        .await
+        .unwrap();
+    let snapshot = pool.snapshot();
+    assert_eq!(snapshot.account("a").unwrap().settings.weight, 2);
+    assert_eq!(snapshot.account("a").unwrap().counters.successes, 7);
+    assert_eq!(
+        snapshot.account("b").unwrap().state,
+        HealthState::Disabled,
+        "the column switched it off, whatever the JSON says"
+    );
+    let picks = served(&pool, None, 40);
+    assert!(!picks.iter().any(|id| id == "b"), "{picks:?}");
+    let opus = served(&pool, Some("claude-opus-4-5"), 10);
+    assert!(opus.iter().all(|id| id == "a"), "{opus:?}");
+    handle.shutdown().await.unwrap();
+    let usage: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT sum(usage_count) FROM accounts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(usage, 7 + 50, "the store counted in the same rows");
+}
+
+#[tokio::test]
+async fn a_v1_database_is_read_without_being_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provider_pool.db");
+    create(&path, V1);
+    let before = std::fs::read(&path).unwrap();
+    let source = SqlitePool::load(&path).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "loading changed the database"
+    );
+    let ids: Vec<&str> = source.entries().iter().map(|e| e.id().as_str()).collect();
+    assert_eq!(ids, ["k1", "k2"], "only the Kiro rows");
+    let pool = source.build(Pool::builder()).unwrap();
+    let k2 = pool.snapshot().account("k2").unwrap().clone();
+    assert_eq!(k2.state, HealthState::Suspended);
+    assert_eq!(
+        k2.reason.as_deref(),
+        Some("marked unhealthy in the pool file: 403 suspended")
+    );
+}
+
+#[tokio::test]
+async fn accounts_added_or_changed_at_runtime_are_written_back_to_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provider_pool.db");
+    create(&path, V2);
+    let pool = SqlitePool::load(&path)
+        .unwrap()
+        .build(Pool::builder())
+        .unwrap();
+    let handle = StoreHandle::start(&pool, SqliteStore::open(&path).unwrap())
+        .await
+        .unwrap();
+    pool.add(Account::new("d", BearerToken::new("token-d")).weight(3))
+        .unwrap();
+    pool.update_settings("a", |s| {
+        s.weight = 5;
+        s.not_supported_models = vec!["claude-haiku-4-5".into()];
+    })
+    .unwrap();
+    pool.enable("b").unwrap();
+    handle.shutdown().await.unwrap();
+
+    let conn = Connection::open(&path).unwrap();
+    let (config, disabled, models): (String, i64, Option<String>) = conn
+        .query_row(
+            "SELECT config, is_disabled, not_supported_models FROM accounts WHERE uuid = 'a'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["weight"], 5);
+    assert_eq!(config["bearerToken"], "token-a", "other fields are kept");
+    assert_eq!(disabled, 0);
+    assert_eq!(models.as_deref(), Some("[\"claude-haiku-4-5\"]"));
+    let b_disabled: i64 = conn
+        .query_row(
+            "SELECT is_disabled FROM accounts WHERE uuid = 'b'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(b_disabled, 0, "the operator's enable reached the column");
+    let d: String = conn
+        .query_row("SELECT config FROM accounts WHERE uuid = 'd'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    assert_eq!(d["weight"], 3);
+
+    // The older tools, and this loader, read them back.
+    let again = SqlitePool::load(&path).unwrap();
+    let a = again
+        .entries()
+        .iter()
+        .find(|e| e.id().as_str() == "a")
+        .unwrap();
+    assert_eq!(a.settings().weight, 5);
+    assert!(again.entries().iter().any(|e| e.id().as_str() == "d"));
+    assert!(
+        again
+            .entries()
+            .iter()
+            .find(|e| e.id().as_str() == "b")
+            .unwrap()
+            .settings()
+            .enabled
+    );
+}
+
+#[test]
+fn bad_databases_are_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.db");
+    let err = SqlitePool::load(&missing).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+    assert!(err
+        .to_string()
+        .starts_with(&format!("{}: cannot read", missing.display())));
+
+    let other = dir.path().join("other.db");
+    create(&other, "CREATE TABLE things (x INTEGER);");
+    assert_eq!(
+        SqlitePool::load(&other).unwrap_err().to_string(),
+        format!(
+            "{}: not a database of the older system: it has neither an `accounts` table (schema v2) nor a `providers` table (schema v1)",
+            other.display()
+        )
+    );
+
+    let broken = dir.path().join("broken.db");
+    create(
+        &broken,
+        "CREATE TABLE accounts (id INTEGER PRIMARY KEY, uuid TEXT, config TEXT, not_supported_models TEXT);
+         INSERT INTO accounts (uuid, config) VALUES ('a', 'not json');",
+    );
+    assert_eq!(
+        SqlitePool::load(&broken).unwrap_err().to_string(),
+        format!(
+            "{}: accounts row `a`: `config` is not a JSON object",
+            broken.display()
+        )
+    );
+    create(
+        &broken,
+        "UPDATE accounts SET config = '{}', not_supported_models = 'opus';",
+    );
+    assert_eq!(
+        SqlitePool::load(&broken).unwrap_err().to_string(),
+        format!(
+            "{}: accounts row `a`: `not_supported_models` is not a JSON array of model names",
+            broken.display()
+        )
+    );
+}
