@@ -612,17 +612,21 @@ impl PoolFile {
     }
 
     /// Logs the old-shape and other-keys warnings, and one per account whose inline
-    /// credentials override its credential file.
+    /// credentials override its credential file. Each distinct warning about one file is
+    /// logged once per process, not on every reload (a store writing state into the file
+    /// makes it reload often).
     pub(crate) fn warn_about_shape(&self) {
         let path = self.path.display();
         for entry in self.entries.iter().filter(|e| e.file_path_ignored) {
-            tracing::warn!(
-                file = %path, index = entry.index, account = %entry.id,
-                "`{INLINE_CREDENTIALS}` takes precedence over `KIRO_OAUTH_CREDS_FILE_PATH`, as in \
-                 the older system: the credential file is not read"
-            );
+            if first_time(&self.path, &format!("inline:{}", entry.id)) {
+                tracing::warn!(
+                    file = %path, index = entry.index, account = %entry.id,
+                    "`{INLINE_CREDENTIALS}` takes precedence over `KIRO_OAUTH_CREDS_FILE_PATH`, as \
+                     in the older system: the credential file is not read"
+                );
+            }
         }
-        if self.shape == PoolShape::Grouped {
+        if self.shape == PoolShape::Grouped && first_time(&self.path, "grouped") {
             tracing::warn!(
                 file = %path,
                 "{path}: loaded {}; convert it to {{\"accounts\": [...]}} with `cargo run --example migrate -- {path}`",
@@ -630,11 +634,13 @@ impl PoolFile {
             );
         }
         if !self.other.is_empty() {
-            tracing::warn!(
-                file = %path,
-                "{path}: top-level keys not loaded as accounts: {}; they are kept when the file is rewritten",
-                quote_keys(self.other.keys())
-            );
+            let keys = quote_keys(self.other.keys());
+            if first_time(&self.path, &format!("other:{keys}")) {
+                tracing::warn!(
+                    file = %path,
+                    "{path}: top-level keys not loaded as accounts: {keys}; they are kept when the file is rewritten",
+                );
+            }
         }
     }
 }
@@ -647,6 +653,17 @@ impl PoolBuilder {
     pub fn build_from_file(self, path: impl AsRef<Path>) -> Result<Pool, ConfigError> {
         PoolFile::load(path)?.build(self)
     }
+}
+
+/// Whether this warning about this file is seen for the first time in this process.
+pub(crate) fn first_time(path: &Path, warning: &str) -> bool {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<HashSet<(PathBuf, String)>>> = OnceLock::new();
+    SEEN.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((path.to_owned(), warning.to_owned()))
 }
 
 fn quote_keys<'a>(keys: impl Iterator<Item = &'a String>) -> String {

@@ -87,6 +87,7 @@ impl FileWatcher {
             known: HashMap::new(),
             applied: None,
             status,
+            logged_error: None,
         };
         tracker.adopt_running_credentials();
         tracker.check();
@@ -219,6 +220,8 @@ struct Tracker {
     /// change stays as the running pool has it, changes made through the admin API included.
     applied: Option<HashMap<AccountId, AccountSettings>>,
     status: watch::Sender<ReloadStatus>,
+    /// The last rejection logged.
+    logged_error: Option<String>,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -339,10 +342,18 @@ impl Tracker {
                 unchanged = report.unchanged,
                 "pool file applied"
             ),
-            Err(e) => tracing::warn!(
-                file = %self.path.display(),
-                "{e}; the running pool is unchanged"
-            ),
+            // Each distinct rejection is logged once (until the file loads again).
+            Err(e) if self.logged_error.as_deref() != Some(e.to_string().as_str()) => {
+                tracing::warn!(
+                    file = %self.path.display(),
+                    "{e}; the running pool is unchanged"
+                );
+                self.logged_error = Some(e.to_string());
+            }
+            Err(e) => tracing::debug!(file = %self.path.display(), "{e}; still rejected"),
+        }
+        if result.is_ok() {
+            self.logged_error = None;
         }
         self.status.send_modify(|status| {
             status.changes_seen += 1;
