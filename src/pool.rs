@@ -844,9 +844,11 @@ impl Pool {
                 changed = Some(s.clone());
             }
         })?;
+        // An operator's word, even when it changes nothing here: it is the newest one, and
+        // stores shared with other processes order by it.
+        let slot = self.slot(id)?;
+        slot.runtime.lock_details().enabled_ms = event_ms();
         if changed.is_some() {
-            let slot = self.slot(id)?;
-            slot.runtime.lock_details().enabled_ms = event_ms();
             let (from, to) = if enabled {
                 (HealthState::Disabled, slot.runtime.state())
             } else {
@@ -1904,7 +1906,9 @@ impl Shared {
         };
         let last_error = details.last_error.clone();
         drop(details);
-        let next_retry_at = match state {
+        // A disabled account keeps its cooldown (stores write it; it still applies once the
+        // account is enabled again).
+        let next_retry_at = match underlying_state {
             HealthState::RateLimited
             | HealthState::QuotaExhausted
             | HealthState::Ejected
@@ -2051,7 +2055,7 @@ pub struct AccountSnapshot {
     pub reason: Option<String>,
     /// Whether it could take a request without a model now.
     pub available: bool,
-    /// When it comes back by itself, if it does.
+    /// When its (underlying) state ends by itself, if it does.
     #[serde(with = "epoch_ms::option")]
     pub next_retry_at: Option<SystemTime>,
     /// Active (account, model) cooldowns.

@@ -39,7 +39,10 @@ fn the_pool_flag_reads_a_file_or_an_sqlite_database() {
         PoolSource::parse(Path::new("sqlite:pool.db")).default_store(),
         Some("sqlite:pool.db".to_owned())
     );
-    assert_eq!(PoolSource::parse(Path::new("pool.json")).default_store(), None);
+    assert_eq!(
+        PoolSource::parse(Path::new("pool.json")).default_store(),
+        None
+    );
 }
 
 #[test]
@@ -112,7 +115,11 @@ fn kiro_resolver_resolves_relative_paths_against_its_base_dir() {
 #[test]
 fn pool_files_resolve_token_files_against_their_own_folder() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token.json"), r#"{"accessToken": "at-0123456789"}"#).unwrap();
+    std::fs::write(
+        dir.path().join("token.json"),
+        r#"{"accessToken": "at-0123456789"}"#,
+    )
+    .unwrap();
     let path = dir.path().join("account_pool.json");
     std::fs::write(
         &path,

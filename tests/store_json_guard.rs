@@ -69,7 +69,11 @@ async fn a_file_the_loader_rejects_is_never_written_and_is_written_again_once_fi
         serve(&pool, 4);
         // Many retry intervals.
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), bad, "{what}: written");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            bad,
+            "{what}: written"
+        );
         assert!(handle.flush().await.is_err(), "{what}");
         let text = logs.text();
         assert_eq!(
@@ -77,7 +81,10 @@ async fn a_file_the_loader_rejects_is_never_written_and_is_written_again_once_fi
             1,
             "{what}: logged once\n{text}"
         );
-        assert!(text.contains("it does not load as a pool file") || text.contains("lists no accounts"), "{what}: {text}");
+        assert!(
+            text.contains("it does not load as a pool file") || text.contains("lists no accounts"),
+            "{what}: {text}"
+        );
 
         // Fixed: written again.
         std::fs::write(&path, GOOD).unwrap();

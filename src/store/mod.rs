@@ -1063,7 +1063,9 @@ fn join_remote(pool: &Pool, slot: &Arc<Slot>, remote: &PersistedState) -> bool {
                 changed = true;
             }
         }
-        if is_cooldown(rt.state()) && since <= remote_reset {
+        // An operator's reset ends everything that began before it (as `Pool::reset` does
+        // here), credential states included.
+        if rt.state() != HealthState::Healthy && since <= remote_reset {
             rt.consecutive_failures.store(0, Ordering::Release);
             rt.ejection_level.store(0, Ordering::Release);
             rt.rate_limit_level.store(0, Ordering::Release);

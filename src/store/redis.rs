@@ -30,6 +30,9 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Longest wait for one Redis operation before it counts as failed. Default 1 s.
     pub timeout: Duration,
+    /// Every this many polls for changes, every account is read (in case a notification was
+    /// missed); 1 reads every account on every poll. Default 25.
+    pub full_sync_every: u64,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -38,6 +41,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("url", &redact_url(&self.url))
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("full_sync_every", &self.full_sync_every)
             .finish()
     }
 }
@@ -65,7 +69,14 @@ impl RedisConfig {
             url: url.into(),
             prefix: prefix.into(),
             timeout: Duration::from_secs(1),
+            full_sync_every: FULL_SYNC_EVERY,
         }
+    }
+
+    /// Sets [`full_sync_every`](Self::full_sync_every) (at least 1).
+    pub fn full_sync_every(mut self, polls: u64) -> Self {
+        self.full_sync_every = polls.max(1);
+        self
     }
 
     /// Sets [`timeout`](Self::timeout).
@@ -115,6 +126,7 @@ struct Inner {
     /// Shared with the subscriber task.
     sub: Arc<SubscriberState>,
     polls: AtomicU64,
+    full_sync_every: u64,
     subscriber: tokio::task::JoinHandle<()>,
 }
 
@@ -163,6 +175,7 @@ impl RedisStore {
             timeout: config.timeout,
             sub: shared,
             polls: AtomicU64::new(0),
+            full_sync_every: config.full_sync_every.max(1),
             subscriber,
         };
         Ok(RedisStore {
@@ -466,8 +479,8 @@ impl Store for RedisStore {
     async fn poll_changes(&self, ids: Vec<AccountId>) -> Result<Vec<StoredAccount>, StoreError> {
         let polls = self.inner.polls.fetch_add(1, Ordering::Relaxed);
         let sub = &self.inner.sub;
-        let resync =
-            sub.resync.swap(false, Ordering::AcqRel) || polls.is_multiple_of(FULL_SYNC_EVERY);
+        let resync = sub.resync.swap(false, Ordering::AcqRel)
+            || polls.is_multiple_of(self.inner.full_sync_every);
         let changed: HashSet<String> =
             std::mem::take(&mut *sub.changed.lock().unwrap_or_else(|e| e.into_inner()));
         let wanted: Vec<String> = if resync {
