@@ -647,8 +647,9 @@ impl PoolFile {
 
 impl PoolBuilder {
     /// Builds the pool from a pool file (any of the three shapes), with this builder's
-    /// strategy, health policy and TTL. Credential files are opened by the default
-    /// [`TokenFileResolver`]; use [`PoolFile::build_with`] for another resolver. Accounts added
+    /// strategy, health policy and TTL. Credential files are opened by a [`TokenFileResolver`],
+    /// relative paths against the file's folder; use [`PoolFile::build_with`] for another
+    /// resolver. Accounts added
     /// to the builder before stay, ahead of the file's.
     pub fn build_from_file(self, path: impl AsRef<Path>) -> Result<Pool, ConfigError> {
         PoolFile::load(path)?.build(self)

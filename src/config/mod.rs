@@ -9,7 +9,8 @@
 //! | the older system's grouped shape | `{"claude-kiro-oauth": [ {...}, ... ]}` | read with a `warn` naming the file and the migration command |
 //!
 //! Top-level keys other than the list of accounts (e.g. another provider type in a grouped
-//! file) are not loaded; they are reported with a `warn` and kept when the file is rewritten.
+//! file) are not loaded; they are reported with a `warn` (once per file and process, not on
+//! every reload) and kept when the file is rewritten.
 //!
 //! ```
 //! use tower_account_pool::{HealthState, Pool, SelectRequest};

@@ -16,23 +16,32 @@ use crate::pool::PersistedState;
 /// The key under which this crate keeps its own state fields in each account object.
 pub const POOL_STATE_KEY: &str = "poolState";
 
-/// Keeps runtime state in the pool file (`{"accounts": [...]}`), beside each account's settings.
+/// Keeps runtime state in the pool file, in any shape the loader reads (`{"accounts": [...]}`,
+/// a bare array, or the older grouped shape, with other top-level keys), beside each account's
+/// settings.
 ///
 /// Each account (matched by `uuid`) gets the state fields the older gateway used — `isHealthy`,
 /// `errorCount` (consecutive failures), `usageCount` (successes), `lastUsed`, `lastErrorTime`,
 /// `lastErrorMessage` (ISO times) — so its tools keep reading the file, plus this crate's full
 /// state under `poolState` (state, reason, deadline, ejection level, counters, model
-/// cooldowns, as epoch ms).
-/// `isDisabled` is written only when this process enabled or disabled the account. Accounts the
-/// file does not list are not added to it, unless this store created the file (then it lists
-/// every account of the pool). Only a file that did not exist when the store was opened is
-/// created: one that goes away later (an editor replacing it) fails the write, which the
-/// writer keeps and retries until the file is back.
+/// cooldowns, event times, as epoch ms). An account without `poolState` is read from the older
+/// fields as the loader reads them (`isHealthy: false`: suspended until a reset or a successful
+/// probe). `isDisabled` is written only when an operator enabled or disabled the account.
+/// Accounts the file does not list are not added to it, unless this store created the file
+/// (then it lists every account of the pool). Only a file that did not exist when the store was
+/// opened is created: one that goes away later (an editor replacing it) fails the write, which
+/// the writer keeps and retries until the file is back.
 ///
-/// Every write re-reads the file and changes only those fields, so settings edited by hand (or by
-/// another tool) in the meantime are kept, as are fields this crate does not know. A file that
-/// does not parse is never overwritten. The file is replaced atomically (temporary file, fsync,
-/// rename, directory fsync) with mode 0600, so a crash leaves either the old or the new file.
+/// Every write re-reads the file and merges the batch into the accounts' state (see the
+/// [merge rules](super#writes-merge-never-overwrite)); only the fields this store owns change,
+/// and the derived UI fields (`errorStatus`, `poolType`) are dropped. Every other byte of an
+/// account, and every other top-level key, keeps its exact text: numbers of any size, key
+/// order, duplicate keys; an account that did not change keeps all of its text. A file the
+/// loader rejects ([`PoolFile::parse`](crate::config::PoolFile::parse): bad JSON, a duplicate
+/// id, a bad value; or no accounts) is never written: the write fails (logged once by the
+/// writer) and is retried until the file loads again. The file is replaced atomically
+/// (temporary file, fsync, rename, directory fsync) with mode 0600, so a crash leaves either
+/// the old or the new file.
 ///
 /// A JSON file has one writer: [`open`](Self::open) takes an advisory lock on `<file>.lock` and
 /// refuses a second process, pointing to the SQLite or Redis store instead.

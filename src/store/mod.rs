@@ -34,28 +34,48 @@
 //!   traffic, so it is also the max-wait: steady traffic cannot starve a save;
 //! - only accounts that changed are written, in batches of at most [`WriterConfig::max_batch`].
 //!
-//! Counters are written as **increments** since the last successful write, so stores shared by
-//! several processes (SQLite, Redis) add up every process's traffic exactly; the totals a shared
-//! store returns are folded back into the local counters with atomic additions. A write that
-//! fails is logged and retried with backoff (capped at [`WriterConfig::max_backoff`]); nothing is
-//! lost meanwhile, and requests never wait for the store. [`StoreHandle::shutdown`] flushes
-//! everything.
+//! A write that fails is logged (each distinct error once) and retried with backoff (capped at
+//! [`WriterConfig::max_backoff`]); nothing is lost meanwhile, and requests never wait for the
+//! store. [`StoreHandle::shutdown`] flushes everything.
+//!
+//! # Writes merge, never overwrite
+//!
+//! A process writes only what it changed since it last wrote or synced, with the time of each
+//! event, and the store **merges** it with what it holds (in one atomic step: a mutex for the
+//! memory and JSON stores, a transaction for SQLite, a compare-and-set for Redis), by the same
+//! rules for every store:
+//!
+//! | field | merge rule |
+//! |---|---|
+//! | account-wide cooldown (`rate_limited`, `quota_exhausted`, `ejected`, `suspended`) | the later deadline wins (a suspension has none: it wins until a reset); one that began before the latest reset is void |
+//! | automatic state (`healthy` after a cooldown or a probe, credential states) | never ends a cooldown before its deadline; replaces a cooldown that has ended |
+//! | per-model cooldowns | by model, the later deadline wins; ended ones, and those that began before the latest reset, are dropped |
+//! | operator reset ([`Pool::reset`]) | the newest wins; it ends every cooldown (account-wide and per model) that began before it |
+//! | successful active probe ([`Pool::report_probe`]) | the newest wins; it ends a suspension or an ejection that began before it |
+//! | operator enable / disable ([`Pool::enable`], [`Pool::disable`]) | the newest wins; automatic state never changes it, until the operator does again |
+//! | counters | increments since the process's last write, added (so several processes add up exactly); the totals are folded back into each process |
+//! | last use / last error | the latest |
+//!
+//! **Restoring is not a change**: what a process restores at start is not written back, so a
+//! replica that restarts never erases what the others wrote since. Every change made since the
+//! pool was built is written, including one made between [`StoreHandle::start`] and the first
+//! write (an operator's disable right after the start reaches the store).
 //!
 //! Shared stores also report changes made by other processes ([`Store::poll_changes`], every
-//! [`WriterConfig::sync_interval`]): account-wide cooldowns, ejections, suspensions and
-//! recoveries are applied locally, so a cooldown set by one process is honoured by the others.
+//! [`WriterConfig::sync_interval`], or now with [`StoreHandle::sync`]); they are applied by the
+//! same rules (a newer reset, a cooldown with a later deadline, a newer operator enable or
+//! disable), so a cooldown set by one process is honoured by the others within about a second.
 //! Credential states (`auth_expired`, `auth_invalid`) stay local: each process refreshes its
-//! own credentials. Per-(account, model) cooldowns are not persisted. An account added to the
-//! pool after the start never overwrites the state a shared store holds for it; it picks that
-//! state up with the next change another process writes (SQLite) or the next full sync (Redis,
-//! every 5 s).
+//! own credentials, and a cooldown learnt while an account waits on its credential is not
+//! applied there.
 //!
 //! # Stores
 //!
 //! - [`MemoryStore`]: in-process (the default; tests, and a pool that needs no persistence).
 //! - [`JsonFileStore`]: the pool file itself, one writing process.
 //! - `SqliteStore` (feature `sqlite`): one host, several processes; reads and writes the older
-//!   gateway's databases.
+//!   gateway's databases (which can also be the source of the accounts:
+//!   `config::SqlitePool`).
 //! - `RedisStore` (feature `redis`): several hosts.
 
 use std::collections::HashMap;
@@ -150,11 +170,12 @@ pub struct AccountWrite {
     pub id: AccountId,
     /// Its current state; `counters` are this process's view of the totals.
     pub state: PersistedState,
-    /// Whether the health state, reason, deadline, failure count or ejection level changed.
+    /// Whether the health state, reason, deadline, failure count or ejection level changed
+    /// (stores merge the state by the module's rules, so a stale one never wins).
     pub state_changed: bool,
     /// Whether this process's model cooldowns changed (one was added or extended, or a reset
-    /// cleared them: then `state.model_cooldowns` is empty). Shared stores merge them with
-    /// what they hold, by model, the later deadline winning; an empty list clears them.
+    /// cleared them). Stores merge them with what they hold, by model, the later deadline
+    /// winning; a newer reset (`state.reset_at`) drops those that began before it.
     pub models_changed: bool,
     /// Counter increments since the last successful write: stores shared by several processes
     /// add these rather than writing `state.counters`.

@@ -90,10 +90,14 @@ impl RedisConfig {
 ///
 /// Keys (with `P` the [prefix](RedisConfig::prefix)):
 ///
-/// - `P:account:<id>`: a hash per account: `state`, `reason`, `until_ms`, `ejection_level`,
-///   `model_cooldowns` (JSON, as in [`PersistedState`](crate::PersistedState)),
-///   `consecutive_failures`, `last_used_ms`, `last_error_*`, and counters changed with `HINCRBY`
-///   (increments, so replicas add up exactly);
+/// - `P:account:<id>`: a hash per account: `state`, `reason`, `until_ms`, `since_ms`,
+///   `ejection_level`, `model_cooldowns` (JSON, as in [`PersistedState`](crate::PersistedState)),
+///   `consecutive_failures`, `reset_ms`, `recovered_ms`, `enabled`, `enabled_at_ms`,
+///   `last_used_ms`, `last_error_*`, the counters, and a version `ver`. A write reads the hash,
+///   merges (see the [merge rules](super#writes-merge-never-overwrite), counters as
+///   increments) and writes it back with a compare-and-set on `ver` (a script); when another
+///   replica wrote in between, it reads and merges again, so replicas never erase each other's
+///   state and counters add up exactly;
 /// - `P:cooldown:<id>`: the account's cooldown or ejection, a key expiring when it ends;
 /// - `P:accounts`: the set of account ids;
 /// - channel `P:changes`: each replica publishes the ids whose state it changed; the others

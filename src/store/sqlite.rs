@@ -89,9 +89,17 @@ pub struct MigrationReport {
 ///   `model_cooldowns` column when opened).
 /// - It opens a **schema v1** database (`providers` with `provider_type`) in place without
 ///   changing its tables: rows it adds get `provider_type = 'claude-kiro-oauth'`, reads ignore
-///   the column, so an older and a newer gateway can share the database while migrating. Moving
-///   to v2 is the explicit [`migrate_v1_to_v2`](Self::migrate_v1_to_v2), after a backup through
-///   SQLite's online backup API.
+///   the column, so an older and a newer gateway can share the database while migrating.
+///   Opening changes nothing in it: the side table is created (and WAL turned on) when the
+///   store is first used, so [`migrate_v1_to_v2`](Self::migrate_v1_to_v2), the explicit move to
+///   v2, backs up the untouched original (through SQLite's online backup API).
+/// - Each write merges, in its transaction, what a process changed with what the side table
+///   holds (see the [merge rules](super#writes-merge-never-overwrite)), then sets the older
+///   columns from the result (`is_disabled` when an operator enabled or disabled the account);
+///   settings changed at runtime (the admin API) are written into the row's `config` JSON and
+///   its columns, and an account new to the database gets a row with them, so the older tools
+///   and [`SqlitePool`](crate::config::SqlitePool) read them back. `is_healthy = 0` set by the
+///   older gateway reads as a suspension (as a pool file's `isHealthy: false`).
 /// - WAL, `synchronous = NORMAL`, `busy_timeout` 5 s. Counters change by increments in one
 ///   transaction per batch (no lost update across processes); `PRAGMA data_version` tells when
 ///   another process committed, so its state changes are applied here within
