@@ -83,15 +83,16 @@ impl<S: Store + Clone> Store for Flaky<S> {
 }
 
 fn policy() -> HealthPolicy {
-    let mut policy = HealthPolicy::default();
-    policy.rate_limit_base = Duration::from_secs(600);
-    policy.quota_base = Duration::from_secs(3600);
-    policy.ejection_base = Duration::from_secs(600);
-    policy.ejection_max = Duration::from_secs(3600);
-    policy.rate_limit_max = Duration::from_secs(7200);
-    policy.jitter = 0.0;
-    policy.panic_threshold = 0;
-    policy
+    HealthPolicy {
+        rate_limit_base: Duration::from_secs(600),
+        rate_limit_max: Duration::from_secs(7200),
+        quota_base: Duration::from_secs(3600),
+        ejection_base: Duration::from_secs(600),
+        ejection_max: Duration::from_secs(3600),
+        jitter: 0.0,
+        panic_threshold: 0,
+        ..HealthPolicy::default()
+    }
 }
 
 fn new_pool() -> Pool {
@@ -371,7 +372,7 @@ fn outcome(rng: &mut fastrand::Rng) -> (Outcome, bool) {
     let now = SystemTime::now();
     let secs = |rng: &mut fastrand::Rng| Duration::from_secs(rng.u64(60..600));
     match rng.u32(0..12) {
-        0 | 1 | 2 => (Outcome::Success, false),
+        0..=2 => (Outcome::Success, false),
         3 => (Outcome::ClientError, false),
         4 => (Outcome::Cancelled, false),
         5 => (

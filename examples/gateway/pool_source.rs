@@ -27,7 +27,10 @@ impl PoolSource {
     }
 
     /// The pool, with Kiro token files resolved relative to the source's folder.
-    pub fn build(&self, options: KiroOptions) -> Result<Pool, Box<dyn std::error::Error>> {
+    pub fn build(
+        &self,
+        options: KiroOptions,
+    ) -> Result<Pool, Box<dyn std::error::Error + Send + Sync>> {
         Ok(match self {
             PoolSource::File(path) => {
                 let file = PoolFile::load(path)?;
