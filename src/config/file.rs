@@ -612,13 +612,19 @@ impl PoolFile {
     }
 
     /// Logs the old-shape and other-keys warnings, and one per account whose inline
-    /// credentials override its credential file. Each distinct warning about one file is
-    /// logged once per process, not on every reload (a store writing state into the file
-    /// makes it reload often).
+    /// credentials override its credential file.
     pub(crate) fn warn_about_shape(&self) {
+        self.warn_unseen(&mut std::collections::HashSet::new(), true);
+    }
+
+    /// The same warnings, each only once per `seen` (a file watch keeps one, so that a file
+    /// reloaded again and again, e.g. because a store writes state into it, does not repeat
+    /// them); with `log` false they are only recorded (the pool was built from this content,
+    /// and its load already warned).
+    pub(crate) fn warn_unseen(&self, seen: &mut std::collections::HashSet<String>, log: bool) {
         let path = self.path.display();
         for entry in self.entries.iter().filter(|e| e.file_path_ignored) {
-            if first_time(&self.path, &format!("inline:{}", entry.id)) {
+            if seen.insert(format!("inline:{}", entry.id)) && log {
                 tracing::warn!(
                     file = %path, index = entry.index, account = %entry.id,
                     "`{INLINE_CREDENTIALS}` takes precedence over `KIRO_OAUTH_CREDS_FILE_PATH`, as \
@@ -626,7 +632,7 @@ impl PoolFile {
                 );
             }
         }
-        if self.shape == PoolShape::Grouped && first_time(&self.path, "grouped") {
+        if self.shape == PoolShape::Grouped && seen.insert("grouped".into()) && log {
             tracing::warn!(
                 file = %path,
                 "{path}: loaded {}; convert it to {{\"accounts\": [...]}} with `cargo run --example migrate -- {path}`",
@@ -635,7 +641,7 @@ impl PoolFile {
         }
         if !self.other.is_empty() {
             let keys = quote_keys(self.other.keys());
-            if first_time(&self.path, &format!("other:{keys}")) {
+            if seen.insert(format!("other:{keys}")) && log {
                 tracing::warn!(
                     file = %path,
                     "{path}: top-level keys not loaded as accounts: {keys}; they are kept when the file is rewritten",
@@ -654,17 +660,6 @@ impl PoolBuilder {
     pub fn build_from_file(self, path: impl AsRef<Path>) -> Result<Pool, ConfigError> {
         PoolFile::load(path)?.build(self)
     }
-}
-
-/// Whether this warning about this file is seen for the first time in this process.
-pub(crate) fn first_time(path: &Path, warning: &str) -> bool {
-    use std::collections::HashSet;
-    use std::sync::{Mutex, OnceLock};
-    static SEEN: OnceLock<Mutex<HashSet<(PathBuf, String)>>> = OnceLock::new();
-    SEEN.get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert((path.to_owned(), warning.to_owned()))
 }
 
 fn quote_keys<'a>(keys: impl Iterator<Item = &'a String>) -> String {

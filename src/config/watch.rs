@@ -88,6 +88,8 @@ impl FileWatcher {
             applied: None,
             status,
             logged_error: None,
+            warned: HashSet::new(),
+            looked: false,
         };
         tracker.adopt_running_credentials();
         tracker.check();
@@ -222,6 +224,10 @@ struct Tracker {
     status: watch::Sender<ReloadStatus>,
     /// The last rejection logged.
     logged_error: Option<String>,
+    /// Warnings about the file's content already logged (each is logged once).
+    warned: HashSet<String>,
+    /// The file was parsed once.
+    looked: bool,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -294,8 +300,11 @@ impl Tracker {
         if same {
             return None;
         }
+        let first = !self.looked;
+        self.looked = true;
         let result = PoolFile::parse(&self.path, &bytes).and_then(|file| {
-            file.warn_about_shape();
+            // The pool was built from the file as the watch starts: its load already warned.
+            file.warn_unseen(&mut self.warned, !first);
             self.apply(&file)
         });
         Some(self.record(result))
