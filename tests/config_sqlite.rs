@@ -232,3 +232,49 @@ fn bad_databases_are_refused_with_a_clear_message() {
         )
     );
 }
+
+/// The column is the truth: an account switched off (or on) through `is_disabled` alone, by
+/// an older tool while the pool runs or while it was stopped, follows it.
+#[tokio::test]
+async fn is_disabled_changed_by_an_older_tool_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provider_pool.db");
+    create(&path, V2);
+    let pool = SqlitePool::load(&path)
+        .unwrap()
+        .build(Pool::builder())
+        .unwrap();
+    let handle = StoreHandle::start(&pool, SqliteStore::open(&path).unwrap())
+        .await
+        .unwrap();
+    pool.enable("b").unwrap();
+    handle.flush().await.unwrap();
+    let state = |pool: &Pool, id: &str| pool.snapshot().account(id).unwrap().state;
+    assert_eq!(state(&pool, "b"), HealthState::Healthy);
+
+    // While it runs.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("UPDATE accounts SET is_disabled = 1 WHERE uuid IN ('a', 'b')")
+        .unwrap();
+    handle.sync().await.unwrap();
+    assert_eq!(state(&pool, "a"), HealthState::Disabled);
+    assert_eq!(state(&pool, "b"), HealthState::Disabled);
+    handle.shutdown().await.unwrap();
+
+    // While it was stopped.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("UPDATE accounts SET is_disabled = 0 WHERE uuid = 'b'")
+        .unwrap();
+    let pool = SqlitePool::load(&path)
+        .unwrap()
+        .build(Pool::builder())
+        .unwrap();
+    let handle = StoreHandle::start(&pool, SqliteStore::open(&path).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(state(&pool, "a"), HealthState::Disabled);
+    assert_eq!(state(&pool, "b"), HealthState::Healthy);
+    handle.shutdown().await.unwrap();
+}

@@ -54,7 +54,9 @@ const COLUMNS: &[(&str, &str)] = &[
 /// Run the [`SqliteStore`](crate::store::SqliteStore) on the same file to keep the state
 /// there: it writes the columns back as the older system did, and accounts added or changed
 /// through the admin API are written to the same rows (their settings into `config` and the
-/// columns), so older tools keep working.
+/// columns), so older tools keep working. An account switched on or off through
+/// `is_disabled` by an older tool, while the pool runs or while it is stopped, follows the
+/// column (it is an operator's word, newer than any the store held).
 ///
 /// ```
 /// use tower_account_pool::config::SqlitePool;

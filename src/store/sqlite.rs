@@ -226,6 +226,31 @@ fn create_state_table(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// `is_disabled` changed by an older tool (or by hand) is an operator's word: newer than the
+/// enable or disable the side table holds, so it is adopted there (with the time it was seen),
+/// and every process applies it. Rows the side table has no word for take the column's.
+fn adopt_disabled_columns(conn: &Connection, table: &str) -> rusqlite::Result<usize> {
+    let column = format!(
+        "(SELECT coalesce(a.is_disabled, 0) FROM {table} a WHERE a.uuid = {STATE_TABLE}.uuid)"
+    );
+    conn.execute(
+        &format!(
+            "UPDATE {STATE_TABLE} SET enabled = CASE WHEN {column} = 0 THEN 1 ELSE 0 END
+             WHERE enabled IS NULL AND EXISTS (SELECT 1 FROM {table} a WHERE a.uuid = {STATE_TABLE}.uuid)"
+        ),
+        [],
+    )?;
+    let now_ms = to_i64(time::epoch_ms(&SystemTime::now()));
+    conn.execute(
+        &format!(
+            "UPDATE {STATE_TABLE} SET enabled = CASE WHEN {column} = 0 THEN 1 ELSE 0 END,
+               enabled_at_ms = max(coalesce(enabled_at_ms, 0) + 1, ?1)
+             WHERE (enabled <> 0) = ({column} <> 0)"
+        ),
+        [now_ms],
+    )
+}
+
 /// Writes an account's settings into the older system's `config` JSON, in its field names.
 fn write_settings(
     config: &mut serde_json::Map<String, serde_json::Value>,
@@ -621,6 +646,7 @@ impl Db {
             ),
             [],
         )?;
+        adopt_disabled_columns(&tx, table)?;
         let sql = format!(
             "SELECT a.uuid, a.last_used, a.last_error_time, {} FROM {table} a
              JOIN {STATE_TABLE} s ON s.uuid = a.uuid",
@@ -893,6 +919,13 @@ impl Db {
             return Ok(Vec::new());
         }
         self.data_version = version;
+        // Another process committed: perhaps an older tool switching an account off.
+        let table = self.table();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        adopt_disabled_columns(&tx, table)?;
+        tx.commit()?;
         let sql = format!(
             "SELECT s.uuid, {} FROM {STATE_TABLE} s",
             Self::state_columns()
