@@ -2196,7 +2196,7 @@ pub struct PersistedState {
     #[serde(with = "epoch_ms::option", skip_serializing_if = "Option::is_none")]
     pub reset_at: Option<SystemTime>,
     /// The latest successful active probe ([`Pool::report_probe`]) that ended a suspension or
-    /// an ejection: it ends those set before it.
+    /// an ejection: it ends the account-wide cooldowns set before it.
     #[serde(with = "epoch_ms::option", skip_serializing_if = "Option::is_none")]
     pub recovered_at: Option<SystemTime>,
     /// The operator's latest [`Pool::enable`] (`true`) or [`Pool::disable`] (`false`); `None`

@@ -1,7 +1,7 @@
 //! A deterministic simulation of the shared stores (issue 12): three replicas over one SQLite
 //! file (and one Redis prefix, when `REDIS_URL` is set), driven by seeded random schedules of
-//! reports of every outcome, operator disables, enables and resets, replica restarts and store
-//! outages.
+//! reports of every outcome, active probes, operator disables, enables and resets, replica
+//! restarts and store outages.
 //!
 //! The writers run with hour-long timers and are driven by explicit `flush` and `sync` calls
 //! (a "sync round": every replica flushes, then every replica applies what the others wrote),
@@ -131,11 +131,17 @@ fn wall_ms(t: SystemTime) -> u64 {
 }
 
 /// What must hold, from the events made so far.
+impl Expected {
+    fn cooldown(&self) -> Option<(HealthState, u64)> {
+        self.cooldowns.iter().copied().max_by_key(|(_, d)| *d)
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Expected {
-    /// The latest deadline of an account-wide cooldown set since the last reset (`u64::MAX`:
-    /// suspended).
-    cooldown: Option<(HealthState, u64)>,
+    /// The account-wide cooldowns set since the last reset (deadline `u64::MAX`: suspended);
+    /// the one with the latest deadline must hold.
+    cooldowns: Vec<(HealthState, u64)>,
     models: BTreeMap<String, u64>,
     disabled: bool,
     counters: [u64; 10],
@@ -212,8 +218,8 @@ impl<O: Opener> Sim<O> {
         let deadline = cooldown_of(account);
         if let Some(d) = deadline {
             let new = cooldown_of(before) != Some(d) || before.underlying_state != state;
-            if new && expected.cooldown.is_none_or(|(_, e)| d > e) {
-                expected.cooldown = Some((state, d));
+            if new {
+                expected.cooldowns.push((state, d));
             }
         }
         for c in &account.model_cooldowns {
@@ -260,7 +266,7 @@ impl<O: Opener> Sim<O> {
                     | HealthState::Ejected => account.next_retry_at.map(wall_ms),
                     _ => None,
                 };
-                match (expected.cooldown, local) {
+                match (expected.cooldown(), local) {
                     (Some((kind, want)), Some(have)) if have.saturating_add(SLACK_MS) >= want => {
                         let _ = kind;
                     }
@@ -310,7 +316,7 @@ impl<O: Opener> Sim<O> {
                 }
                 _ => None,
             };
-            if let Some((kind, want)) = expected.cooldown {
+            if let Some((kind, want)) = expected.cooldown() {
                 if active.is_none_or(|have| have.saturating_add(SLACK_MS) < want) {
                     return Err(format!(
                         "{what}: store, {id}: expected {kind} until {want}, found {} until {active:?}",
@@ -436,7 +442,7 @@ async fn run_seed<O: Opener>(seed: u64, opener: O, outages: bool) -> Result<(), 
         let id = ACCOUNTS[rng.usize(0..ACCOUNTS.len())];
         let action = rng.u32(0..100);
         let description = match action {
-            0..=59 => {
+            0..=54 => {
                 let (outcome, with_model) = outcome(&mut rng);
                 let model = MODELS[rng.usize(0..MODELS.len())];
                 let request = if with_model || rng.bool() {
@@ -474,6 +480,32 @@ async fn run_seed<O: Opener>(seed: u64, opener: O, outages: bool) -> Result<(), 
                     Err(_) => format!("replica {r}: nothing available for {request:?}"),
                 }
             }
+            55..=59 => {
+                // An active probe's result (not a request: no counter changes).
+                let (outcome, _) = outcome(&mut rng);
+                let outcome = if rng.bool() {
+                    Outcome::Success
+                } else {
+                    outcome
+                };
+                let pool = &sim.replicas[r].pool;
+                let before = pool.snapshot().account(id).unwrap().clone();
+                pool.report_probe(id, outcome).unwrap();
+                for _ in 0..4 {
+                    tokio::task::yield_now().await;
+                }
+                let after = pool.snapshot().account(id).unwrap().clone();
+                if outcome == Outcome::Success
+                    && before.underlying_state != HealthState::Healthy
+                    && after.underlying_state == HealthState::Healthy
+                {
+                    // It ended the account's cooldown (an account holds one at a time): every
+                    // account-wide cooldown set before it is over.
+                    sim.expected.get_mut(id).unwrap().cooldowns.clear();
+                }
+                sim.observe(r, id, &before);
+                format!("replica {r}: probe of {id} -> {:?}", outcome.class())
+            }
             60..=69 => {
                 sim.replicas[r].pool.disable(id).unwrap();
                 sim.expected.get_mut(id).unwrap().disabled = true;
@@ -487,7 +519,7 @@ async fn run_seed<O: Opener>(seed: u64, opener: O, outages: bool) -> Result<(), 
             80..=89 => {
                 sim.replicas[r].pool.reset(id).unwrap();
                 let e = sim.expected.get_mut(id).unwrap();
-                e.cooldown = None;
+                e.cooldowns.clear();
                 e.models.clear();
                 format!("replica {r}: operator resets {id}")
             }

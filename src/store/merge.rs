@@ -35,15 +35,12 @@ pub(crate) fn deadline(state: &PersistedState) -> u64 {
     }
 }
 
-/// A cooldown that an operator's reset (or, for a suspension or an ejection, a successful
-/// probe) made after it began has ended.
+/// A cooldown that an operator's reset (or a successful active probe) made after it began
+/// has ended.
 pub(crate) fn voided(state: &PersistedState, reset: u64, recovered: u64) -> bool {
     let since = ms(&state.since);
     is_cooldown(state.state)
-        && ((reset != 0 && since <= reset)
-            || (recovered != 0
-                && matches!(state.state, HealthState::Suspended | HealthState::Ejected)
-                && since <= recovered))
+        && ((reset != 0 && since <= reset) || (recovered != 0 && since <= recovered))
 }
 
 fn healthy_since(stored: &mut PersistedState, at: u64) {

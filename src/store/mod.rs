@@ -51,7 +51,7 @@
 //! | automatic state (`healthy` after a cooldown or a probe, credential states) | never ends a cooldown before its deadline; replaces a cooldown that has ended |
 //! | per-model cooldowns | by model, the later deadline wins; ended ones, and those that began before the latest reset, are dropped |
 //! | operator reset ([`Pool::reset`]) | the newest wins; it ends every cooldown (account-wide and per model) that began before it |
-//! | successful active probe ([`Pool::report_probe`]) | the newest wins; it ends a suspension or an ejection that began before it |
+//! | successful active probe ([`Pool::report_probe`] ending a suspension or an ejection) | the newest wins; it ends every account-wide cooldown that began before it (the account answered) |
 //! | operator enable / disable ([`Pool::enable`], [`Pool::disable`]) | the newest wins; automatic state never changes it, until the operator does again |
 //! | counters | increments since the process's last write, added (so several processes add up exactly); the totals are folded back into each process |
 //! | last use / last error | the latest |
@@ -1035,10 +1035,19 @@ impl<S: Store> Writer<S> {
             if join_remote(&self.pool, &slot, &change.state) {
                 applied += 1;
             }
-            if !pending {
-                let slot = self.pool.slot(slot.id.as_str()).unwrap_or(slot);
-                if let Some(tracked) = self.tracked.get_mut(&slot.id) {
+            let slot = self.pool.slot(slot.id.as_str()).unwrap_or(slot);
+            let (state_missing, models_missing) = missing_from(&self.pool, &slot, &change.state);
+            if let Some(tracked) = self.tracked.get_mut(&slot.id) {
+                if !pending {
                     tracked.resync(&slot);
+                }
+                // A cooldown this process holds that the store does not (it lost to one that
+                // a probe ended since, say): written again, so that every process has it.
+                if state_missing {
+                    tracked.generation = tracked.generation.wrapping_sub(1);
+                }
+                if models_missing {
+                    tracked.model_epoch = tracked.model_epoch.wrapping_sub(1);
                 }
             }
         }
@@ -1050,6 +1059,52 @@ impl<S: Store> Writer<S> {
         }
         Ok(())
     }
+}
+
+/// Whether this process holds an account-wide cooldown, or a model cooldown, with a later
+/// deadline than what the store holds (after [`join_remote`], so none of them is void).
+fn missing_from(pool: &Pool, slot: &Slot, remote: &PersistedState) -> (bool, bool) {
+    use merge::{deadline, is_cooldown, ms, voided};
+    let shared = &pool.shared;
+    let rt = &slot.runtime;
+    let now = shared.clock.now_ms();
+    let slack = 500;
+    let remote_deadline = if voided(remote, ms(&remote.reset_at), ms(&remote.recovered_at)) {
+        0
+    } else {
+        deadline(remote)
+    };
+    let local_deadline = match rt.state() {
+        HealthState::Suspended => u64::MAX,
+        s if is_cooldown(s) => {
+            let until = rt.until_ms.load(Ordering::Acquire);
+            if until > now {
+                ms(&shared.clock.wall(until, now))
+            } else {
+                0
+            }
+        }
+        _ => 0,
+    };
+    let state_missing = local_deadline > remote_deadline.saturating_add(slack);
+    let models_missing = rt
+        .model_blocks
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|b| b.until_ms > now)
+        .any(|b| {
+            let local = ms(&shared.clock.wall(b.until_ms, now));
+            let stored = remote
+                .model_cooldowns
+                .iter()
+                .filter(|c| *c.model == *b.model)
+                .map(|c| ms(&c.until))
+                .max()
+                .unwrap_or(0);
+            local > stored.saturating_add(slack)
+        });
+    (state_missing, models_missing)
 }
 
 /// Applies what a store holds for an account (written by other processes, merged by the
@@ -1103,9 +1158,7 @@ fn join_remote(pool: &Pool, slot: &Arc<Slot>, remote: &PersistedState) -> bool {
     }
     if remote_recovered > recovered {
         rt.lock_details().recovered_ms = remote_recovered;
-        if matches!(rt.state(), HealthState::Suspended | HealthState::Ejected)
-            && since <= remote_recovered
-        {
+        if is_cooldown(rt.state()) && since <= remote_recovered {
             rt.consecutive_failures.store(0, Ordering::Release);
             rt.ejection_level.store(0, Ordering::Release);
             shared.transition_since(

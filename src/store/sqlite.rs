@@ -138,6 +138,9 @@ struct Db {
     data_version: i64,
     /// The side table exists and WAL is on.
     ready: bool,
+    /// This process wrote since the last poll: the next poll reads what the merge kept (a
+    /// write that lost to another process's state must learn it).
+    wrote: bool,
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -328,6 +331,7 @@ impl SqliteStore {
             schema,
             data_version: 0,
             ready: false,
+            wrote: false,
         };
         if schema == SchemaVersion::V1 {
             // Untouched until first used (or migrated, after its backup).
@@ -907,6 +911,7 @@ impl Db {
             totals.push((write.id.clone(), counters_from_array(&total)));
         }
         tx.commit()?;
+        self.wrote = true;
         Ok(totals)
     }
 
@@ -915,9 +920,10 @@ impl Db {
         let version: i64 = self
             .conn
             .query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        if version == self.data_version {
+        if version == self.data_version && !self.wrote {
             return Ok(Vec::new());
         }
+        self.wrote = false;
         self.data_version = version;
         // Another process committed: perhaps an older tool switching an account off.
         let table = self.table();
