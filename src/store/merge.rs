@@ -224,6 +224,33 @@ mod tests {
     }
 
     #[test]
+    fn a_successful_probe_ends_the_cooldowns_begun_before_it() {
+        let now = super::super::time::from_epoch_ms(1_000);
+        let mut stored = cooldown(HealthState::Suspended, 900, 0);
+        stored.until = None;
+        merge(
+            &mut stored,
+            &write(cooldown(HealthState::RateLimited, 910, 5_000)),
+            now,
+        );
+        assert_eq!(stored.state, HealthState::Suspended);
+        let probe = PersistedState {
+            recovered_at: at(950),
+            since: at(950),
+            ..PersistedState::default()
+        };
+        merge(&mut stored, &write(probe), now);
+        assert_eq!(stored.state, HealthState::Healthy);
+        assert_eq!(stored.recovered_at, at(950));
+        merge(
+            &mut stored,
+            &write(cooldown(HealthState::Ejected, 960, 5_000)),
+            now,
+        );
+        assert_eq!(stored.state, HealthState::Ejected, "a later one holds");
+    }
+
+    #[test]
     fn operator_enable_newest_wins_and_counters_add() {
         let now = super::super::time::from_epoch_ms(1_000);
         let mut stored = PersistedState::default();
