@@ -166,6 +166,10 @@ async fn accounts_added_or_changed_at_runtime_are_written_back_to_the_rows() {
         .unwrap();
     let d: serde_json::Value = serde_json::from_str(&d).unwrap();
     assert_eq!(d["weight"], 3);
+    assert_eq!(
+        d["bearerToken"], "token-d",
+        "its credential, as the older system kept it"
+    );
 
     // The older tools, and this loader, read them back.
     let again = SqlitePool::load(&path).unwrap();
@@ -175,7 +179,15 @@ async fn accounts_added_or_changed_at_runtime_are_written_back_to_the_rows() {
         .find(|e| e.id().as_str() == "a")
         .unwrap();
     assert_eq!(a.settings().weight, 5);
-    assert!(again.entries().iter().any(|e| e.id().as_str() == "d"));
+    let d = again
+        .entries()
+        .iter()
+        .find(|e| e.id().as_str() == "d")
+        .unwrap();
+    assert_eq!(
+        d.credential(),
+        &tower_account_pool::config::CredentialSpec::BearerToken("token-d".into())
+    );
     assert!(
         again
             .entries()
@@ -277,4 +289,19 @@ async fn is_disabled_changed_by_an_older_tool_is_followed() {
     assert_eq!(state(&pool, "a"), HealthState::Disabled);
     assert_eq!(state(&pool, "b"), HealthState::Healthy);
     handle.shutdown().await.unwrap();
+}
+
+#[test]
+fn credentials_written_back_never_show_in_debug_output() {
+    use tower_account_pool::store::CredentialConfig;
+    let shown = format!(
+        "{:?} {:?}",
+        CredentialConfig::BearerToken("sk-secret-bearer-0001".into()),
+        CredentialConfig::ApiKey {
+            header: "x-api-key".into(),
+            key: "sk-secret-key-0002".into()
+        }
+    );
+    assert!(!shown.contains("secret"), "{shown}");
+    assert!(shown.contains("x-api-key"), "{shown}");
 }

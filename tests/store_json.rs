@@ -83,7 +83,7 @@ fn batch(n: u64) -> Vec<AccountWrite> {
                 enabled: true,
                 enabled_changed: false,
                 settings: None,
-                credential_file: None,
+                credential: None,
             }
         })
         .collect()

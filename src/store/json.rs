@@ -119,9 +119,12 @@ impl JsonFileStore {
         &self.inner.path
     }
 
-    /// Reads the pool file, lets `change` edit it, and replaces it atomically; the same
-    /// read-modify-write the writer uses, for other code that must change the file while the
-    /// store holds it (blocking I/O). A missing file starts as `{"accounts": []}`.
+    /// Reads the pool file, lets `change` edit it, and replaces it atomically, under the lock
+    /// the writer takes, for other code that must change the file while the store holds it
+    /// (blocking I/O). A missing file starts as `{"accounts": []}`. The file is handled as a
+    /// [`Value`]: unlike the writer's own rewrites, numbers beyond `f64` precision and
+    /// duplicate keys are not kept. A file that exists but does not load as a pool file is
+    /// not written.
     pub fn modify<F>(&self, change: F) -> Result<(), StoreError>
     where
         F: FnOnce(&mut Value) -> Result<(), String>,
@@ -179,6 +182,14 @@ impl Inner {
         F: FnOnce(&mut Value) -> Result<(), String>,
     {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(bytes) = fs::read(&self.path) {
+            if let Err(e) = crate::config::PoolFile::parse(&self.path, &bytes) {
+                return Err(StoreError::Corrupt {
+                    path: self.display(),
+                    message: format!("it does not load as a pool file: {e}"),
+                });
+            }
+        }
         let mut doc = match self.read()? {
             Some(doc) => doc,
             None if create => serde_json::json!({ "accounts": [] }),

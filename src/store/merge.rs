@@ -152,7 +152,7 @@ mod tests {
             enabled: true,
             enabled_changed: false,
             settings: None,
-            credential_file: None,
+            credential: None,
         }
     }
 

@@ -189,8 +189,68 @@ pub struct AccountWrite {
     /// admin API, a reload) or the store does not hold the account yet. Stores that keep the
     /// configuration (the older system's SQLite database) write them back.
     pub settings: Option<crate::account::AccountSettings>,
-    /// The credential file the account's credential was opened from, with `settings`.
-    pub credential_file: Option<String>,
+    /// The account's credential, for an account the store does not hold yet, in the form a
+    /// configuration store (the older system's database) keeps it.
+    pub credential: Option<CredentialConfig>,
+}
+
+/// An account's credential as a configuration store writes it into a new account's row (the
+/// older system kept them in its `config` JSON). `Debug` never shows a secret.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CredentialConfig {
+    /// A credential file (`KIRO_OAUTH_CREDS_FILE_PATH`).
+    File(String),
+    /// An inline bearer token (`bearerToken`).
+    BearerToken(String),
+    /// An inline API key (`apiKey`) and its header (`headerName`).
+    ApiKey {
+        /// The header.
+        header: String,
+        /// The key.
+        key: String,
+    },
+}
+
+impl std::fmt::Debug for CredentialConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialConfig::File(path) => f.debug_tuple("File").field(path).finish(),
+            CredentialConfig::BearerToken(_) => f.write_str("BearerToken(..)"),
+            CredentialConfig::ApiKey { header, .. } => f
+                .debug_struct("ApiKey")
+                .field("header", header)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl CredentialConfig {
+    /// The configuration of a pool's credential: its file, or its inline secret (as it would
+    /// send it). `None` for credentials that are neither (no credential, or one built in code).
+    pub(crate) fn of(credential: &crate::credential::SharedCredential) -> Option<Self> {
+        if let Some(path) = credential.masked().path {
+            return Some(CredentialConfig::File(path));
+        }
+        let mut headers = http::HeaderMap::new();
+        match credential.kind() {
+            "bearer" => {
+                credential.apply(&mut headers).ok()?;
+                let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+                let token = value.strip_prefix("Bearer ")?;
+                Some(CredentialConfig::BearerToken(token.to_owned()))
+            }
+            "api-key" => {
+                credential.apply(&mut headers).ok()?;
+                let (name, value) = headers.iter().next()?;
+                Some(CredentialConfig::ApiKey {
+                    header: name.as_str().to_owned(),
+                    key: value.to_str().ok()?.to_owned(),
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Counter totals of one account after a write to a shared store.
@@ -954,8 +1014,10 @@ impl<S: Store> Writer<S> {
                     enabled: slot.settings.enabled,
                     enabled_changed,
                     settings: settings_changed.then(|| slot.settings.clone()),
-                    credential_file: settings_changed
-                        .then(|| slot.credential.masked().path)
+                    // The credential of an account new to the store; an existing row keeps
+                    // the one it names.
+                    credential: fresh
+                        .then(|| CredentialConfig::of(&slot.credential))
                         .flatten(),
                 },
                 counters,

@@ -258,7 +258,7 @@ fn adopt_disabled_columns(conn: &Connection, table: &str) -> rusqlite::Result<us
 fn write_settings(
     config: &mut serde_json::Map<String, serde_json::Value>,
     settings: &crate::account::AccountSettings,
-    credential_file: Option<&str>,
+    credential: Option<&super::CredentialConfig>,
 ) {
     use serde_json::Value;
     config.insert("isDisabled".into(), Value::Bool(!settings.enabled));
@@ -286,8 +286,18 @@ fn write_settings(
         settings.probe_model.clone().map(Value::from),
     );
     optional("baseUrl", settings.base_url.clone().map(Value::from));
-    if let Some(path) = credential_file {
-        config.insert("KIRO_OAUTH_CREDS_FILE_PATH".into(), path.into());
+    match credential {
+        Some(super::CredentialConfig::File(path)) => {
+            config.insert("KIRO_OAUTH_CREDS_FILE_PATH".into(), path.as_str().into());
+        }
+        Some(super::CredentialConfig::BearerToken(token)) => {
+            config.insert("bearerToken".into(), token.as_str().into());
+        }
+        Some(super::CredentialConfig::ApiKey { header, key }) => {
+            config.insert("apiKey".into(), key.as_str().into());
+            config.insert("headerName".into(), header.as_str().into());
+        }
+        None => {}
     }
 }
 
@@ -820,7 +830,7 @@ impl Db {
                     Some(settings) => {
                         let mut config = serde_json::Map::new();
                         config.insert("uuid".into(), id.into());
-                        write_settings(&mut config, settings, write.credential_file.as_deref());
+                        write_settings(&mut config, settings, write.credential.as_ref());
                         serde_json::Value::Object(config).to_string()
                     }
                     None => serde_json::json!({ "uuid": id }).to_string(),
@@ -873,7 +883,7 @@ impl Db {
                         _ => None,
                     })
                     .unwrap_or_default();
-                write_settings(&mut config, settings, write.credential_file.as_deref());
+                write_settings(&mut config, settings, write.credential.as_ref());
                 tx.prepare_cached(&format!(
                     "UPDATE {table} SET config = ?2, not_supported_models = ?3 WHERE uuid = ?1"
                 ))?
