@@ -305,3 +305,58 @@ fn credentials_written_back_never_show_in_debug_output() {
     assert!(!shown.contains("secret"), "{shown}");
     assert!(shown.contains("x-api-key"), "{shown}");
 }
+
+/// Through the admin API itself: an account added and one changed reach the rows.
+#[cfg(feature = "admin")]
+#[tokio::test]
+async fn the_admin_api_writes_back_to_the_rows() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+    use tower_account_pool::admin::{self, AdminConfig};
+
+    const TOKEN: &str = "admin-token-for-the-sqlite-source-0001";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provider_pool.db");
+    create(&path, V2);
+    let pool = SqlitePool::load(&path)
+        .unwrap()
+        .build(Pool::builder())
+        .unwrap();
+    let handle = StoreHandle::start(&pool, SqliteStore::open(&path).unwrap())
+        .await
+        .unwrap();
+    let app = admin::router(pool.clone(), AdminConfig::new(TOKEN).unwrap());
+    for (method, uri, body, status) in [
+        (
+            "POST",
+            "/accounts",
+            r#"{"id":"e","apiKey":"sk-e-0123456789","headerName":"x-api-key","weight":4}"#,
+            StatusCode::CREATED,
+        ),
+        ("PATCH", "/accounts/c", r#"{"enabled":false}"#, StatusCode::OK),
+    ] {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), status, "{method} {uri}");
+    }
+    handle.shutdown().await.unwrap();
+    let again = SqlitePool::load(&path).unwrap();
+    let e = again.entries().iter().find(|e| e.id().as_str() == "e").unwrap();
+    assert_eq!(e.settings().weight, 4);
+    assert_eq!(
+        e.credential(),
+        &tower_account_pool::config::CredentialSpec::ApiKey {
+            header: "x-api-key".into(),
+            key: "sk-e-0123456789".into()
+        }
+    );
+    let c = again.entries().iter().find(|e| e.id().as_str() == "c").unwrap();
+    assert!(!c.settings().enabled);
+}
