@@ -334,7 +334,12 @@ async fn the_admin_api_writes_back_to_the_rows() {
             r#"{"id":"e","apiKey":"sk-e-0123456789","headerName":"x-api-key","weight":4}"#,
             StatusCode::CREATED,
         ),
-        ("PATCH", "/accounts/c", r#"{"enabled":false}"#, StatusCode::OK),
+        (
+            "PATCH",
+            "/accounts/c",
+            r#"{"enabled":false}"#,
+            StatusCode::OK,
+        ),
     ] {
         let request = Request::builder()
             .method(method)
@@ -348,7 +353,11 @@ async fn the_admin_api_writes_back_to_the_rows() {
     }
     handle.shutdown().await.unwrap();
     let again = SqlitePool::load(&path).unwrap();
-    let e = again.entries().iter().find(|e| e.id().as_str() == "e").unwrap();
+    let e = again
+        .entries()
+        .iter()
+        .find(|e| e.id().as_str() == "e")
+        .unwrap();
     assert_eq!(e.settings().weight, 4);
     assert_eq!(
         e.credential(),
@@ -357,6 +366,10 @@ async fn the_admin_api_writes_back_to_the_rows() {
             key: "sk-e-0123456789".into()
         }
     );
-    let c = again.entries().iter().find(|e| e.id().as_str() == "c").unwrap();
+    let c = again
+        .entries()
+        .iter()
+        .find(|e| e.id().as_str() == "c")
+        .unwrap();
     assert!(!c.settings().enabled);
 }

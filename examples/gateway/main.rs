@@ -164,7 +164,10 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     let store_spec = args.store.clone().or_else(|| source.default_store());
     let store = match store_spec.as_deref() {
         None => None,
-        Some("json") => Some(StoreHandle::start(&pool, JsonFileStore::open(&pool_path)?).await?),
+        Some("json") => {
+            let path = source.pool_file()?;
+            Some(StoreHandle::start(&pool, JsonFileStore::open(path)?).await?)
+        }
         Some(spec) if spec.starts_with("sqlite:") => {
             Some(StoreHandle::start(&pool, SqliteStore::open(&spec["sqlite:".len()..])?).await?)
         }

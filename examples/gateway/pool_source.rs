@@ -45,6 +45,18 @@ impl PoolSource {
         })
     }
 
+    /// The pool file, for `--store json` (which keeps state in it).
+    pub fn pool_file(&self) -> Result<&Path, String> {
+        match self {
+            PoolSource::File(path) => Ok(path),
+            PoolSource::Sqlite(_) => Err(
+                "--store json keeps state in a pool file; with --pool sqlite:PATH use --store \
+                 sqlite:PATH (the default) or redis:URL"
+                    .into(),
+            ),
+        }
+    }
+
     /// The store used when `--store` is not given: the database itself for `sqlite:PATH`.
     pub fn default_store(&self) -> Option<String> {
         match self {
