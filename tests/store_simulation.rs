@@ -9,7 +9,8 @@
 //! others within 200 ms by default, so the replicas agree within a second). Cooldowns are
 //! minutes long, so none ends during a run: the result depends on the seed only.
 //!
-//! Invariants, after every step (during an outage: once the store is back) and at quiescence:
+//! Invariants, on every replica and in the store, after every step (during an outage: once the
+//! store is back) and at quiescence:
 //! - a cooldown set by any replica (account-wide or per model) holds on every replica and in
 //!   the store until a newer explicit reset (credential states stay local: an account in one
 //!   on a replica is not compared there);
@@ -182,6 +183,8 @@ struct Replica {
 
 struct Sim<O: Opener> {
     opener: O,
+    /// A connection of its own to the store, to look at what it holds.
+    observer: O::S,
     down: Arc<AtomicBool>,
     replicas: Vec<Replica>,
     expected: HashMap<&'static str, Expected>,
@@ -301,7 +304,7 @@ impl<O: Opener> Sim<O> {
     }
 
     async fn check_store(&self, what: &str) -> Result<(), String> {
-        let stored = self.opener.open().await.load().await.unwrap();
+        let stored = self.observer.load().await.unwrap();
         let now = wall_ms(SystemTime::now());
         for id in ACCOUNTS {
             let expected = &self.expected[id];
@@ -417,8 +420,10 @@ fn outcome(rng: &mut fastrand::Rng) -> (Outcome, bool) {
 
 async fn run_seed<O: Opener>(seed: u64, opener: O, outages: bool) -> Result<(), String> {
     let mut rng = fastrand::Rng::with_seed(seed);
+    let observer = opener.open().await;
     let mut sim = Sim {
         opener,
+        observer,
         down: Arc::new(AtomicBool::new(false)),
         replicas: Vec::new(),
         expected: ACCOUNTS
@@ -553,8 +558,12 @@ async fn run_seed<O: Opener>(seed: u64, opener: O, outages: bool) -> Result<(), 
         }
         sim.round().await;
         let all: Vec<usize> = (0..REPLICAS).collect();
-        sim.check(&format!("step {step}"), &all)
-            .map_err(|e| e + &format!("\n{}", sim.log.join("\n")))?;
+        let what = format!("step {step}");
+        let mut result = sim.check(&what, &all);
+        if result.is_ok() {
+            result = sim.check_store(&what).await;
+        }
+        result.map_err(|e| e + &format!("\n{}", sim.log.join("\n")))?;
     }
     sim.down.store(false, Ordering::Release);
     // Quiescence.
