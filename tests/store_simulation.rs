@@ -220,7 +220,10 @@ impl<O: Opener> Sim<O> {
         let state = account.underlying_state;
         let deadline = cooldown_of(account);
         if let Some(d) = deadline {
-            let new = cooldown_of(before) != Some(d) || before.underlying_state != state;
+            // Deadlines are converted between clocks at each snapshot: within the slack is the
+            // same deadline.
+            let new = before.underlying_state != state
+                || cooldown_of(before).is_none_or(|b| d > b.saturating_add(SLACK_MS));
             if new {
                 expected.cooldowns.push((state, d));
             }
@@ -233,7 +236,7 @@ impl<O: Opener> Sim<O> {
                 .find(|b| b.model == c.model)
                 .and_then(|b| b.until)
                 .map(wall_ms);
-            if old != Some(until) {
+            if old.is_none_or(|o| until > o.saturating_add(SLACK_MS)) {
                 let e = expected.models.entry(c.model.clone()).or_default();
                 *e = (*e).max(until);
             }
