@@ -33,6 +33,13 @@ fn serve(pool: &Pool, n: usize) {
     }
 }
 
+/// Replaces the file at once (as an editor saving it does), so the store never reads half of it.
+fn replace(path: &Path, text: &str) {
+    let temp = path.with_extension("tmp-edit");
+    std::fs::write(&temp, text).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
 fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
 }
@@ -65,7 +72,7 @@ async fn a_file_the_loader_rejects_is_never_written_and_is_written_again_once_fi
         let handle = StoreHandle::start_with(&pool, JsonFileStore::open(&path).unwrap(), fast())
             .await
             .unwrap();
-        std::fs::write(&path, bad).unwrap();
+        replace(&path, bad);
         serve(&pool, 4);
         // Many retry intervals.
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -87,7 +94,7 @@ async fn a_file_the_loader_rejects_is_never_written_and_is_written_again_once_fi
         );
 
         // Fixed: written again.
-        std::fs::write(&path, GOOD).unwrap();
+        replace(&path, GOOD);
         handle.flush().await.unwrap();
         let saved: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
