@@ -43,6 +43,18 @@ fn the_pool_flag_reads_a_file_or_an_sqlite_database() {
         PoolSource::parse(Path::new("pool.json")).default_store(),
         None
     );
+    assert_eq!(
+        PoolSource::parse(Path::new("pool.json")).pool_file(),
+        Ok(Path::new("pool.json"))
+    );
+    assert_eq!(
+        PoolSource::parse(Path::new("sqlite:pool.db")).pool_file(),
+        Err(
+            "--store json keeps state in a pool file; with --pool sqlite:PATH use --store \
+             sqlite:PATH (the default) or redis:URL"
+                .to_owned()
+        )
+    );
 }
 
 #[test]
