@@ -344,6 +344,8 @@ pub(crate) struct ModelBlock {
     pub(crate) kind: ModelBlockKind,
     pub(crate) until_ms: u64,
     pub(crate) level: u32,
+    /// When it was set (wall-clock epoch ms; 0: unknown, older than any reset).
+    pub(crate) since_ms: u64,
 }
 
 /// The last error an account saw. Messages never hold secrets: they come from classifiers,
@@ -365,6 +367,15 @@ pub struct LastError {
 pub(crate) struct Details {
     pub(crate) reason: Option<String>,
     pub(crate) last_error: Option<LastError>,
+    /// When the account-wide state was entered (wall-clock epoch ms; 0: unknown, e.g. seeded
+    /// from a pool file, older than any reset).
+    pub(crate) since_ms: u64,
+    /// The latest operator reset (wall-clock epoch ms; 0: none).
+    pub(crate) reset_ms: u64,
+    /// The latest successful active probe that cleared a suspension or ejection (0: none).
+    pub(crate) recovered_ms: u64,
+    /// The latest operator enable or disable (0: none since the pool was built).
+    pub(crate) enabled_ms: u64,
 }
 
 /// An account's runtime state: atomics read lock-free by selection, plus a per-account lock

@@ -194,6 +194,22 @@ impl Clock {
 
 const UNREAD: u64 = u64::MAX;
 
+/// The wall-clock time of an event that stores order by (an operator's reset, a cooldown
+/// set), in epoch ms: strictly increasing within the process, so that two events in the same
+/// millisecond keep their order.
+pub(crate) fn event_ms() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = epoch_ms::millis(&SystemTime::now());
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 /// The pool clock, read at most once per selection and only when a deadline must be compared.
 #[derive(Debug)]
 pub(crate) struct LazyNow<'a> {
@@ -828,8 +844,11 @@ impl Pool {
                 changed = Some(s.clone());
             }
         })?;
+        // An operator's word, even when it changes nothing here: it is the newest one, and
+        // stores shared with other processes order by it.
+        let slot = self.slot(id)?;
+        slot.runtime.lock_details().enabled_ms = event_ms();
         if changed.is_some() {
-            let slot = self.slot(id)?;
             let (from, to) = if enabled {
                 (HealthState::Disabled, slot.runtime.state())
             } else {
@@ -1032,13 +1051,21 @@ impl Pool {
         }
         let last_used = saved.last_used.map_or(0, |t| epoch_ms::millis(&t));
         rt.last_used_ms.store(last_used, Ordering::Relaxed);
-        rt.lock_details().last_error = saved.last_error.clone();
+        {
+            let mut details = rt.lock_details();
+            details.last_error = saved.last_error.clone();
+            let ms = |t: &Option<SystemTime>| t.as_ref().map_or(0, epoch_ms::millis);
+            details.reset_ms = details.reset_ms.max(ms(&saved.reset_at));
+            details.recovered_ms = details.recovered_ms.max(ms(&saved.recovered_at));
+        }
         shared.merge_model_cooldowns(&slot, &saved.model_cooldowns, now);
         let reason = saved
             .reason
             .clone()
             .unwrap_or_else(|| format!("restored as {state}"));
-        let generation = shared.transition(&slot, state, until, reason);
+        // Restoring is not a new event: the state keeps the time it began (0 when unknown).
+        let since = saved.since.as_ref().map_or(0, epoch_ms::millis);
+        let generation = shared.transition_since(&slot, state, until, reason, Some(since));
         match state {
             HealthState::AuthExpired => shared.schedule_refresh(&slot, Duration::ZERO, generation),
             HealthState::AuthInvalid if until != NEVER => shared.schedule_refresh(
@@ -1365,19 +1392,32 @@ impl Shared {
         until_ms: u64,
         reason: String,
     ) -> u64 {
+        self.transition_since(slot, to, until_ms, reason, None)
+    }
+
+    /// [`transition`](Self::transition) recording when the new state began: `since` (wall
+    /// epoch ms) for a state restored or learnt from a store, else now.
+    pub(crate) fn transition_since(
+        &self,
+        slot: &Slot,
+        to: HealthState,
+        until_ms: u64,
+        reason: String,
+        since: Option<u64>,
+    ) -> u64 {
         let rt = &slot.runtime;
         let mut details = rt.lock_details();
         let from = rt.state();
         let current = rt.until_ms.load(Ordering::Acquire);
-        let until_ms = if from == to && current > until_ms && to != HealthState::Healthy {
-            current
-        } else {
-            until_ms
-        };
+        let kept = from == to && current > until_ms && to != HealthState::Healthy;
+        let until_ms = if kept { current } else { until_ms };
         rt.until_ms.store(until_ms, Ordering::Release);
         rt.state.store(to as u8, Ordering::Release);
         let generation = rt.generation.fetch_add(1, Ordering::AcqRel) + 1;
         details.reason = (to != HealthState::Healthy).then(|| reason.clone());
+        if !kept {
+            details.since_ms = since.unwrap_or_else(event_ms);
+        }
         drop(details);
         let now = self.clock.now_ms();
         if from != to || until_ms != current {
@@ -1410,7 +1450,10 @@ impl Shared {
             match position {
                 Some(i) => {
                     let block = &mut blocks[i];
-                    block.until_ms = block.until_ms.max(until);
+                    if until > block.until_ms {
+                        block.until_ms = until;
+                        block.since_ms = event_ms();
+                    }
                     block.kind = kind;
                     block.level = level + 1;
                 }
@@ -1419,6 +1462,7 @@ impl Shared {
                     kind,
                     until_ms: until,
                     level: 1,
+                    since_ms: event_ms(),
                 }),
             }
             rt.publish_model_deadline(&blocks);
@@ -1464,12 +1508,14 @@ impl Shared {
                 Some(block) => {
                     block.until_ms = until;
                     block.kind = cooldown.kind;
+                    block.since_ms = cooldown.since.map_or(0, |t| epoch_ms::millis(&t));
                 }
                 None => blocks.push(ModelBlock {
                     model: Arc::from(cooldown.model.as_str()),
                     kind: cooldown.kind,
                     until_ms: until,
                     level: 1,
+                    since_ms: cooldown.since.map_or(0, |t| epoch_ms::millis(&t)),
                 }),
             }
             changed += 1;
@@ -1695,7 +1741,9 @@ impl Shared {
         if state != HealthState::Healthy && !timed_and_active {
             rt.ejection_level.store(0, Ordering::Release);
             rt.consecutive_failures.store(0, Ordering::Release);
-            self.transition(slot, HealthState::Healthy, 0, reason.into());
+            let at = event_ms();
+            rt.lock_details().recovered_ms = at;
+            self.transition_since(slot, HealthState::Healthy, 0, reason.into(), Some(at));
         }
     }
 
@@ -1713,8 +1761,19 @@ impl Shared {
         rt.ejection_level.store(0, Ordering::Release);
         rt.rate_limit_level.store(0, Ordering::Release);
         rt.quota_level.store(0, Ordering::Release);
-        rt.lock_details().last_error = None;
-        self.transition(slot, HealthState::Healthy, 0, "reset by operator".into());
+        let at = event_ms();
+        {
+            let mut details = rt.lock_details();
+            details.last_error = None;
+            details.reset_ms = at;
+        }
+        self.transition_since(
+            slot,
+            HealthState::Healthy,
+            0,
+            "reset by operator".into(),
+            Some(at),
+        );
     }
 
     /// Refreshes a credential in the background after `delay`, if nothing else changed the
@@ -1847,7 +1906,9 @@ impl Shared {
         };
         let last_error = details.last_error.clone();
         drop(details);
-        let next_retry_at = match state {
+        // A disabled account keeps its cooldown (stores write it; it still applies once the
+        // account is enabled again).
+        let next_retry_at = match underlying_state {
             HealthState::RateLimited
             | HealthState::QuotaExhausted
             | HealthState::Ejected
@@ -1863,6 +1924,7 @@ impl Shared {
                     model: b.model.to_string(),
                     kind: b.kind,
                     until: self.clock.wall(b.until_ms, now),
+                    since: wall_of(b.since_ms),
                 })
                 .collect()
         };
@@ -1902,6 +1964,27 @@ impl Shared {
                 ms => UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
             },
         }
+    }
+}
+
+/// A wall-clock epoch-ms event time (0: none).
+pub(crate) fn wall_of(ms: u64) -> Option<SystemTime> {
+    (ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+impl Shared {
+    /// What a store keeps of an account now, with the event times stores merge by.
+    pub(crate) fn persisted(&self, slot: &Slot, now: u64) -> PersistedState {
+        let mut state = self.account_snapshot(slot, now).persisted();
+        let details = slot.runtime.lock_details();
+        state.since = wall_of(details.since_ms);
+        state.reset_at = wall_of(details.reset_ms);
+        state.recovered_at = wall_of(details.recovered_ms);
+        if details.enabled_ms != 0 {
+            state.enabled = Some(slot.settings.enabled);
+            state.enabled_at = wall_of(details.enabled_ms);
+        }
+        state
     }
 }
 
@@ -1972,7 +2055,7 @@ pub struct AccountSnapshot {
     pub reason: Option<String>,
     /// Whether it could take a request without a model now.
     pub available: bool,
-    /// When it comes back by itself, if it does.
+    /// When its (underlying) state ends by itself, if it does.
     #[serde(with = "epoch_ms::option")]
     pub next_retry_at: Option<SystemTime>,
     /// Active (account, model) cooldowns.
@@ -2006,6 +2089,14 @@ pub struct ModelCooldown {
     /// Until when.
     #[serde(with = "epoch_ms::option")]
     pub until: Option<SystemTime>,
+    /// When it was set or last extended (`None`: unknown, older than any reset). Stores
+    /// shared by several processes use it to tell whether an operator's reset came after it.
+    #[serde(
+        default,
+        with = "epoch_ms::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub since: Option<SystemTime>,
 }
 
 /// Lifetime counters of one account. `requests` counts leases handed out; each ends in exactly
@@ -2097,6 +2188,24 @@ pub struct PersistedState {
     /// had not ended when it was saved; restored ones keep their deadlines.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub model_cooldowns: Vec<ModelCooldown>,
+    /// When `state` began (`None`: unknown, older than any reset: e.g. seeded from the older
+    /// system's fields).
+    #[serde(with = "epoch_ms::option", skip_serializing_if = "Option::is_none")]
+    pub since: Option<SystemTime>,
+    /// The latest operator reset ([`Pool::reset`]): it ends every cooldown set before it.
+    #[serde(with = "epoch_ms::option", skip_serializing_if = "Option::is_none")]
+    pub reset_at: Option<SystemTime>,
+    /// The latest successful active probe ([`Pool::report_probe`]) that ended a suspension or
+    /// an ejection: it ends the account-wide cooldowns set before it.
+    #[serde(with = "epoch_ms::option", skip_serializing_if = "Option::is_none")]
+    pub recovered_at: Option<SystemTime>,
+    /// The operator's latest [`Pool::enable`] (`true`) or [`Pool::disable`] (`false`); `None`
+    /// when no operator changed it (the configuration's setting applies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// When the operator made that change.
+    #[serde(with = "epoch_ms::option", skip_serializing_if = "Option::is_none")]
+    pub enabled_at: Option<SystemTime>,
 }
 
 impl Default for PersistedState {
@@ -2111,6 +2220,11 @@ impl Default for PersistedState {
             last_used: None,
             last_error: None,
             model_cooldowns: Vec::new(),
+            since: None,
+            reset_at: None,
+            recovered_at: None,
+            enabled: None,
+            enabled_at: None,
         }
     }
 }
@@ -2135,6 +2249,11 @@ impl AccountSnapshot {
             last_used: self.last_used,
             last_error: self.last_error.clone(),
             model_cooldowns: self.model_cooldowns.clone(),
+            since: None,
+            reset_at: None,
+            recovered_at: None,
+            enabled: None,
+            enabled_at: None,
         }
     }
 }

@@ -265,16 +265,19 @@ fn an_ended_or_nameless_saved_cooldown_is_not_restored() {
                     model: LIMITED.into(),
                     kind: ModelBlockKind::RateLimited,
                     until: Some(now - Duration::from_secs(5)),
+                    since: None,
                 },
                 ModelCooldown {
                     model: String::new(),
                     kind: ModelBlockKind::RateLimited,
                     until: Some(now + Duration::from_secs(60)),
+                    since: None,
                 },
                 ModelCooldown {
                     model: OTHER.into(),
                     kind: ModelBlockKind::Unsupported,
                     until: Some(now + Duration::from_secs(60)),
+                    since: None,
                 },
             ],
             ..PersistedState::default()

@@ -132,8 +132,8 @@ async fn select_and_report(path: &Path, ids: &[&str]) -> Pool {
     assert_eq!(b.consecutive_failures, 5);
     assert_eq!(
         b.state,
-        HealthState::HalfOpen,
-        "an account the older gateway marked unhealthy gets a probe"
+        HealthState::Suspended,
+        "read as a pool file's `isHealthy: false` is: out until a reset or a successful probe"
     );
     for _ in 0..9 {
         pool.select(&SelectRequest::default())

@@ -18,6 +18,7 @@
 //! ```
 
 mod demo;
+mod pool_source;
 mod proxy;
 
 use std::net::SocketAddr;
@@ -37,11 +38,12 @@ use proxy::{Api, BoxError, ClientKeys, Gateway, ProxyOptions, RequestGate, CLIEN
 const USAGE: &str = "usage:
   gateway [--demo-serve] [--listen ADDR]
       the demo: an in-process Kiro mock, a burst of traffic, a table; --demo-serve keeps serving
-  gateway --pool PATH [--upstream URL] [--api anthropic|passthrough] [--kiro-auth-base URL]
+  gateway --pool PATH|sqlite:PATH [--upstream URL] [--api anthropic|passthrough] [--kiro-auth-base URL]
           [--store json|sqlite:PATH|redis:URL] [--listen ADDR] [--body-cap BYTES]
           [--methods GET,POST,HEAD] [--header-timeout SECS] [--max-connections N]
           [--allow-anonymous] [--models FILE]
-      serve the accounts of the pool file PATH:
+      serve the accounts of the pool file PATH (or of the older system's SQLite database
+      with sqlite:PATH, also its store unless --store is given):
       --api anthropic (the default when the pool holds Kiro accounts): the Anthropic Messages
         API (/v1/messages, /v1/messages/count_tokens, /v1/models) over Kiro accounts; Kiro calls
         go to URL/generateAssistantResponse (and usage probes to URL), or without --upstream
@@ -230,12 +232,15 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         },
         ..KiroOptions::default()
     };
-    let resolver = KiroResolver::new(kiro_options.clone());
-    let file = PoolFile::load(&pool_path)?;
-    let pool = file.build_with(Pool::builder(), &resolver)?;
-    let store = match args.store.as_deref() {
+    let source = pool_source::PoolSource::parse(&pool_path);
+    let pool = source.build(kiro_options.clone())?;
+    let store_spec = args.store.clone().or_else(|| source.default_store());
+    let store = match store_spec.as_deref() {
         None => None,
-        Some("json") => Some(StoreHandle::start(&pool, JsonFileStore::open(&pool_path)?).await?),
+        Some("json") => {
+            let path = source.pool_file()?;
+            Some(StoreHandle::start(&pool, JsonFileStore::open(path)?).await?)
+        }
         Some(spec) if spec.starts_with("sqlite:") => {
             Some(StoreHandle::start(&pool, SqliteStore::open(&spec["sqlite:".len()..])?).await?)
         }
@@ -246,9 +251,19 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     };
     // Hot reload: edits of the pool file (accounts added, removed, changed) reach the running
     // pool; a broken edit is logged and ignored. Stops when `_watch` is dropped.
-    let _watch = FileWatcher::new(&pool, &pool_path)
-        .resolver(Arc::new(KiroResolver::new(kiro_options)))
-        .start();
+    let _watch = match &source {
+        pool_source::PoolSource::File(path) => {
+            let dir = PoolFile::load(path)?.dir();
+            Some(
+                FileWatcher::new(&pool, path)
+                    .resolver(Arc::new(
+                        KiroResolver::new(kiro_options).base_dir(dir),
+                    ))
+                    .start(),
+            )
+        }
+        pool_source::PoolSource::Sqlite(_) => None,
+    };
     let kiro_accounts = pool
         .snapshot()
         .accounts

@@ -190,6 +190,14 @@ pub enum ConfigError {
         /// What it is.
         found: String,
     },
+    /// The older system's SQLite database could not be read as a source of accounts.
+    #[error("{}: {message}", path.display())]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong (naming the table, row and column when it is one of them).
+        message: String,
+    },
     /// A file could not be written.
     #[error("{}: cannot write the file: {message}", path.display())]
     Write {
@@ -221,6 +229,7 @@ impl ConfigError {
             | ConfigError::Rejected { path, .. }
             | ConfigError::SettingsNotObject { path, .. }
             | ConfigError::Setting { path, .. }
+            | ConfigError::Database { path, .. }
             | ConfigError::Write { path, .. } => path,
         }
     }

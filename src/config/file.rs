@@ -177,6 +177,12 @@ impl FileState {
         Some(PersistedState {
             state,
             reason,
+            // Seeded: older than any reset an operator makes.
+            since: None,
+            reset_at: None,
+            recovered_at: None,
+            enabled: None,
+            enabled_at: None,
             until: None,
             consecutive_failures: self.error_count.unwrap_or(0),
             ejection_level: 0,
@@ -332,6 +338,17 @@ impl fmt::Debug for PoolFile {
 }
 
 impl PoolFile {
+    /// A pool file of these entries (a source other than a file: the older system's database).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn from_entries(path: &Path, entries: Vec<AccountEntry>) -> PoolFile {
+        PoolFile {
+            path: path.to_owned(),
+            shape: PoolShape::Accounts,
+            entries,
+            other: Map::new(),
+        }
+    }
+
     /// Reads and parses a pool file, then logs a `warn` when it is in the old grouped shape
     /// (naming the file and the migration command) and one for top-level keys that are not
     /// loaded. The file is only read.
@@ -438,6 +455,17 @@ impl PoolFile {
         &self.path
     }
 
+    /// The folder the file is in: relative credential paths in it are resolved against it
+    /// (by [`accounts`](Self::accounts), [`build`](Self::build) and
+    /// [`build_from_file`](PoolBuilder::build_from_file); give it to other resolvers, e.g.
+    /// [`TokenFileResolver::base_dir`] or `KiroResolver::base_dir`).
+    pub fn dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        }
+    }
+
     /// The shape it was found in.
     pub fn shape(&self) -> PoolShape {
         self.shape
@@ -533,9 +561,10 @@ impl PoolFile {
         file
     }
 
-    /// The accounts, with credential files opened by the default [`TokenFileResolver`].
+    /// The accounts, with credential files opened by a [`TokenFileResolver`] relative to the
+    /// file's folder.
     pub fn accounts(&self) -> Vec<(Account, Option<String>)> {
-        self.accounts_with(&TokenFileResolver::default())
+        self.accounts_with(&TokenFileResolver::new().base_dir(self.dir()))
     }
 
     /// The accounts, with credential files opened by `resolver`. The second value says why an
@@ -548,9 +577,10 @@ impl PoolFile {
     }
 
     /// Builds a pool from this file with `builder`'s strategy, policy and TTL; credential files
-    /// are opened by the default [`TokenFileResolver`]. See [`build_with`](Self::build_with).
+    /// are opened by a [`TokenFileResolver`], relative paths against the file's folder. See
+    /// [`build_with`](Self::build_with).
     pub fn build(&self, builder: PoolBuilder) -> Result<Pool, ConfigError> {
-        self.build_with(builder, &TokenFileResolver::default())
+        self.build_with(builder, &TokenFileResolver::new().base_dir(self.dir()))
     }
 
     /// Builds a pool from this file. State fields seed each account's runtime state
@@ -584,15 +614,25 @@ impl PoolFile {
     /// Logs the old-shape and other-keys warnings, and one per account whose inline
     /// credentials override its credential file.
     pub(crate) fn warn_about_shape(&self) {
+        self.warn_unseen(&mut std::collections::HashSet::new(), true);
+    }
+
+    /// The same warnings, each only once per `seen` (a file watch keeps one, so that a file
+    /// reloaded again and again, e.g. because a store writes state into it, does not repeat
+    /// them); with `log` false they are only recorded (the pool was built from this content,
+    /// and its load already warned).
+    pub(crate) fn warn_unseen(&self, seen: &mut std::collections::HashSet<String>, log: bool) {
         let path = self.path.display();
         for entry in self.entries.iter().filter(|e| e.file_path_ignored) {
-            tracing::warn!(
-                file = %path, index = entry.index, account = %entry.id,
-                "`{INLINE_CREDENTIALS}` takes precedence over `KIRO_OAUTH_CREDS_FILE_PATH`, as in \
-                 the older system: the credential file is not read"
-            );
+            if seen.insert(format!("inline:{}", entry.id)) && log {
+                tracing::warn!(
+                    file = %path, index = entry.index, account = %entry.id,
+                    "`{INLINE_CREDENTIALS}` takes precedence over `KIRO_OAUTH_CREDS_FILE_PATH`, as \
+                     in the older system: the credential file is not read"
+                );
+            }
         }
-        if self.shape == PoolShape::Grouped {
+        if self.shape == PoolShape::Grouped && seen.insert("grouped".into()) && log {
             tracing::warn!(
                 file = %path,
                 "{path}: loaded {}; convert it to {{\"accounts\": [...]}} with `cargo run --example migrate -- {path}`",
@@ -600,19 +640,22 @@ impl PoolFile {
             );
         }
         if !self.other.is_empty() {
-            tracing::warn!(
-                file = %path,
-                "{path}: top-level keys not loaded as accounts: {}; they are kept when the file is rewritten",
-                quote_keys(self.other.keys())
-            );
+            let keys = quote_keys(self.other.keys());
+            if seen.insert(format!("other:{keys}")) && log {
+                tracing::warn!(
+                    file = %path,
+                    "{path}: top-level keys not loaded as accounts: {keys}; they are kept when the file is rewritten",
+                );
+            }
         }
     }
 }
 
 impl PoolBuilder {
     /// Builds the pool from a pool file (any of the three shapes), with this builder's
-    /// strategy, health policy and TTL. Credential files are opened by the default
-    /// [`TokenFileResolver`]; use [`PoolFile::build_with`] for another resolver. Accounts added
+    /// strategy, health policy and TTL. Credential files are opened by a [`TokenFileResolver`],
+    /// relative paths against the file's folder; use [`PoolFile::build_with`] for another
+    /// resolver. Accounts added
     /// to the builder before stay, ahead of the file's.
     pub fn build_from_file(self, path: impl AsRef<Path>) -> Result<Pool, ConfigError> {
         PoolFile::load(path)?.build(self)
@@ -756,7 +799,38 @@ impl Fields<'_> {
     }
 }
 
-fn parse_entry(
+/// The older system's state fields of one account object, read as the loader reads them
+/// (fields of the wrong type are left out), for stores that keep state in a pool file.
+pub(crate) fn file_state_of(map: &Map<String, Value>) -> FileState {
+    let f = Fields {
+        path: Path::new(""),
+        index: 0,
+        map,
+    };
+    FileState {
+        is_healthy: f.bool("isHealthy").ok().flatten(),
+        error_count: f.u32("errorCount").ok().flatten(),
+        usage_count: f.u64("usageCount").ok().flatten(),
+        last_used: f.time("lastUsed").ok().flatten(),
+        last_error_time: f.time("lastErrorTime").ok().flatten(),
+        last_error_message: f
+            .string("lastErrorMessage")
+            .ok()
+            .flatten()
+            .map(str::to_owned),
+        last_health_check_time: f.time("lastHealthCheckTime").ok().flatten(),
+        last_health_check_model: f
+            .string("lastHealthCheckModel")
+            .ok()
+            .flatten()
+            .map(str::to_owned),
+        check_health: f.bool("checkHealth").ok().flatten(),
+        cached_email: f.string("cachedEmail").ok().flatten().map(str::to_owned),
+        cached_user_id: f.string("cachedUserId").ok().flatten().map(str::to_owned),
+    }
+}
+
+pub(crate) fn parse_entry(
     path: &Path,
     index: usize,
     raw: Map<String, Value>,

@@ -9,7 +9,8 @@
 //! | the older system's grouped shape | `{"claude-kiro-oauth": [ {...}, ... ]}` | read with a `warn` naming the file and the migration command |
 //!
 //! Top-level keys other than the list of accounts (e.g. another provider type in a grouped
-//! file) are not loaded; they are reported with a `warn` and kept when the file is rewritten.
+//! file) are not loaded; they are reported with a `warn` (once per file and process, not on
+//! every reload) and kept when the file is rewritten.
 //!
 //! ```
 //! use tower_account_pool::{HealthState, Pool, SelectRequest};
@@ -82,6 +83,12 @@
 //! [`Pool::watch_file`](crate::Pool::watch_file) polls the file and applies its changes with
 //! [`Pool::sync`](crate::Pool::sync); a broken edit is reported and ignored.
 //!
+//! # The older system's SQLite database
+//!
+//! [`SqlitePool`] (feature `sqlite`) reads the accounts of the older system's database (schema
+//! v2 `accounts` or v1 `providers`): each row's `config` JSON, with the row's columns winning
+//! over it (`is_disabled`, `not_supported_models`, `check_model_name`, the state columns).
+//!
 //! # The older system's `config.json`
 //!
 //! [`LegacyConfig`] reads the keys that map onto this crate (`MAX_ERROR_COUNT`,
@@ -90,9 +97,11 @@
 
 mod credential;
 mod error;
-mod file;
+pub(crate) mod file;
 mod legacy;
 mod migrate;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod time;
 mod watch;
 
@@ -110,6 +119,9 @@ pub use legacy::{
     DEFAULT_REQUEST_BASE_DELAY, DEFAULT_REQUEST_MAX_RETRIES,
 };
 pub use migrate::{migrate, write_atomic, MigrateOptions, MigrationReport};
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use sqlite::SqlitePool;
 pub use watch::{FileWatch, FileWatcher, ReloadResult, ReloadStatus, DEFAULT_WATCH_INTERVAL};
 
 use crate::health::HealthState;

@@ -44,13 +44,18 @@ pub struct FileWatcher {
 
 impl FileWatcher {
     /// Watches `path` for `pool`, every [`DEFAULT_WATCH_INTERVAL`], opening credential files
-    /// with the default [`TokenFileResolver`].
+    /// with a [`TokenFileResolver`], relative paths against the file's folder.
     pub fn new(pool: &Pool, path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
         FileWatcher {
             pool: pool.clone(),
-            path: path.into(),
+            path,
             interval: DEFAULT_WATCH_INTERVAL,
-            resolver: Arc::new(TokenFileResolver::default()),
+            resolver: Arc::new(TokenFileResolver::new().base_dir(dir)),
         }
     }
 
@@ -82,6 +87,9 @@ impl FileWatcher {
             known: HashMap::new(),
             applied: None,
             status,
+            logged_error: None,
+            warned: HashSet::new(),
+            looked: false,
         };
         tracker.adopt_running_credentials();
         tracker.check();
@@ -214,6 +222,12 @@ struct Tracker {
     /// change stays as the running pool has it, changes made through the admin API included.
     applied: Option<HashMap<AccountId, AccountSettings>>,
     status: watch::Sender<ReloadStatus>,
+    /// The last rejection logged.
+    logged_error: Option<String>,
+    /// Warnings about the file's content already logged (each is logged once).
+    warned: HashSet<String>,
+    /// The file was parsed once.
+    looked: bool,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -286,8 +300,11 @@ impl Tracker {
         if same {
             return None;
         }
+        let first = !self.looked;
+        self.looked = true;
         let result = PoolFile::parse(&self.path, &bytes).and_then(|file| {
-            file.warn_about_shape();
+            // The pool was built from the file as the watch starts: its load already warned.
+            file.warn_unseen(&mut self.warned, !first);
             self.apply(&file)
         });
         Some(self.record(result))
@@ -334,10 +351,18 @@ impl Tracker {
                 unchanged = report.unchanged,
                 "pool file applied"
             ),
-            Err(e) => tracing::warn!(
-                file = %self.path.display(),
-                "{e}; the running pool is unchanged"
-            ),
+            // Each distinct rejection is logged once (until the file loads again).
+            Err(e) if self.logged_error.as_deref() != Some(e.to_string().as_str()) => {
+                tracing::warn!(
+                    file = %self.path.display(),
+                    "{e}; the running pool is unchanged"
+                );
+                self.logged_error = Some(e.to_string());
+            }
+            Err(e) => tracing::debug!(file = %self.path.display(), "{e}; still rejected"),
+        }
+        if result.is_ok() {
+            self.logged_error = None;
         }
         self.status.send_modify(|status| {
             status.changes_seen += 1;

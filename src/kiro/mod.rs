@@ -170,9 +170,12 @@ pub fn spawn_usage_prober(pool: &Pool, interval: Duration) -> JoinHandle<()> {
 /// for [`PoolFile::build_with`](crate::config::PoolFile::build_with) and
 /// [`FileWatcher::resolver`](crate::config::FileWatcher::resolver).
 ///
-/// Paths are used as the pool file writes them (relative ones against the working directory,
-/// as the older gateway did). A missing or broken token file loads its account unavailable,
-/// with the reason naming the file; fixing the file brings it back on the next refresh.
+/// Relative paths are resolved against [`base_dir`](KiroResolver::base_dir) when set (give it
+/// the pool file's folder, [`PoolFile::dir`](crate::config::PoolFile::dir), so that the pool
+/// file's paths mean the same wherever the process starts), else against the working
+/// directory, as the older gateway did. A missing or broken token file loads its account
+/// unavailable, with the reason naming the file; fixing the file brings it back on the next
+/// refresh.
 ///
 /// ```no_run
 /// use tower_account_pool::config::PoolFile;
@@ -180,18 +183,29 @@ pub fn spawn_usage_prober(pool: &Pool, interval: Duration) -> JoinHandle<()> {
 /// use tower_account_pool::Pool;
 ///
 /// let file = PoolFile::load("configs/account_pool.json")?;
-/// let pool = file.build_with(Pool::builder(), &KiroResolver::new(KiroOptions::default()))?;
+/// let resolver = KiroResolver::new(KiroOptions::default()).base_dir(file.dir());
+/// let pool = file.build_with(Pool::builder(), &resolver)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct KiroResolver {
     options: KiroOptions,
+    base_dir: Option<std::path::PathBuf>,
 }
 
 impl KiroResolver {
     /// A resolver whose credentials use `options` (endpoints, refresh window, HTTP timeout).
     pub fn new(options: KiroOptions) -> Self {
-        KiroResolver { options }
+        KiroResolver {
+            options,
+            base_dir: None,
+        }
+    }
+
+    /// Resolves relative token paths against `dir` (e.g. the pool file's folder).
+    pub fn base_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.base_dir = Some(dir.into());
+        self
     }
 }
 
@@ -201,7 +215,11 @@ impl crate::config::CredentialResolver for KiroResolver {
         path: &std::path::Path,
         _entry: &crate::config::AccountEntry,
     ) -> crate::config::OpenedCredential {
-        let credential = KiroCredential::open(path, self.options.clone());
+        let full = match &self.base_dir {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_owned(),
+        };
+        let credential = KiroCredential::open(full, self.options.clone());
         let unavailable = credential.load_error().map(|e| e.to_string());
         crate::config::OpenedCredential {
             credential: Arc::new(credential),

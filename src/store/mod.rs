@@ -34,28 +34,48 @@
 //!   traffic, so it is also the max-wait: steady traffic cannot starve a save;
 //! - only accounts that changed are written, in batches of at most [`WriterConfig::max_batch`].
 //!
-//! Counters are written as **increments** since the last successful write, so stores shared by
-//! several processes (SQLite, Redis) add up every process's traffic exactly; the totals a shared
-//! store returns are folded back into the local counters with atomic additions. A write that
-//! fails is logged and retried with backoff (capped at [`WriterConfig::max_backoff`]); nothing is
-//! lost meanwhile, and requests never wait for the store. [`StoreHandle::shutdown`] flushes
-//! everything.
+//! A write that fails is logged (each distinct error once) and retried with backoff (capped at
+//! [`WriterConfig::max_backoff`]); nothing is lost meanwhile, and requests never wait for the
+//! store. [`StoreHandle::shutdown`] flushes everything.
+//!
+//! # Writes merge, never overwrite
+//!
+//! A process writes only what it changed since it last wrote or synced, with the time of each
+//! event, and the store **merges** it with what it holds (in one atomic step: a mutex for the
+//! memory and JSON stores, a transaction for SQLite, a compare-and-set for Redis), by the same
+//! rules for every store:
+//!
+//! | field | merge rule |
+//! |---|---|
+//! | account-wide cooldown (`rate_limited`, `quota_exhausted`, `ejected`, `suspended`) | the later deadline wins (a suspension has none: it wins until a reset); one that began before the latest reset is void |
+//! | automatic state (`healthy` after a cooldown or a probe, credential states) | never ends a cooldown before its deadline; replaces a cooldown that has ended |
+//! | per-model cooldowns | by model, the later deadline wins; ended ones, and those that began before the latest reset, are dropped |
+//! | operator reset ([`Pool::reset`]) | the newest wins; it ends every cooldown (account-wide and per model) that began before it |
+//! | successful active probe ([`Pool::report_probe`] ending a suspension or an ejection) | the newest wins; it ends every account-wide cooldown that began before it (the account answered) |
+//! | operator enable / disable ([`Pool::enable`], [`Pool::disable`]) | the newest wins; automatic state never changes it, until the operator does again |
+//! | counters | increments since the process's last write, added (so several processes add up exactly); the totals are folded back into each process |
+//! | last use / last error | the latest |
+//!
+//! **Restoring is not a change**: what a process restores at start is not written back, so a
+//! replica that restarts never erases what the others wrote since. Every change made since the
+//! pool was built is written, including one made between [`StoreHandle::start`] and the first
+//! write (an operator's disable right after the start reaches the store).
 //!
 //! Shared stores also report changes made by other processes ([`Store::poll_changes`], every
-//! [`WriterConfig::sync_interval`]): account-wide cooldowns, ejections, suspensions and
-//! recoveries are applied locally, so a cooldown set by one process is honoured by the others.
+//! [`WriterConfig::sync_interval`], or now with [`StoreHandle::sync`]); they are applied by the
+//! same rules (a newer reset, a cooldown with a later deadline, a newer operator enable or
+//! disable), so a cooldown set by one process is honoured by the others within about a second.
 //! Credential states (`auth_expired`, `auth_invalid`) stay local: each process refreshes its
-//! own credentials. Per-(account, model) cooldowns are not persisted. An account added to the
-//! pool after the start never overwrites the state a shared store holds for it; it picks that
-//! state up with the next change another process writes (SQLite) or the next full sync (Redis,
-//! every 5 s).
+//! own credentials, and a cooldown learnt while an account waits on its credential is not
+//! applied there.
 //!
 //! # Stores
 //!
 //! - [`MemoryStore`]: in-process (the default; tests, and a pool that needs no persistence).
 //! - [`JsonFileStore`]: the pool file itself, one writing process.
 //! - `SqliteStore` (feature `sqlite`): one host, several processes; reads and writes the older
-//!   gateway's databases.
+//!   gateway's databases (which can also be the source of the accounts:
+//!   `config::SqlitePool`).
 //! - `RedisStore` (feature `redis`): several hosts.
 
 use std::collections::HashMap;
@@ -70,9 +90,10 @@ use tokio::time::Instant;
 
 use crate::account::AccountId;
 use crate::health::{HealthState, OutcomeClass, Runtime, NEVER};
-use crate::pool::{Counters, PersistedState, Pool, Shared, Slot};
+use crate::pool::{Counters, PersistedState, Pool, Slot};
 
 mod json;
+mod merge;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "sqlite")]
@@ -149,20 +170,87 @@ pub struct AccountWrite {
     pub id: AccountId,
     /// Its current state; `counters` are this process's view of the totals.
     pub state: PersistedState,
-    /// Whether the health state, reason, deadline, failure count or ejection level changed.
+    /// Whether the health state, reason, deadline, failure count or ejection level changed
+    /// (stores merge the state by the module's rules, so a stale one never wins).
     pub state_changed: bool,
     /// Whether this process's model cooldowns changed (one was added or extended, or a reset
-    /// cleared them: then `state.model_cooldowns` is empty). Shared stores merge them with
-    /// what they hold, by model, the later deadline winning; an empty list clears them.
+    /// cleared them). Stores merge them with what they hold, by model, the later deadline
+    /// winning; a newer reset (`state.reset_at`) drops those that began before it.
     pub models_changed: bool,
     /// Counter increments since the last successful write: stores shared by several processes
     /// add these rather than writing `state.counters`.
     pub delta: Counters,
     /// The account's `enabled` setting.
     pub enabled: bool,
-    /// Whether `enabled` changed in this process since the last write (settings are otherwise
-    /// left to whoever edits them).
+    /// Whether an operator enabled or disabled the account in this process since the last
+    /// write (`state.enabled` and `state.enabled_at` say how and when).
     pub enabled_changed: bool,
+    /// The account's settings, when they changed in this process since the last write (the
+    /// admin API, a reload) or the store does not hold the account yet. Stores that keep the
+    /// configuration (the older system's SQLite database) write them back.
+    pub settings: Option<crate::account::AccountSettings>,
+    /// The account's credential, for an account the store does not hold yet, in the form a
+    /// configuration store (the older system's database) keeps it.
+    pub credential: Option<CredentialConfig>,
+}
+
+/// An account's credential as a configuration store writes it into a new account's row (the
+/// older system kept them in its `config` JSON). `Debug` never shows a secret.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CredentialConfig {
+    /// A credential file (`KIRO_OAUTH_CREDS_FILE_PATH`).
+    File(String),
+    /// An inline bearer token (`bearerToken`).
+    BearerToken(String),
+    /// An inline API key (`apiKey`) and its header (`headerName`).
+    ApiKey {
+        /// The header.
+        header: String,
+        /// The key.
+        key: String,
+    },
+}
+
+impl std::fmt::Debug for CredentialConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialConfig::File(path) => f.debug_tuple("File").field(path).finish(),
+            CredentialConfig::BearerToken(_) => f.write_str("BearerToken(..)"),
+            CredentialConfig::ApiKey { header, .. } => f
+                .debug_struct("ApiKey")
+                .field("header", header)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl CredentialConfig {
+    /// The configuration of a pool's credential: its file, or its inline secret (as it would
+    /// send it). `None` for credentials that are neither (no credential, or one built in code).
+    pub(crate) fn of(credential: &crate::credential::SharedCredential) -> Option<Self> {
+        if let Some(path) = credential.masked().path {
+            return Some(CredentialConfig::File(path));
+        }
+        let mut headers = http::HeaderMap::new();
+        match credential.kind() {
+            "bearer" => {
+                credential.apply(&mut headers).ok()?;
+                let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+                let token = value.strip_prefix("Bearer ")?;
+                Some(CredentialConfig::BearerToken(token.to_owned()))
+            }
+            "api-key" => {
+                credential.apply(&mut headers).ok()?;
+                let (name, value) = headers.iter().next()?;
+                Some(CredentialConfig::ApiKey {
+                    header: name.as_str().to_owned(),
+                    key: value.to_str().ok()?.to_owned(),
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Counter totals of one account after a write to a shared store.
@@ -258,10 +346,14 @@ impl Store for MemoryStore {
 
     async fn write(&self, batch: Vec<AccountWrite>) -> Result<CounterTotals, StoreError> {
         let mut accounts = self.lock();
+        let now = std::time::SystemTime::now();
+        let mut totals = Vec::with_capacity(batch.len());
         for write in batch {
-            accounts.insert(write.id, write.state);
+            let stored = accounts.entry(write.id.clone()).or_default();
+            merge::merge(stored, &write, now);
+            totals.push((write.id, stored.counters));
         }
-        Ok(Vec::new())
+        Ok(totals)
     }
 }
 
@@ -307,32 +399,6 @@ fn model_cooldowns_from_json(json: &str) -> Vec<crate::pool::ModelCooldown> {
             Vec::new()
         }
     }
-}
-
-/// The model cooldowns a shared store keeps after a write of `local` from one process over
-/// `stored`: by model, the later deadline wins; ended ones are dropped. An empty `local`
-/// (a reset) clears them.
-#[cfg(feature = "sqlite")]
-fn merge_cooldown_lists(
-    stored: Vec<crate::pool::ModelCooldown>,
-    local: &[crate::pool::ModelCooldown],
-    now: std::time::SystemTime,
-) -> Vec<crate::pool::ModelCooldown> {
-    if local.is_empty() {
-        return Vec::new();
-    }
-    let mut merged: Vec<crate::pool::ModelCooldown> = Vec::new();
-    for cooldown in stored.into_iter().chain(local.iter().cloned()) {
-        if cooldown.until.is_none_or(|until| until <= now) {
-            continue;
-        }
-        match merged.iter_mut().find(|c| c.model == cooldown.model) {
-            Some(kept) if kept.until >= cooldown.until => {}
-            Some(kept) => *kept = cooldown,
-            None => merged.push(cooldown),
-        }
-    }
-    merged
 }
 
 /// The stores' names of the counters, in array order (`requests`, then the outcome classes).
@@ -482,6 +548,7 @@ pub struct WriterStats {
 enum Command {
     Wake,
     Flush(oneshot::Sender<Result<(), String>>),
+    Sync(oneshot::Sender<Result<(), String>>),
 }
 
 /// The running writer of one pool into one store. Dropping it stops the writer after a final
@@ -514,32 +581,58 @@ impl StoreHandle {
             config,
             tracked: HashMap::new(),
             stats: Arc::new(Mutex::new(WriterStats::default())),
+            logged_error: None,
         };
-        for saved in loaded {
-            let Ok(slot) = pool.slot(saved.id.as_str()) else {
+        let roster = pool.shared.roster.load_full();
+        let mut stored: HashMap<AccountId, StoredAccount> =
+            loaded.into_iter().map(|a| (a.id.clone(), a)).collect();
+        for slot in roster.slots.iter() {
+            let Some(saved) = stored.remove(&slot.id) else {
+                // Not in the store: written once in full, every change since it was built
+                // included.
+                let mut tracked = Tracked::observe(slot);
+                tracked.fresh = true;
+                writer.tracked.insert(slot.id.clone(), tracked);
                 continue;
             };
-            if let Err(e) = pool.restore_state(saved.id.as_str(), &saved.state) {
-                tracing::warn!(account = %saved.id, error = %e, "could not restore the stored state");
-                continue;
+            // Restoring is not a change: what the store holds is applied here and not written
+            // back. Changes made in this process before the start (an operator's disable, a
+            // cooldown) are kept, merged with it, and written.
+            let local_events = has_local_events(slot);
+            let before = Tracked::observe(slot);
+            if local_events {
+                join_remote(pool, slot, &saved.state);
+                for &class in OutcomeClass::ALL {
+                    slot.runtime.outcomes[class as usize]
+                        .store(saved.state.counters.outcome(class), Ordering::Relaxed);
+                }
+            } else {
+                if let Err(e) = pool.restore_state(saved.id.as_str(), &saved.state) {
+                    tracing::warn!(account = %saved.id, error = %e, "could not restore the stored state");
+                    continue;
+                }
+                join_remote(
+                    pool,
+                    slot,
+                    &PersistedState {
+                        model_cooldowns: Vec::new(),
+                        state: HealthState::Healthy,
+                        ..saved.state.clone()
+                    },
+                );
             }
+            let slot = pool.slot(slot.id.as_str()).unwrap_or_else(|_| slot.clone());
             let mut tracked = Tracked::observe(&slot);
             tracked.baseline = counters_to_array(&saved.state.counters);
-            tracked.written = Some(StateKey::of(&saved.state));
-            // Written once in full at the first flush (e.g. a file in the older format gets this
-            // crate's fields).
-            tracked.fresh = true;
-            tracked.loaded = true;
+            if local_events {
+                // Written at the first flush (merged with the store's state there).
+                tracked.generation = before.generation.wrapping_sub(1);
+                tracked.model_epoch = before.model_epoch.wrapping_sub(1);
+                tracked.enabled_ms = merge::ms(&saved.state.enabled_at);
+            }
             writer.tracked.insert(saved.id.clone(), tracked);
         }
-        // The others are watched from now on (so that other processes' changes to them are
-        // applied before their first write), counting every change since they were created.
-        for slot in pool.shared.roster.load().slots.iter() {
-            writer
-                .tracked
-                .entry(slot.id.clone())
-                .or_insert_with(|| Tracked::unseen(slot));
-        }
+        drop(roster);
         let (commands, receiver) = mpsc::channel(16);
         let (stop, stopped) = oneshot::channel();
         let mut events = pool.subscribe();
@@ -603,6 +696,20 @@ impl StoreHandle {
             .map_err(StoreError::Unavailable)
     }
 
+    /// Applies the changes other processes wrote to a shared store now, and waits for that
+    /// (it otherwise happens every [`WriterConfig::sync_interval`]).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Sync(reply))
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| StoreError::Stopped)?
+            .map_err(StoreError::Unavailable)
+    }
+
     /// What the writer has done so far.
     pub fn stats(&self) -> WriterStats {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -629,32 +736,8 @@ impl Drop for StoreHandle {
     }
 }
 
-/// The part of a state that is compared between processes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct StateKey {
-    state: HealthState,
-    until_ms: Option<u64>,
-}
-
-impl StateKey {
-    fn of(state: &PersistedState) -> StateKey {
-        StateKey {
-            state: state.state,
-            until_ms: state.until.map(|t| time::epoch_ms(&t)),
-        }
-    }
-
-    /// Equal up to clock conversions (deadlines are re-derived from wall time on each read).
-    fn same(&self, other: &StateKey) -> bool {
-        self.state == other.state
-            && match (self.until_ms, other.until_ms) {
-                (Some(a), Some(b)) => a.abs_diff(b) < 500,
-                (a, b) => a == b,
-            }
-    }
-}
-
-/// What the writer knows about one account.
+/// What the writer knows about one account: the values last written to (or learnt from) the
+/// store, so that only what this process changed since is written.
 #[derive(Debug)]
 struct Tracked {
     /// Counter values already in the store.
@@ -664,15 +747,12 @@ struct Tracked {
     ejection_level: u32,
     /// The runtime's `model_epoch` last written.
     model_epoch: u64,
-    enabled: bool,
-    /// The state last written to, or seen in, the store.
-    written: Option<StateKey>,
-    /// Never written yet: write once even if nothing changed.
+    /// The operator's last enable or disable written (wall epoch ms; 0: none).
+    enabled_ms: u64,
+    /// The settings last written or seen.
+    settings: crate::account::AccountSettings,
+    /// The store does not hold the account yet: written once in full.
     fresh: bool,
-    /// Restored from the store at start: its first write carries its full state. An account
-    /// first seen later (added at runtime) does not overwrite the state a shared store holds
-    /// for it; it writes its counters, and its state once it changes.
-    loaded: bool,
 }
 
 impl Tracked {
@@ -684,26 +764,19 @@ impl Tracked {
             failures: rt.consecutive_failures.load(Ordering::Acquire),
             ejection_level: rt.ejection_level.load(Ordering::Acquire),
             model_epoch: rt.model_epoch.load(Ordering::Acquire),
-            enabled: slot.settings.enabled,
-            written: None,
+            enabled_ms: rt.lock_details().enabled_ms,
+            settings: slot.settings.clone(),
             fresh: false,
-            loaded: false,
         }
     }
 
-    /// An account the store did not hold when the writer started (new, or added to the pool
-    /// since): every change since its runtime state was created counts (transitions, failure
-    /// streak, ejections, model cooldowns all start at 0), so a change made before the writer
-    /// first saw it is written, not taken for its starting state.
-    fn unseen(slot: &Slot) -> Tracked {
-        Tracked {
-            generation: 0,
-            failures: 0,
-            ejection_level: 0,
-            model_epoch: 0,
-            fresh: true,
-            ..Tracked::observe(slot)
-        }
+    /// Takes the account's current values as written (after applying what the store holds).
+    fn resync(&mut self, slot: &Slot) {
+        let baseline = self.baseline;
+        let fresh = self.fresh;
+        *self = Tracked::observe(slot);
+        self.baseline = baseline;
+        self.fresh = fresh;
     }
 
     fn state_changed(&self, slot: &Slot) -> bool {
@@ -711,12 +784,38 @@ impl Tracked {
         self.generation != rt.generation.load(Ordering::Acquire)
             || self.failures != rt.consecutive_failures.load(Ordering::Acquire)
             || self.ejection_level != rt.ejection_level.load(Ordering::Acquire)
-            || self.enabled != slot.settings.enabled
     }
 
     fn models_changed(&self, slot: &Slot) -> bool {
         self.model_epoch != slot.runtime.model_epoch.load(Ordering::Acquire)
     }
+
+    fn enabled_changed(&self, slot: &Slot) -> bool {
+        self.enabled_ms != slot.runtime.lock_details().enabled_ms
+    }
+
+    fn pending(&self, slot: &Slot) -> bool {
+        self.state_changed(slot) || self.models_changed(slot) || self.enabled_changed(slot)
+    }
+}
+
+/// Whether an account holds a change made in this process (an event with a time: a cooldown,
+/// a reset, an operator's enable or disable), as opposed to state seeded from a file.
+fn has_local_events(slot: &Slot) -> bool {
+    let rt = &slot.runtime;
+    let details = rt.lock_details();
+    let events = details.since_ms != 0
+        || details.reset_ms != 0
+        || details.recovered_ms != 0
+        || details.enabled_ms != 0;
+    drop(details);
+    events
+        || rt
+            .model_blocks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|b| b.since_ms != 0)
 }
 
 struct Pending {
@@ -726,6 +825,7 @@ struct Pending {
     failures: u32,
     ejection_level: u32,
     model_epoch: u64,
+    enabled_ms: u64,
 }
 
 struct Writer<S> {
@@ -734,6 +834,8 @@ struct Writer<S> {
     config: WriterConfig,
     tracked: HashMap<AccountId, Tracked>,
     stats: Arc<Mutex<WriterStats>>,
+    /// The last write error logged (each distinct one is logged once).
+    logged_error: Option<String>,
 }
 
 impl<S: Store> Writer<S> {
@@ -781,6 +883,11 @@ impl<S: Store> Writer<S> {
                     let _ = reply.send(result.map_err(|e| e.to_string()));
                     continue;
                 }
+                Ok(Some(Command::Sync(reply))) => {
+                    let result = self.sync().await;
+                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                    continue;
+                }
                 Err(_elapsed) => {}
             }
             if now >= next_maintenance {
@@ -790,7 +897,9 @@ impl<S: Store> Writer<S> {
                 next_maintenance = now + config.maintenance_interval;
             }
             if now >= next_sync {
-                self.sync().await;
+                if let Err(e) = self.sync().await {
+                    tracing::debug!(store = self.store.name(), error = %e, "polling the store for changes failed");
+                }
                 next_sync = Instant::now() + config.sync_interval;
             }
             if now >= next_flush {
@@ -798,7 +907,11 @@ impl<S: Store> Writer<S> {
                 self.record(&result);
                 match result {
                     Ok(()) => {
+                        if failures > 0 {
+                            tracing::info!(store = self.store.name(), "store writes work again");
+                        }
                         failures = 0;
+                        self.logged_error = None;
                         next_flush = Instant::now() + config.interval;
                     }
                     Err(e) => {
@@ -808,12 +921,16 @@ impl<S: Store> Writer<S> {
                             .saturating_mul(1 << failures.min(10))
                             .min(config.max_backoff)
                             .max(config.interval);
-                        if failures == 1 || failures.is_power_of_two() {
+                        // Each distinct error is logged once (a file waiting to be fixed
+                        // would otherwise log on every retry).
+                        let message = e.to_string();
+                        if self.logged_error.as_deref() != Some(message.as_str()) {
                             tracing::warn!(
                                 store = self.store.name(), error = %e, attempt = failures,
                                 retry_in_ms = backoff.as_millis() as u64,
                                 "store write failed; the changes are kept and retried"
                             );
+                            self.logged_error = Some(message);
                         }
                         retry_at = Instant::now() + backoff;
                         next_flush = retry_at;
@@ -857,24 +974,35 @@ impl<S: Store> Writer<S> {
         let now = shared.clock.now_ms();
         let mut pending = Vec::new();
         for slot in &roster.slots {
-            let tracked = self
-                .tracked
-                .entry(slot.id.clone())
-                .or_insert_with(|| Tracked::unseen(slot));
+            let tracked = self.tracked.entry(slot.id.clone()).or_insert_with(|| {
+                // Added since the start: unknown to the store until written.
+                let mut t = Tracked::observe(slot);
+                t.fresh = true;
+                t
+            });
             let rt = &slot.runtime;
             let generation = rt.generation.load(Ordering::Acquire);
             let failures = rt.consecutive_failures.load(Ordering::Acquire);
             let ejection_level = rt.ejection_level.load(Ordering::Acquire);
             let model_epoch = rt.model_epoch.load(Ordering::Acquire);
-            let state_changed = tracked.state_changed(slot) || (tracked.fresh && tracked.loaded);
-            let models_changed = tracked.models_changed(slot);
+            let enabled_ms = rt.lock_details().enabled_ms;
+            let fresh = tracked.fresh;
+            let state_changed = tracked.state_changed(slot) || fresh;
+            let models_changed = tracked.models_changed(slot) || fresh;
+            let enabled_changed = tracked.enabled_ms != enabled_ms;
+            let settings_changed = tracked.settings != slot.settings || fresh;
             let counters = read_counters(rt);
-            if !state_changed && !models_changed && !tracked.fresh && counters == tracked.baseline {
+            if !state_changed
+                && !models_changed
+                && !enabled_changed
+                && !settings_changed
+                && counters == tracked.baseline
+            {
                 continue;
             }
             let delta: CounterArray =
                 std::array::from_fn(|i| counters[i].saturating_sub(tracked.baseline[i]));
-            let mut state = shared.account_snapshot(slot, now).persisted();
+            let mut state = shared.persisted(slot, now);
             state.counters = counters_from_array(&counters);
             pending.push(Pending {
                 write: AccountWrite {
@@ -884,13 +1012,20 @@ impl<S: Store> Writer<S> {
                     models_changed,
                     delta: counters_from_array(&delta),
                     enabled: slot.settings.enabled,
-                    enabled_changed: !tracked.fresh && tracked.enabled != slot.settings.enabled,
+                    enabled_changed,
+                    settings: settings_changed.then(|| slot.settings.clone()),
+                    // The credential of an account new to the store; an existing row keeps
+                    // the one it names.
+                    credential: fresh
+                        .then(|| CredentialConfig::of(&slot.credential))
+                        .flatten(),
                 },
                 counters,
                 generation,
                 failures,
                 ejection_level,
                 model_epoch,
+                enabled_ms,
             });
         }
         // Accounts no longer in the pool: forgotten, so that one added again is new again.
@@ -905,11 +1040,11 @@ impl<S: Store> Writer<S> {
                     tracked.failures = p.failures;
                     tracked.ejection_level = p.ejection_level;
                     tracked.model_epoch = p.model_epoch;
-                    tracked.enabled = p.write.enabled;
-                    tracked.fresh = false;
-                    if p.write.state_changed {
-                        tracked.written = Some(StateKey::of(&p.write.state));
+                    tracked.enabled_ms = p.enabled_ms;
+                    if let Some(settings) = &p.write.settings {
+                        tracked.settings = settings.clone();
                     }
+                    tracked.fresh = false;
                 }
             }
             for (id, totals) in totals {
@@ -943,50 +1078,40 @@ impl<S: Store> Writer<S> {
     }
 
     /// Applies other processes' changes.
-    async fn sync(&mut self) {
+    async fn sync(&mut self) -> Result<(), StoreError> {
         let shared = self.pool.shared.clone();
         let roster = shared.roster.load_full();
         let ids = roster.slots.iter().map(|s| s.id.clone()).collect();
-        let changes = match self.store.poll_changes(ids).await {
-            Ok(changes) => changes,
-            Err(e) => {
-                tracing::debug!(store = self.store.name(), error = %e, "polling the store for changes failed");
-                return;
-            }
-        };
+        let changes = self.store.poll_changes(ids).await?;
         let mut applied = 0;
         for change in changes {
             let Some(slot) = roster.get(change.id.as_str()).cloned() else {
                 continue;
             };
             self.fold(&slot, &change.state.counters);
-            let Some(tracked) = self.tracked.get_mut(&slot.id) else {
+            let Some(tracked) = self.tracked.get(&slot.id) else {
                 continue;
             };
-            // Another process's model cooldowns: only ever added or extended, so merging them
-            // again is harmless. Not a local change to write back, unless one was pending.
-            let now = shared.clock.now_ms();
-            if let Some(before) =
-                shared.merge_model_cooldowns(&slot, &change.state.model_cooldowns, now)
-            {
-                if tracked.model_epoch == before {
-                    tracked.model_epoch = before + 1;
+            // A local change still to be written stays pending (and is merged when written).
+            let pending = tracked.pending(&slot);
+            if join_remote(&self.pool, &slot, &change.state) {
+                applied += 1;
+            }
+            let slot = self.pool.slot(slot.id.as_str()).unwrap_or(slot);
+            let (state_missing, models_missing) = missing_from(&self.pool, &slot, &change.state);
+            if let Some(tracked) = self.tracked.get_mut(&slot.id) {
+                if !pending {
+                    tracked.resync(&slot);
                 }
-                applied += 1;
+                // A cooldown this process holds that the store does not (it lost to one that
+                // a probe ended since, say): written again, so that every process has it.
+                if state_missing {
+                    tracked.generation = tracked.generation.wrapping_sub(1);
+                }
+                if models_missing {
+                    tracked.model_epoch = tracked.model_epoch.wrapping_sub(1);
+                }
             }
-            let key = StateKey::of(&change.state);
-            if tracked.written.as_ref().is_some_and(|w| w.same(&key)) {
-                continue; // nothing new
-            }
-            if tracked.state_changed(&slot) || tracked.models_changed(&slot) {
-                continue; // a local change is pending; it is written next and wins
-            }
-            if apply_remote(&shared, &slot, &change.state) {
-                applied += 1;
-            }
-            tracked.written = Some(key);
-            tracked.generation = slot.runtime.generation.load(Ordering::Acquire);
-            tracked.ejection_level = slot.runtime.ejection_level.load(Ordering::Acquire);
         }
         if applied > 0 {
             self.stats
@@ -994,60 +1119,189 @@ impl<S: Store> Writer<S> {
                 .unwrap_or_else(|e| e.into_inner())
                 .remote_changes += applied;
         }
+        Ok(())
     }
 }
 
-/// Applies an account-wide state another process wrote. Credential states and a probe in
-/// flight stay local. Returns whether anything changed.
-fn apply_remote(shared: &Arc<Shared>, slot: &Arc<Slot>, remote: &PersistedState) -> bool {
+/// Whether this process holds an account-wide cooldown, or a model cooldown, with a later
+/// deadline than what the store holds (after [`join_remote`], so none of them is void).
+fn missing_from(pool: &Pool, slot: &Slot, remote: &PersistedState) -> (bool, bool) {
+    use merge::{deadline, is_cooldown, ms, voided};
+    let shared = &pool.shared;
     let rt = &slot.runtime;
-    let local = rt.state();
-    if matches!(
-        local,
-        HealthState::AuthExpired | HealthState::AuthInvalid | HealthState::HalfOpen
-    ) {
-        return false;
-    }
-    let target = match remote.state {
-        HealthState::HalfOpen => HealthState::Ejected,
-        s @ (HealthState::Healthy
-        | HealthState::RateLimited
-        | HealthState::QuotaExhausted
-        | HealthState::Ejected
-        | HealthState::Suspended) => s,
-        _ => return false,
-    };
     let now = shared.clock.now_ms();
-    let until = match (target, remote.until) {
-        (HealthState::Healthy, _) => 0,
-        (_, Some(at)) => shared.clock.deadline(at, now),
-        (HealthState::Suspended, None) => NEVER,
-        (_, None) => now,
+    let slack = 500;
+    let remote_deadline = if voided(remote, ms(&remote.reset_at), ms(&remote.recovered_at)) {
+        0
+    } else {
+        deadline(remote)
     };
-    let local_until = rt.until_ms.load(Ordering::Acquire);
-    let local_effective = match local {
-        HealthState::RateLimited | HealthState::QuotaExhausted if local_until <= now => {
-            HealthState::Healthy
+    let local_deadline = match rt.state() {
+        HealthState::Suspended => u64::MAX,
+        s if is_cooldown(s) => {
+            let until = rt.until_ms.load(Ordering::Acquire);
+            if until > now {
+                ms(&shared.clock.wall(until, now))
+            } else {
+                0
+            }
         }
-        s => s,
+        _ => 0,
     };
-    let target_effective = match target {
-        HealthState::RateLimited | HealthState::QuotaExhausted if until <= now => {
-            HealthState::Healthy
+    let state_missing = local_deadline > remote_deadline.saturating_add(slack);
+    let models_missing = rt
+        .model_blocks
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|b| b.until_ms > now)
+        .any(|b| {
+            let local = ms(&shared.clock.wall(b.until_ms, now));
+            let stored = remote
+                .model_cooldowns
+                .iter()
+                .filter(|c| *c.model == *b.model)
+                .map(|c| ms(&c.until))
+                .max()
+                .unwrap_or(0);
+            local > stored.saturating_add(slack)
+        });
+    (state_missing, models_missing)
+}
+
+/// Applies what a store holds for an account (written by other processes, merged by the
+/// store) to this process's state, by the same rules the store merges by: a newer reset ends
+/// the cooldowns that began before it; a cooldown with a later deadline than the local one
+/// applies (credential states and a probe in flight stay local); model cooldowns merge by
+/// model, the later deadline winning; a newer operator enable or disable applies. Returns
+/// whether anything changed.
+fn join_remote(pool: &Pool, slot: &Arc<Slot>, remote: &PersistedState) -> bool {
+    use merge::{deadline, is_cooldown, ms, voided};
+    let shared = &pool.shared;
+    let rt = &slot.runtime;
+    let mut changed = false;
+    let remote_reset = ms(&remote.reset_at);
+    let remote_recovered = ms(&remote.recovered_at);
+    let (since, reset, recovered, enabled_ms) = {
+        let d = rt.lock_details();
+        (d.since_ms, d.reset_ms, d.recovered_ms, d.enabled_ms)
+    };
+    let reset_all = reset.max(remote_reset);
+    let recovered_all = recovered.max(remote_recovered);
+    // Resets made elsewhere.
+    if remote_reset > reset {
+        rt.lock_details().reset_ms = remote_reset;
+        {
+            let mut blocks = rt.model_blocks.write().unwrap_or_else(|e| e.into_inner());
+            let before = blocks.len();
+            blocks.retain(|b| b.since_ms > remote_reset);
+            if blocks.len() != before {
+                rt.publish_model_deadline(&blocks);
+                rt.model_epoch.fetch_add(1, Ordering::AcqRel);
+                changed = true;
+            }
         }
-        s => s,
-    };
-    if local_effective == target_effective
-        && (target_effective == HealthState::Healthy || local_until.abs_diff(until) < 500)
-    {
-        return false;
+        // An operator's reset ends everything that began before it (as `Pool::reset` does
+        // here), credential states included.
+        if rt.state() != HealthState::Healthy && since <= remote_reset {
+            rt.consecutive_failures.store(0, Ordering::Release);
+            rt.ejection_level.store(0, Ordering::Release);
+            rt.rate_limit_level.store(0, Ordering::Release);
+            rt.quota_level.store(0, Ordering::Release);
+            shared.transition_since(
+                slot,
+                HealthState::Healthy,
+                0,
+                "reset by operator (in another process)".into(),
+                Some(remote_reset),
+            );
+            changed = true;
+        }
     }
-    rt.ejection_level
-        .store(remote.ejection_level, Ordering::Release);
-    let reason = remote
-        .reason
-        .clone()
-        .unwrap_or_else(|| format!("{target} (set by another process)"));
-    shared.transition(slot, target, until, reason);
-    true
+    if remote_recovered > recovered {
+        rt.lock_details().recovered_ms = remote_recovered;
+        if is_cooldown(rt.state()) && since <= remote_recovered {
+            rt.consecutive_failures.store(0, Ordering::Release);
+            rt.ejection_level.store(0, Ordering::Release);
+            shared.transition_since(
+                slot,
+                HealthState::Healthy,
+                0,
+                "probe succeeded (in another process)".into(),
+                Some(remote_recovered),
+            );
+            changed = true;
+        }
+    }
+    // Model cooldowns set after the latest reset.
+    let now = shared.clock.now_ms();
+    let models: Vec<_> = remote
+        .model_cooldowns
+        .iter()
+        .filter(|c| reset_all == 0 || ms(&c.since) > reset_all)
+        .cloned()
+        .collect();
+    if shared.merge_model_cooldowns(slot, &models, now).is_some() {
+        changed = true;
+    }
+    // The account-wide cooldown with the later deadline.
+    let local = rt.state();
+    let wall_now = time::epoch_ms(&std::time::SystemTime::now());
+    if is_cooldown(remote.state)
+        && !voided(remote, reset_all, recovered_all)
+        && deadline(remote) > wall_now
+        && !matches!(
+            local,
+            HealthState::AuthExpired | HealthState::AuthInvalid | HealthState::HalfOpen
+        )
+    {
+        let local_until = rt.until_ms.load(Ordering::Acquire);
+        let local_deadline = match local {
+            HealthState::Suspended => u64::MAX,
+            HealthState::RateLimited | HealthState::QuotaExhausted | HealthState::Ejected => {
+                ms(&shared.clock.wall(local_until, now))
+            }
+            _ => 0,
+        };
+        if deadline(remote) > local_deadline.saturating_add(500) {
+            let until = match remote.until {
+                _ if remote.state == HealthState::Suspended => NEVER,
+                Some(at) => shared.clock.deadline(at, now),
+                None => now,
+            };
+            rt.ejection_level
+                .store(remote.ejection_level, Ordering::Release);
+            let reason = remote
+                .reason
+                .clone()
+                .unwrap_or_else(|| format!("{} (set by another process)", remote.state));
+            shared.transition_since(slot, remote.state, until, reason, Some(ms(&remote.since)));
+            changed = true;
+        }
+    }
+    // The operator's latest enable or disable.
+    if let (Some(enabled), at) = (remote.enabled, ms(&remote.enabled_at)) {
+        if at > enabled_ms {
+            rt.lock_details().enabled_ms = at;
+            if slot.settings.enabled != enabled {
+                let _ = pool.update_settings(slot.id.as_str(), |s| s.enabled = enabled);
+                let (from, to) = if enabled {
+                    (HealthState::Disabled, rt.state())
+                } else {
+                    (rt.state(), HealthState::Disabled)
+                };
+                let what = if enabled { "enabled" } else { "disabled" };
+                shared.emit(
+                    slot,
+                    from,
+                    to,
+                    None,
+                    format!("{what} by operator (in another process)"),
+                    None,
+                );
+                changed = true;
+            }
+        }
+    }
+    changed
 }

@@ -11,7 +11,7 @@ use redis::AsyncCommands;
 
 use super::{
     counters_from_array, counters_to_array, time, AccountWrite, CounterArray, CounterTotals, Store,
-    StoreError, StoredAccount, COUNTERS, COUNTER_NAMES,
+    StoreError, StoredAccount, COUNTER_NAMES,
 };
 use crate::account::AccountId;
 use crate::health::{HealthState, LastError, OutcomeClass};
@@ -30,6 +30,9 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Longest wait for one Redis operation before it counts as failed. Default 1 s.
     pub timeout: Duration,
+    /// Every this many polls for changes, every account is read (in case a notification was
+    /// missed); 1 reads every account on every poll. Default 25.
+    pub full_sync_every: u64,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -38,6 +41,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("url", &redact_url(&self.url))
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("full_sync_every", &self.full_sync_every)
             .finish()
     }
 }
@@ -65,7 +69,14 @@ impl RedisConfig {
             url: url.into(),
             prefix: prefix.into(),
             timeout: Duration::from_secs(1),
+            full_sync_every: FULL_SYNC_EVERY,
         }
+    }
+
+    /// Sets [`full_sync_every`](Self::full_sync_every) (at least 1).
+    pub fn full_sync_every(mut self, polls: u64) -> Self {
+        self.full_sync_every = polls.max(1);
+        self
     }
 
     /// Sets [`timeout`](Self::timeout).
@@ -79,10 +90,14 @@ impl RedisConfig {
 ///
 /// Keys (with `P` the [prefix](RedisConfig::prefix)):
 ///
-/// - `P:account:<id>`: a hash per account: `state`, `reason`, `until_ms`, `ejection_level`,
-///   `model_cooldowns` (JSON, as in [`PersistedState`](crate::PersistedState)),
-///   `consecutive_failures`, `last_used_ms`, `last_error_*`, and counters changed with `HINCRBY`
-///   (increments, so replicas add up exactly);
+/// - `P:account:<id>`: a hash per account: `state`, `reason`, `until_ms`, `since_ms`,
+///   `ejection_level`, `model_cooldowns` (JSON, as in [`PersistedState`](crate::PersistedState)),
+///   `consecutive_failures`, `reset_ms`, `recovered_ms`, `enabled`, `enabled_at_ms`,
+///   `last_used_ms`, `last_error_*`, the counters, and a version `ver`. A write reads the hash,
+///   merges (see the [merge rules](super#writes-merge-never-overwrite), counters as
+///   increments) and writes it back with a compare-and-set on `ver` (a script); when another
+///   replica wrote in between, it reads and merges again, so replicas never erase each other's
+///   state and counters add up exactly;
 /// - `P:cooldown:<id>`: the account's cooldown or ejection, a key expiring when it ends;
 /// - `P:accounts`: the set of account ids;
 /// - channel `P:changes`: each replica publishes the ids whose state it changed; the others
@@ -115,6 +130,7 @@ struct Inner {
     /// Shared with the subscriber task.
     sub: Arc<SubscriberState>,
     polls: AtomicU64,
+    full_sync_every: u64,
     subscriber: tokio::task::JoinHandle<()>,
 }
 
@@ -163,6 +179,7 @@ impl RedisStore {
             timeout: config.timeout,
             sub: shared,
             polls: AtomicU64::new(0),
+            full_sync_every: config.full_sync_every.max(1),
             subscriber,
         };
         Ok(RedisStore {
@@ -273,50 +290,11 @@ async fn subscribe_forever(
     }
 }
 
-/// Merges a process's model cooldowns (`ARGV[1]`, a JSON array; empty: a reset, which clears
-/// them) into the account hash's `model_cooldowns` field: by model, the later deadline wins;
-/// those ended by `ARGV[2]` (epoch ms) are dropped.
-const MERGE_MODEL_COOLDOWNS: &str = r#"
-local now = tonumber(ARGV[2])
-if ARGV[1] == '' then
-  redis.call('HDEL', KEYS[1], 'model_cooldowns')
-  return 0
-end
-local merged, order = {}, {}
-local function add(list)
-  for _, c in ipairs(list) do
-    local u = tonumber(c['until'])
-    if type(c['model']) == 'string' and u and u > now then
-      local kept = merged[c['model']]
-      if not kept then
-        table.insert(order, c['model'])
-        merged[c['model']] = c
-      elseif tonumber(kept['until']) < u then
-        merged[c['model']] = c
-      end
-    end
-  end
-end
-local stored = redis.call('HGET', KEYS[1], 'model_cooldowns')
-if stored then
-  local ok, list = pcall(cjson.decode, stored)
-  if ok and type(list) == 'table' then add(list) end
-end
-add(cjson.decode(ARGV[1]))
-if #order == 0 then
-  redis.call('HDEL', KEYS[1], 'model_cooldowns')
-  return 0
-end
-local parts = {}
-for i, model in ipairs(order) do parts[i] = cjson.encode(merged[model]) end
-redis.call('HSET', KEYS[1], 'model_cooldowns', '[' .. table.concat(parts, ',') .. ']')
-return #order
-"#;
-
 fn state_of(h: &HashMap<String, String>) -> PersistedState {
     let int = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok());
     let text = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
     let when = |k: &str| int(k).map(time::from_epoch_ms);
+    let event = |k: &str| int(k).filter(|&v| v > 0).map(time::from_epoch_ms);
     let counters: CounterArray = std::array::from_fn(|i| int(COUNTER_NAMES[i]).unwrap_or(0));
     let last_error = match (when("last_error_ms"), text("last_error_message")) {
         (Some(at), Some(message)) => Some(LastError {
@@ -344,8 +322,79 @@ fn state_of(h: &HashMap<String, String>) -> PersistedState {
         model_cooldowns: text("model_cooldowns")
             .map(|json| super::model_cooldowns_from_json(&json))
             .unwrap_or_default(),
+        since: event("since_ms"),
+        reset_at: event("reset_ms"),
+        recovered_at: event("recovered_ms"),
+        enabled: text("enabled").map(|v| v == "1"),
+        enabled_at: event("enabled_at_ms"),
     }
 }
+
+/// The hash fields of a merged record (an empty value: the field is deleted).
+fn fields_of(s: &PersistedState) -> Vec<(&'static str, String)> {
+    let ms = |t: &Option<SystemTime>| {
+        t.as_ref()
+            .map(|t| time::epoch_ms(t).to_string())
+            .unwrap_or_default()
+    };
+    let mut fields = vec![
+        ("state", s.state.as_str().to_owned()),
+        ("reason", s.reason.clone().unwrap_or_default()),
+        ("until_ms", ms(&s.until)),
+        ("ejection_level", s.ejection_level.to_string()),
+        ("consecutive_failures", s.consecutive_failures.to_string()),
+        ("last_used_ms", ms(&s.last_used)),
+        (
+            "model_cooldowns",
+            super::model_cooldowns_to_json(&s.model_cooldowns).unwrap_or_default(),
+        ),
+        ("since_ms", ms(&s.since)),
+        ("reset_ms", ms(&s.reset_at)),
+        ("recovered_ms", ms(&s.recovered_at)),
+        (
+            "enabled",
+            s.enabled
+                .map(|e| if e { "1" } else { "0" }.to_owned())
+                .unwrap_or_default(),
+        ),
+        ("enabled_at_ms", ms(&s.enabled_at)),
+    ];
+    if let Some(e) = &s.last_error {
+        fields.push(("last_error_ms", time::epoch_ms(&e.at).to_string()));
+        fields.push(("last_error_class", e.class.as_str().to_owned()));
+        fields.push(("last_error_message", e.message.clone()));
+    }
+    let counters = counters_to_array(&s.counters);
+    for (name, value) in COUNTER_NAMES.iter().zip(counters) {
+        fields.push((name, value.to_string()));
+    }
+    fields
+}
+
+/// Compare-and-set of one account's hash: written only if its `ver` is still `ARGV[1]` (else
+/// `0` is returned and the caller reads, merges and tries again). `ARGV[2]`/`ARGV[3]`: the
+/// cooldown key's value and time to live in ms (empty: no cooldown); `ARGV[4]`: the account
+/// id, `ARGV[5]`: the change channel; then field/value pairs (an empty value deletes).
+const COMPARE_AND_SET: &str = r#"
+local ver = redis.call('HGET', KEYS[1], 'ver') or '0'
+if ver ~= ARGV[1] then return 0 end
+redis.call('HINCRBY', KEYS[1], 'ver', 1)
+for i = 6, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+end
+redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[4])
+return 1
+"#;
 
 impl Store for RedisStore {
     fn name(&self) -> &'static str {
@@ -359,93 +408,83 @@ impl Store for RedisStore {
     }
 
     async fn write(&self, batch: Vec<AccountWrite>) -> Result<CounterTotals, StoreError> {
-        let now_ms = time::epoch_ms(&SystemTime::now());
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for w in &batch {
-            let id = w.id.as_str();
-            let key = self.account_key(id);
-            let s = &w.state;
-            let delta = counters_to_array(&w.delta);
-            for (field, d) in COUNTER_NAMES.iter().zip(delta) {
-                pipe.hincr(&key, *field, d);
+        let mut totals = Vec::with_capacity(batch.len());
+        let mut todo: Vec<&AccountWrite> = batch.iter().collect();
+        for _attempt in 0..16 {
+            if todo.is_empty() {
+                break;
             }
-            let mut fields: Vec<(&str, String)> = Vec::new();
-            if let Some(t) = &s.last_used {
-                fields.push(("last_used_ms", time::epoch_ms(t).to_string()));
+            // Read every account of the batch at once, merge here, then compare-and-set them
+            // at once; those another replica changed meanwhile are read and merged again.
+            let mut read = redis::pipe();
+            for w in &todo {
+                read.hgetall(self.account_key(w.id.as_str()));
             }
-            if let Some(e) = &s.last_error {
-                fields.push(("last_error_ms", time::epoch_ms(&e.at).to_string()));
-                fields.push(("last_error_class", e.class.as_str().to_owned()));
-                fields.push(("last_error_message", e.message.clone()));
+            let mut conn = self.inner.conn.clone();
+            let hashes: Vec<HashMap<String, String>> =
+                self.timed(read.query_async(&mut conn)).await?;
+            let now = SystemTime::now();
+            let now_ms = time::epoch_ms(&now);
+            let mut cas = redis::pipe();
+            let mut merged = Vec::with_capacity(todo.len());
+            for (w, hash) in todo.iter().zip(&hashes) {
+                let id = w.id.as_str();
+                let ver = hash.get("ver").cloned().unwrap_or_else(|| "0".into());
+                let mut state = state_of(hash);
+                super::merge::merge(&mut state, w, now);
+                let cooling = super::merge::is_cooldown(state.state)
+                    && super::merge::deadline(&state) > now_ms;
+                let (cooldown, ttl) = match super::merge::deadline(&state) {
+                    _ if !cooling => (String::new(), String::new()),
+                    u64::MAX => (state.state.as_str().to_owned(), "2592000000".to_owned()),
+                    until => (
+                        format!("{}:{until}", state.state.as_str()),
+                        (until - now_ms).to_string(),
+                    ),
+                };
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(COMPARE_AND_SET)
+                    .arg(3)
+                    .arg(self.account_key(id))
+                    .arg(self.cooldown_key(id))
+                    .arg(self.set_key())
+                    .arg(ver)
+                    .arg(cooldown)
+                    .arg(ttl)
+                    .arg(id)
+                    .arg(self.channel());
+                for (field, value) in fields_of(&state) {
+                    cmd.arg(field).arg(value);
+                }
+                cas.add_command(cmd);
+                merged.push(state);
             }
-            if w.state_changed {
-                let until = s.until.map(|t| time::epoch_ms(&t));
-                fields.push(("state", s.state.as_str().to_owned()));
-                fields.push(("reason", s.reason.clone().unwrap_or_default()));
-                fields.push(("until_ms", until.map(|u| u.to_string()).unwrap_or_default()));
-                fields.push(("ejection_level", s.ejection_level.to_string()));
-                fields.push(("consecutive_failures", s.consecutive_failures.to_string()));
-                let cooling = matches!(
-                    s.state,
-                    HealthState::RateLimited | HealthState::QuotaExhausted | HealthState::Ejected
-                );
-                match until.filter(|&u| cooling && u > now_ms) {
-                    Some(u) => {
-                        pipe.cmd("SET")
-                            .arg(self.cooldown_key(id))
-                            .arg(format!("{}:{u}", s.state.as_str()))
-                            .arg("PX")
-                            .arg(u - now_ms)
-                            .ignore();
-                    }
-                    None => {
-                        pipe.del(self.cooldown_key(id)).ignore();
-                    }
+            let mut conn = self.inner.conn.clone();
+            let results: Vec<i64> = self.timed(cas.query_async(&mut conn)).await?;
+            let mut again = Vec::new();
+            for ((w, state), ok) in todo.iter().zip(merged).zip(results) {
+                if ok == 1 {
+                    totals.push((w.id.clone(), state.counters));
+                } else {
+                    again.push(*w);
                 }
             }
-            if !fields.is_empty() {
-                pipe.hset_multiple(&key, &fields).ignore();
-            }
-            if w.models_changed {
-                // Merged in Redis, so that two processes' cooldowns never overwrite each other.
-                pipe.cmd("EVAL")
-                    .arg(MERGE_MODEL_COOLDOWNS)
-                    .arg(1)
-                    .arg(&key)
-                    .arg(super::model_cooldowns_to_json(&s.model_cooldowns).unwrap_or_default())
-                    .arg(now_ms)
-                    .ignore();
-            }
-            pipe.sadd(self.set_key(), id).ignore();
-            if w.state_changed {
-                pipe.publish(self.channel(), id).ignore();
-            }
+            todo = again;
         }
-        let mut conn = self.inner.conn.clone();
-        let values: Vec<i64> = self.timed(pipe.query_async(&mut conn)).await?;
-        if values.len() != batch.len() * COUNTERS {
+        if !todo.is_empty() {
             return Err(StoreError::Unavailable(format!(
-                "redis: unexpected reply ({} values for {} accounts)",
-                values.len(),
-                batch.len()
+                "redis: {} accounts changed by other replicas on every attempt; retried later",
+                todo.len()
             )));
         }
-        Ok(batch
-            .iter()
-            .zip(values.chunks(COUNTERS))
-            .map(|(w, v)| {
-                let a: CounterArray = std::array::from_fn(|i| v[i].max(0) as u64);
-                (w.id.clone(), counters_from_array(&a))
-            })
-            .collect())
+        Ok(totals)
     }
 
     async fn poll_changes(&self, ids: Vec<AccountId>) -> Result<Vec<StoredAccount>, StoreError> {
         let polls = self.inner.polls.fetch_add(1, Ordering::Relaxed);
         let sub = &self.inner.sub;
-        let resync =
-            sub.resync.swap(false, Ordering::AcqRel) || polls.is_multiple_of(FULL_SYNC_EVERY);
+        let resync = sub.resync.swap(false, Ordering::AcqRel)
+            || polls.is_multiple_of(self.inner.full_sync_every);
         let changed: HashSet<String> =
             std::mem::take(&mut *sub.changed.lock().unwrap_or_else(|e| e.into_inner()));
         let wanted: Vec<String> = if resync {

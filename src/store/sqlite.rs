@@ -89,9 +89,17 @@ pub struct MigrationReport {
 ///   `model_cooldowns` column when opened).
 /// - It opens a **schema v1** database (`providers` with `provider_type`) in place without
 ///   changing its tables: rows it adds get `provider_type = 'claude-kiro-oauth'`, reads ignore
-///   the column, so an older and a newer gateway can share the database while migrating. Moving
-///   to v2 is the explicit [`migrate_v1_to_v2`](Self::migrate_v1_to_v2), after a backup through
-///   SQLite's online backup API.
+///   the column, so an older and a newer gateway can share the database while migrating.
+///   Opening changes nothing in it: the side table is created (and WAL turned on) when the
+///   store is first used, so [`migrate_v1_to_v2`](Self::migrate_v1_to_v2), the explicit move to
+///   v2, backs up the untouched original (through SQLite's online backup API).
+/// - Each write merges, in its transaction, what a process changed with what the side table
+///   holds (see the [merge rules](super#writes-merge-never-overwrite)), then sets the older
+///   columns from the result (`is_disabled` when an operator enabled or disabled the account);
+///   settings changed at runtime (the admin API) are written into the row's `config` JSON and
+///   its columns, and an account new to the database gets a row with them, so the older tools
+///   and [`SqlitePool`](crate::config::SqlitePool) read them back. `is_healthy = 0` set by the
+///   older gateway reads as a suspension (as a pool file's `isHealthy: false`).
 /// - WAL, `synchronous = NORMAL`, `busy_timeout` 5 s. Counters change by increments in one
 ///   transaction per batch (no lost update across processes); `PRAGMA data_version` tells when
 ///   another process committed, so its state changes are applied here within
@@ -128,6 +136,11 @@ struct Db {
     conn: Connection,
     schema: SchemaVersion,
     data_version: i64,
+    /// The side table exists and WAL is on.
+    ready: bool,
+    /// This process wrote since the last poll: the next poll reads what the merge kept (a
+    /// write that lost to another process's state must learn it).
+    wrote: bool,
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -183,9 +196,109 @@ fn state_table_sql() -> String {
            last_error_message TEXT,
            {},
            updated_at_ms INTEGER NOT NULL DEFAULT 0,
-           model_cooldowns TEXT)",
+           model_cooldowns TEXT,
+           since_ms INTEGER,
+           reset_ms INTEGER,
+           recovered_ms INTEGER,
+           enabled INTEGER,
+           enabled_at_ms INTEGER)",
         counters.join(",\n           ")
     )
+}
+
+/// Columns the side table gained after its first version, added when a database is opened.
+const LATER_COLUMNS: &[(&str, &str)] = &[
+    ("model_cooldowns", "TEXT"),
+    ("since_ms", "INTEGER"),
+    ("reset_ms", "INTEGER"),
+    ("recovered_ms", "INTEGER"),
+    ("enabled", "INTEGER"),
+    ("enabled_at_ms", "INTEGER"),
+];
+
+fn create_state_table(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(&state_table_sql())?;
+    // Side tables of earlier versions gain the columns they lack.
+    for (column, kind) in LATER_COLUMNS {
+        if !column_exists(conn, STATE_TABLE, column)? {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {STATE_TABLE} ADD COLUMN {column} {kind}"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// `is_disabled` changed by an older tool (or by hand) is an operator's word: newer than the
+/// enable or disable the side table holds, so it is adopted there (with the time it was seen),
+/// and every process applies it. Rows the side table has no word for take the column's.
+fn adopt_disabled_columns(conn: &Connection, table: &str) -> rusqlite::Result<usize> {
+    let column = format!(
+        "(SELECT coalesce(a.is_disabled, 0) FROM {table} a WHERE a.uuid = {STATE_TABLE}.uuid)"
+    );
+    conn.execute(
+        &format!(
+            "UPDATE {STATE_TABLE} SET enabled = CASE WHEN {column} = 0 THEN 1 ELSE 0 END
+             WHERE enabled IS NULL AND EXISTS (SELECT 1 FROM {table} a WHERE a.uuid = {STATE_TABLE}.uuid)"
+        ),
+        [],
+    )?;
+    let now_ms = to_i64(time::epoch_ms(&SystemTime::now()));
+    conn.execute(
+        &format!(
+            "UPDATE {STATE_TABLE} SET enabled = CASE WHEN {column} = 0 THEN 1 ELSE 0 END,
+               enabled_at_ms = max(coalesce(enabled_at_ms, 0) + 1, ?1)
+             WHERE (enabled <> 0) = ({column} <> 0)"
+        ),
+        [now_ms],
+    )
+}
+
+/// Writes an account's settings into the older system's `config` JSON, in its field names.
+fn write_settings(
+    config: &mut serde_json::Map<String, serde_json::Value>,
+    settings: &crate::account::AccountSettings,
+    credential: Option<&super::CredentialConfig>,
+) {
+    use serde_json::Value;
+    config.insert("isDisabled".into(), Value::Bool(!settings.enabled));
+    config.insert("weight".into(), settings.weight.into());
+    config.insert("priority".into(), settings.priority.into());
+    let mut optional = |key: &str, value: Option<Value>| match value {
+        Some(v) => {
+            config.insert(key.into(), v);
+        }
+        None => {
+            config.remove(key);
+        }
+    };
+    optional("maxInFlight", settings.max_in_flight.map(Value::from));
+    optional(
+        "models",
+        settings.models.as_ref().map(|m| serde_json::json!(m)),
+    );
+    optional(
+        "notSupportedModels",
+        Some(serde_json::json!(settings.not_supported_models)),
+    );
+    optional(
+        "checkModelName",
+        settings.probe_model.clone().map(Value::from),
+    );
+    optional("baseUrl", settings.base_url.clone().map(Value::from));
+    match credential {
+        Some(super::CredentialConfig::File(path)) => {
+            config.insert("KIRO_OAUTH_CREDS_FILE_PATH".into(), path.as_str().into());
+        }
+        Some(super::CredentialConfig::BearerToken(token)) => {
+            config.insert("bearerToken".into(), token.as_str().into());
+        }
+        Some(super::CredentialConfig::ApiKey { header, key }) => {
+            config.insert("apiKey".into(), key.as_str().into());
+            config.insert("headerName".into(), header.as_str().into());
+        }
+        None => {}
+    }
 }
 
 fn class_from_str(s: &str) -> Option<OutcomeClass> {
@@ -205,17 +318,11 @@ impl SqliteStore {
             StoreError::Database(format!("sqlite: cannot open {}: {e}", path.display()))
         })?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(db_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(path = %path.display(), mode, "sqlite: WAL could not be enabled");
-        }
         conn.execute_batch("PRAGMA synchronous = NORMAL")
             .map_err(db_err)?;
         let schema = {
             let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .transaction_with_behavior(TransactionBehavior::Deferred)
                 .map_err(db_err)?;
             let schema = match detect(&tx).map_err(db_err)? {
                 Some(schema) => schema,
@@ -226,34 +333,29 @@ impl SqliteStore {
                     SchemaVersion::V2
                 }
             };
-            tx.execute_batch(&state_table_sql()).map_err(db_err)?;
-            // Side tables made before model cooldowns were kept gain the column.
-            if !column_exists(&tx, STATE_TABLE, "model_cooldowns").map_err(db_err)? {
-                tx.execute_batch(&format!(
-                    "ALTER TABLE {STATE_TABLE} ADD COLUMN model_cooldowns TEXT"
-                ))
-                .map_err(db_err)?;
-            }
             tx.commit().map_err(db_err)?;
             schema
         };
-        let data_version = conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .map_err(db_err)?;
+        let mut db = Db {
+            conn,
+            schema,
+            data_version: 0,
+            ready: false,
+            wrote: false,
+        };
         if schema == SchemaVersion::V1 {
+            // Untouched until first used (or migrated, after its backup).
             tracing::info!(
                 path = %path.display(),
                 "sqlite: schema v1 (`providers`) opened in place; its tables are left as they are"
             );
+        } else {
+            db.ensure_ready().map_err(db_err)?;
         }
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
-                db: Mutex::new(Db {
-                    conn,
-                    schema,
-                    data_version,
-                }),
+                db: Mutex::new(db),
                 retention: Mutex::new(Duration::from_secs(7 * 24 * 60 * 60)),
             }),
         })
@@ -404,6 +506,9 @@ impl SqliteStore {
             .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         db.schema = SchemaVersion::V2;
+        // The database was left untouched until the backup existed; now it is used.
+        db.ready = false;
+        db.ensure_ready().map_err(db_err)?;
         tracing::info!(
             path = %self.inner.path.display(), backup = %backup.display(), accounts, usage_cache,
             health_history, "sqlite: migrated schema v1 to v2"
@@ -434,7 +539,8 @@ impl Db {
     fn state_columns() -> String {
         format!(
             "s.state, s.reason, s.until_ms, s.ejection_level, s.consecutive_failures, s.last_used_ms, \
-             s.last_error_ms, s.last_error_class, s.last_error_message, {}, s.model_cooldowns",
+             s.last_error_ms, s.last_error_class, s.last_error_message, {}, s.model_cooldowns, \
+             s.since_ms, s.reset_ms, s.recovered_ms, s.enabled, s.enabled_at_ms",
             COUNTER_NAMES
                 .iter()
                 .map(|c| format!("s.{c}"))
@@ -458,6 +564,12 @@ impl Db {
                 .get::<_, Option<i64>>(at + i)?
                 .map(|v| time::from_epoch_ms(v.max(0) as u64)))
         };
+        let event = |i: usize| -> rusqlite::Result<Option<SystemTime>> {
+            Ok(row
+                .get::<_, Option<i64>>(at + i)?
+                .filter(|&v| v > 0)
+                .map(|v| time::from_epoch_ms(v as u64)))
+        };
         let last_error = match (
             ms(6)?,
             row.get::<_, Option<String>>(at + 7)?,
@@ -473,6 +585,7 @@ impl Db {
             }),
             _ => None,
         };
+        let extra = at + 10 + COUNTERS;
         Ok(PersistedState {
             state: super::parse_state(&state).unwrap_or(HealthState::Healthy),
             reason: row.get(at + 1)?,
@@ -486,30 +599,68 @@ impl Db {
                 .get::<_, Option<String>>(at + 9 + COUNTERS)?
                 .map(|json| super::model_cooldowns_from_json(&json))
                 .unwrap_or_default(),
+            since: event(extra - at)?,
+            reset_at: event(extra + 1 - at)?,
+            recovered_at: event(extra + 2 - at)?,
+            enabled: row.get::<_, Option<i64>>(extra + 3)?.map(|v| v != 0),
+            enabled_at: event(extra + 4 - at)?,
         })
     }
 
+    /// Creates the side table (and turns WAL on) the first time the store is used. A schema
+    /// v1 database is left untouched by [`SqliteStore::open`], so that a migration's backup
+    /// is the original.
+    fn ensure_ready(&mut self) -> rusqlite::Result<()> {
+        if self.ready {
+            return Ok(());
+        }
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(mode, "sqlite: WAL could not be enabled");
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        create_state_table(&tx)?;
+        tx.commit()?;
+        self.data_version = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        self.ready = true;
+        Ok(())
+    }
+
     fn load(&mut self) -> rusqlite::Result<Vec<StoredAccount>> {
+        self.ensure_ready()?;
         let table = self.table();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Accounts the older gateway wrote and we never saw: seed our side row from its columns.
+        // Accounts the older gateway wrote and we never saw: seed our side row from its columns,
+        // read as the pool file's fields are (`is_healthy = 0`: suspended until a reset or a
+        // successful probe).
         tx.execute(
             &format!(
                 "INSERT OR IGNORE INTO {STATE_TABLE} (uuid, state, reason, consecutive_failures,
                    successes, requests, last_error_message, last_error_class, updated_at_ms)
                  SELECT uuid,
-                   CASE WHEN coalesce(is_healthy, 1) = 0 THEN 'ejected' ELSE 'healthy' END,
+                   CASE WHEN coalesce(is_healthy, 1) = 0 THEN 'suspended' ELSE 'healthy' END,
                    CASE WHEN coalesce(is_healthy, 1) = 0
-                        THEN 'marked unhealthy by the older gateway' ELSE NULL END,
+                        THEN 'marked unhealthy in the database' ||
+                             coalesce(': ' || last_error_message, ' (is_healthy = 0)')
+                        ELSE NULL END,
                    coalesce(error_count, 0), coalesce(usage_count, 0), coalesce(usage_count, 0),
-                   last_error_message, CASE WHEN last_error_message IS NULL THEN NULL ELSE 'transient' END,
+                   last_error_message,
+                   CASE WHEN last_error_message IS NULL THEN NULL
+                        WHEN coalesce(is_healthy, 1) = 0 THEN 'suspended' ELSE 'transient' END,
                    0
                  FROM {table}"
             ),
             [],
         )?;
+        adopt_disabled_columns(&tx, table)?;
         let sql = format!(
             "SELECT a.uuid, a.last_used, a.last_error_time, {} FROM {table} a
              JOIN {STATE_TABLE} s ON s.uuid = a.uuid",
@@ -547,10 +698,26 @@ impl Db {
         Ok(rows)
     }
 
+    /// One account's record in the side table, if it has one.
+    fn read_state(
+        tx: &rusqlite::Transaction<'_>,
+        id: &str,
+    ) -> rusqlite::Result<Option<PersistedState>> {
+        tx.prepare_cached(&format!(
+            "SELECT {} FROM {STATE_TABLE} s WHERE s.uuid = ?1",
+            Self::state_columns()
+        ))?
+        .query_row([id], |row| Self::state_row(row, 0))
+        .optional()
+    }
+
     fn write(&mut self, batch: &[AccountWrite]) -> rusqlite::Result<CounterTotals> {
+        self.ensure_ready()?;
         let schema = self.schema;
         let table = self.table();
-        let now_ms = to_i64(time::epoch_ms(&SystemTime::now()));
+        let now = SystemTime::now();
+        let now_ms = to_i64(time::epoch_ms(&now));
+        let has_check_model = column_exists(&self.conn, table, "check_model_name")?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -559,103 +726,71 @@ impl Db {
         let counter_params: Vec<String> = (0..COUNTERS).map(|i| format!("?{}", 12 + i)).collect();
         let counter_updates: Vec<String> = COUNTER_NAMES
             .iter()
-            .map(|c| format!("{c} = {c} + excluded.{c}"))
+            .map(|c| format!("{c} = excluded.{c}"))
             .collect();
-        let upsert = |with_state: bool| {
-            let state_updates = if with_state {
-                "state = excluded.state, reason = excluded.reason, until_ms = excluded.until_ms,
-                 ejection_level = excluded.ejection_level,
-                 consecutive_failures = excluded.consecutive_failures,
-                 updated_at_ms = excluded.updated_at_ms,"
-            } else {
-                ""
-            };
-            format!(
-                "INSERT INTO {STATE_TABLE} (uuid, state, reason, until_ms, ejection_level,
-                   consecutive_failures, last_used_ms, last_error_ms, last_error_class,
-                   last_error_message, updated_at_ms, {counter_list}, model_cooldowns)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, {}, ?{})
-                 ON CONFLICT(uuid) DO UPDATE SET {state_updates}
-                   last_used_ms = max(coalesce(last_used_ms, 0), coalesce(excluded.last_used_ms, 0)),
-                   last_error_ms = CASE WHEN coalesce(excluded.last_error_ms, 0) >= coalesce(last_error_ms, 0)
-                                        THEN excluded.last_error_ms ELSE last_error_ms END,
-                   last_error_class = CASE WHEN coalesce(excluded.last_error_ms, 0) >= coalesce(last_error_ms, 0)
-                                        THEN excluded.last_error_class ELSE last_error_class END,
-                   last_error_message = CASE WHEN coalesce(excluded.last_error_ms, 0) >= coalesce(last_error_ms, 0)
-                                        THEN excluded.last_error_message ELSE last_error_message END,
-                   {}
-                 RETURNING {counter_list}",
-                counter_params.join(", "),
-                12 + COUNTERS,
-                counter_updates.join(", ")
-            )
-        };
-        let upsert_state = upsert(true);
-        let upsert_counters = upsert(false);
+        let p = 12 + COUNTERS;
+        let upsert = format!(
+            "INSERT INTO {STATE_TABLE} (uuid, state, reason, until_ms, ejection_level,
+               consecutive_failures, last_used_ms, last_error_ms, last_error_class,
+               last_error_message, updated_at_ms, {counter_list}, model_cooldowns,
+               since_ms, reset_ms, recovered_ms, enabled, enabled_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, {}, ?{p}, ?{}, ?{}, ?{}, ?{}, ?{})
+             ON CONFLICT(uuid) DO UPDATE SET state = excluded.state, reason = excluded.reason,
+               until_ms = excluded.until_ms, ejection_level = excluded.ejection_level,
+               consecutive_failures = excluded.consecutive_failures,
+               last_used_ms = excluded.last_used_ms, last_error_ms = excluded.last_error_ms,
+               last_error_class = excluded.last_error_class,
+               last_error_message = excluded.last_error_message,
+               updated_at_ms = excluded.updated_at_ms, {},
+               model_cooldowns = excluded.model_cooldowns, since_ms = excluded.since_ms,
+               reset_ms = excluded.reset_ms, recovered_ms = excluded.recovered_ms,
+               enabled = excluded.enabled, enabled_at_ms = excluded.enabled_at_ms",
+            counter_params.join(", "),
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            counter_updates.join(", ")
+        );
         for write in batch {
-            let s = &write.state;
-            let previous: Option<String> = tx
-                .prepare_cached(&format!("SELECT state FROM {STATE_TABLE} WHERE uuid = ?1"))?
-                .query_row([write.id.as_str()], |r| r.get(0))
-                .optional()?;
-            let delta = counters_to_array(&write.delta);
+            let id = write.id.as_str();
+            let previous = Self::read_state(&tx, id)?;
+            let was_healthy = previous.as_ref().map(|p| p.state == HealthState::Healthy);
+            let mut s = previous.unwrap_or_default();
+            super::merge::merge(&mut s, write, now);
+            let total = counters_to_array(&s.counters);
+            let event = |t: &Option<SystemTime>| t.as_ref().map(|t| to_i64(time::epoch_ms(t)));
             let last_error_ms = s.last_error.as_ref().map(|e| to_i64(time::epoch_ms(&e.at)));
-            let mut stmt = tx.prepare_cached(if write.state_changed {
-                &upsert_state
-            } else {
-                &upsert_counters
-            })?;
             let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![
-                Box::new(write.id.as_str().to_owned()),
+                Box::new(id.to_owned()),
                 Box::new(s.state.as_str()),
                 Box::new(s.reason.clone()),
-                Box::new(s.until.map(|t| to_i64(time::epoch_ms(&t)))),
+                Box::new(event(&s.until)),
                 Box::new(i64::from(s.ejection_level)),
                 Box::new(i64::from(s.consecutive_failures)),
-                Box::new(s.last_used.map(|t| to_i64(time::epoch_ms(&t)))),
+                Box::new(event(&s.last_used)),
                 Box::new(last_error_ms),
                 Box::new(s.last_error.as_ref().map(|e| e.class.as_str())),
                 Box::new(s.last_error.as_ref().map(|e| e.message.clone())),
                 Box::new(now_ms),
             ];
             values.extend(
-                delta
+                total
                     .iter()
                     .map(|&d| Box::new(to_i64(d)) as Box<dyn rusqlite::ToSql>),
             );
             values.push(Box::new(super::model_cooldowns_to_json(&s.model_cooldowns)));
-            let total: CounterArray = stmt.query_row(
-                rusqlite::params_from_iter(values.iter().map(|v| v.as_ref())),
-                |row| {
-                    let mut a = [0u64; COUNTERS];
-                    for (i, v) in a.iter_mut().enumerate() {
-                        *v = row.get::<_, i64>(i)?.max(0) as u64;
-                    }
-                    Ok(a)
-                },
-            )?;
-            drop(stmt);
-            if write.models_changed {
-                // Merged with what the other processes wrote, never overwriting them.
-                let stored: Option<String> = tx
-                    .prepare_cached(&format!(
-                        "SELECT model_cooldowns FROM {STATE_TABLE} WHERE uuid = ?1"
-                    ))?
-                    .query_row([write.id.as_str()], |r| r.get(0))?;
-                let stored = stored
-                    .map(|json| super::model_cooldowns_from_json(&json))
-                    .unwrap_or_default();
-                let merged =
-                    super::merge_cooldown_lists(stored, &s.model_cooldowns, SystemTime::now());
-                tx.prepare_cached(&format!(
-                    "UPDATE {STATE_TABLE} SET model_cooldowns = ?2 WHERE uuid = ?1"
-                ))?
-                .execute(params![
-                    write.id.as_str(),
-                    super::model_cooldowns_to_json(&merged)
-                ])?;
-            }
-            // The older gateway's columns.
+            values.push(Box::new(event(&s.since)));
+            values.push(Box::new(event(&s.reset_at)));
+            values.push(Box::new(event(&s.recovered_at)));
+            values.push(Box::new(s.enabled.map(i64::from)));
+            values.push(Box::new(event(&s.enabled_at)));
+            tx.prepare_cached(&upsert)?
+                .execute(rusqlite::params_from_iter(
+                    values.iter().map(|v| v.as_ref()),
+                ))?;
+            // The older gateway's columns, from the merged state.
             let healthy = i64::from(s.state == HealthState::Healthy);
             let last_used = s
                 .last_used
@@ -664,68 +799,108 @@ impl Db {
             let error_fields = write.state_changed || write.delta.errors() > 0;
             let last_error_time = s.last_error.as_ref().map(|e| time::to_sqlite(&e.at));
             let last_error_message = s.last_error.as_ref().map(|e| e.message.clone());
+            let disabled = s.enabled.map(|e| i64::from(!e));
             let updated = tx
                 .prepare_cached(&format!(
                     "UPDATE {table} SET
                        usage_count = coalesce(usage_count, 0) + ?2,
                        last_used = coalesce(?3, last_used),
-                       is_healthy = CASE WHEN ?4 THEN ?5 ELSE is_healthy END,
-                       error_count = CASE WHEN ?4 THEN ?6 ELSE error_count END,
-                       last_error_time = CASE WHEN ?7 THEN ?8 ELSE last_error_time END,
-                       last_error_message = CASE WHEN ?7 THEN ?9 ELSE last_error_message END,
-                       is_disabled = CASE WHEN ?10 THEN ?11 ELSE is_disabled END,
+                       is_healthy = ?4,
+                       error_count = ?5,
+                       last_error_time = CASE WHEN ?6 THEN ?7 ELSE last_error_time END,
+                       last_error_message = CASE WHEN ?6 THEN ?8 ELSE last_error_message END,
+                       is_disabled = CASE WHEN ?9 AND ?10 IS NOT NULL THEN ?10 ELSE is_disabled END,
                        updated_at = datetime('now')
                      WHERE uuid = ?1"
                 ))?
                 .execute(params![
-                    write.id.as_str(),
+                    id,
                     to_i64(write.delta.successes),
                     last_used,
-                    write.state_changed,
                     healthy,
                     i64::from(s.consecutive_failures),
                     error_fields,
                     last_error_time,
                     last_error_message,
                     write.enabled_changed,
-                    i64::from(!write.enabled),
+                    disabled,
                 ])?;
             if updated == 0 {
-                let config = serde_json::json!({ "uuid": write.id.as_str() }).to_string();
+                let config = match &write.settings {
+                    Some(settings) => {
+                        let mut config = serde_json::Map::new();
+                        config.insert("uuid".into(), id.into());
+                        write_settings(&mut config, settings, write.credential.as_ref());
+                        serde_json::Value::Object(config).to_string()
+                    }
+                    None => serde_json::json!({ "uuid": id }).to_string(),
+                };
+                let disabled = disabled.unwrap_or(i64::from(!write.enabled));
                 let values = params![
-                    write.id.as_str(),
+                    id,
                     config,
                     healthy,
-                    i64::from(!write.enabled),
+                    disabled,
                     i64::from(s.consecutive_failures),
                     to_i64(total[1]),
                     s.last_used.map(|t| time::to_sqlite(&t)),
                     last_error_time,
                     last_error_message,
+                    write
+                        .settings
+                        .as_ref()
+                        .map(|s| serde_json::json!(s.not_supported_models).to_string()),
                 ];
                 match schema {
                     SchemaVersion::V2 => tx
                         .prepare_cached(
                             "INSERT INTO accounts (uuid, config, is_healthy, is_disabled,
-                               error_count, usage_count, last_used, last_error_time, last_error_message)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                               error_count, usage_count, last_used, last_error_time, last_error_message,
+                               not_supported_models)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                         )?
                         .execute(values)?,
                     SchemaVersion::V1 => tx
                         .prepare_cached(
                             "INSERT INTO providers (uuid, config, is_healthy, is_disabled,
                                error_count, usage_count, last_used, last_error_time, last_error_message,
-                               provider_type)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'claude-kiro-oauth')",
+                               not_supported_models, provider_type)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'claude-kiro-oauth')",
                         )?
                         .execute(values)?,
                 };
+            } else if let Some(settings) = &write.settings {
+                // Settings changed here (the admin API): written back into the row, so that
+                // the older tools see them.
+                let config: Option<String> = tx
+                    .prepare_cached(&format!("SELECT config FROM {table} WHERE uuid = ?1"))?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?;
+                let mut config = config
+                    .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
+                    .and_then(|v| match v {
+                        serde_json::Value::Object(map) => Some(map),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                write_settings(&mut config, settings, write.credential.as_ref());
+                tx.prepare_cached(&format!(
+                    "UPDATE {table} SET config = ?2, not_supported_models = ?3 WHERE uuid = ?1"
+                ))?
+                .execute(params![
+                    id,
+                    serde_json::Value::Object(config).to_string(),
+                    serde_json::json!(settings.not_supported_models).to_string(),
+                ])?;
+                if has_check_model {
+                    tx.prepare_cached(&format!(
+                        "UPDATE {table} SET check_model_name = ?2 WHERE uuid = ?1"
+                    ))?
+                    .execute(params![id, settings.probe_model.clone()])?;
+                }
             }
             // History records health flips, as the older gateway's checks did.
-            let transitioned = write.state_changed
-                && previous
-                    .as_deref()
-                    .is_some_and(|p| (p == "healthy") != (s.state == HealthState::Healthy));
+            let transitioned = was_healthy.is_some_and(|h| h != (s.state == HealthState::Healthy));
             if transitioned && table_exists(&tx, "health_check_history")? {
                 let message = s.reason.clone();
                 match schema {
@@ -734,29 +909,39 @@ impl Db {
                             "INSERT INTO health_check_history (account_uuid, is_healthy, error_message)
                              VALUES (?1, ?2, ?3)",
                         )?
-                        .execute(params![write.id.as_str(), healthy, message])?,
+                        .execute(params![id, healthy, message])?,
                     SchemaVersion::V1 => tx
                         .prepare_cached(
                             "INSERT INTO health_check_history (provider_uuid, provider_type, is_healthy, error_message)
                              VALUES (?1, 'claude-kiro-oauth', ?2, ?3)",
                         )?
-                        .execute(params![write.id.as_str(), healthy, message])?,
+                        .execute(params![id, healthy, message])?,
                 };
             }
             totals.push((write.id.clone(), counters_from_array(&total)));
         }
         tx.commit()?;
+        self.wrote = true;
         Ok(totals)
     }
 
     fn poll(&mut self) -> rusqlite::Result<Vec<StoredAccount>> {
+        self.ensure_ready()?;
         let version: i64 = self
             .conn
             .query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        if version == self.data_version {
+        if version == self.data_version && !self.wrote {
             return Ok(Vec::new());
         }
+        self.wrote = false;
         self.data_version = version;
+        // Another process committed: perhaps an older tool switching an account off.
+        let table = self.table();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        adopt_disabled_columns(&tx, table)?;
+        tx.commit()?;
         let sql = format!(
             "SELECT s.uuid, {} FROM {STATE_TABLE} s",
             Self::state_columns()
@@ -774,6 +959,7 @@ impl Db {
     }
 
     fn prune(&mut self, retention: Duration) -> rusqlite::Result<usize> {
+        self.ensure_ready()?;
         if !table_exists(&self.conn, "health_check_history")? {
             return Ok(0);
         }
