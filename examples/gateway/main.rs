@@ -256,9 +256,7 @@ async fn serve(args: Args) -> Result<(), BoxError> {
             let dir = PoolFile::load(path)?.dir();
             Some(
                 FileWatcher::new(&pool, path)
-                    .resolver(Arc::new(
-                        KiroResolver::new(kiro_options).base_dir(dir),
-                    ))
+                    .resolver(Arc::new(KiroResolver::new(kiro_options).base_dir(dir)))
                     .start(),
             )
         }
