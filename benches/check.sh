@@ -12,9 +12,9 @@ cd "$(dirname "$0")/.."
 
 if [ "${1:-}" != "--no-run" ]; then
     cargo bench --bench selection -- --warm-up-time 0.5 --measurement-time 2 \
-        'select/(floor|round_robin|round_robin_half_unhealthy|tower_p2c)/(10|10000)$' >/dev/null
+        'select/(floor|round_robin|round_robin_half_unhealthy|tower_p2c)/(10|10000)$' >/dev/null 2>&1
     cargo bench --bench layer -- --warm-up-time 0.5 --measurement-time 2 \
-        'layer/(bare|pool/1000|p2c_buffer/1000)$' >/dev/null
+        'layer/(bare|pool/1000|p2c_buffer/1000)$' >/dev/null 2>&1
 fi
 
 python3 - <<'EOF'

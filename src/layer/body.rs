@@ -64,6 +64,7 @@ impl<B> ReplayBody<B> {
 
     /// Replaces a buffered body's bytes (an inner layer rewriting the body for one attempt).
     /// A streaming body is left as it is; returns whether the body was replaced.
+    #[cfg_attr(not(feature = "kiro"), allow(dead_code))]
     pub(crate) fn replace_buffered(&mut self, bytes: Bytes) -> bool {
         match &mut self.inner {
             ReplayInner::Buffered { data, .. } => {

@@ -38,6 +38,7 @@ pub(crate) fn to_sqlite(t: &SystemTime) -> String {
 }
 
 /// Parses either format (and ISO with a `+00:00` or other offset). `None` when it is neither.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn parse(text: &str) -> Option<SystemTime> {
     let b = text.trim().as_bytes();
     if b.len() < 19 {
