@@ -376,6 +376,9 @@ pub(crate) struct Details {
     pub(crate) recovered_ms: u64,
     /// The latest operator enable or disable (0: none since the pool was built).
     pub(crate) enabled_ms: u64,
+    /// The outcome counters as last restored (from a pool file or a store): what the counters
+    /// held before this process counted anything of its own.
+    pub(crate) restored_outcomes: [u64; OutcomeClass::ALL.len()],
 }
 
 /// An account's runtime state: atomics read lock-free by selection, plus a per-account lock

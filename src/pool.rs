@@ -1053,6 +1053,9 @@ impl Pool {
         rt.last_used_ms.store(last_used, Ordering::Relaxed);
         {
             let mut details = rt.lock_details();
+            for &class in OutcomeClass::ALL {
+                details.restored_outcomes[class as usize] = saved.counters.outcome(class);
+            }
             details.last_error = saved.last_error.clone();
             let ms = |t: &Option<SystemTime>| t.as_ref().map_or(0, epoch_ms::millis);
             details.reset_ms = details.reset_ms.max(ms(&saved.reset_at));

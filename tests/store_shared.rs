@@ -387,3 +387,64 @@ fn a_v1_database_is_untouched_until_the_migrations_backup_exists() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Requests counted before the store starts are increments on the stored totals, never
+/// overwritten by them (with and without a state change in that window).
+#[tokio::test]
+async fn requests_counted_before_the_start_add_to_the_stored_totals() {
+    let dir = temp_dir("early-counts");
+    let path = dir.join("pool.db");
+    let first = pool(&["a", "b"]);
+    for _ in 0..5 {
+        first
+            .select(&SelectRequest::default())
+            .unwrap()
+            .report(Outcome::Success);
+    }
+    let handle = StoreHandle::start(&first, SqliteStore::open(&path).unwrap())
+        .await
+        .unwrap();
+    handle.shutdown().await.unwrap();
+    let stored_total = |path: &Path| -> u64 {
+        let loaded = futures_executor_block(SqliteStore::open(path).unwrap());
+        loaded.iter().map(|a| a.state.counters.successes).sum()
+    };
+    assert_eq!(stored_total(&path), 5);
+
+    // A restart: three requests served before the store is attached, and a disable.
+    let again = pool(&["a", "b"]);
+    for _ in 0..3 {
+        again
+            .select(&SelectRequest::default())
+            .unwrap()
+            .report(Outcome::Success);
+    }
+    again.disable("b").unwrap();
+    let handle = StoreHandle::start(&again, SqliteStore::open(&path).unwrap())
+        .await
+        .unwrap();
+    let served: u64 = again
+        .snapshot()
+        .accounts
+        .iter()
+        .map(|a| a.counters.successes)
+        .sum();
+    assert_eq!(served, 8, "the stored 5 and the 3 counted here");
+    handle.shutdown().await.unwrap();
+    assert_eq!(stored_total(&path), 8);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Loads every stored account (the store's own runtime, outside the test's).
+fn futures_executor_block(store: SqliteStore) -> Vec<tower_account_pool::store::StoredAccount> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(store.load())
+            .unwrap()
+    })
+    .join()
+    .unwrap()
+}

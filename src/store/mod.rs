@@ -600,12 +600,19 @@ impl StoreHandle {
             // cooldown) are kept, merged with it, and written.
             let local_events = has_local_events(slot);
             let before = Tracked::observe(slot);
+            // Requests counted here before the start (beyond what a pool file seeded) are
+            // increments on the stored totals.
+            let restored = slot.runtime.lock_details().restored_outcomes;
+            let local_counts: Vec<u64> = OutcomeClass::ALL
+                .iter()
+                .map(|&class| {
+                    slot.runtime.outcomes[class as usize]
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(restored[class as usize])
+                })
+                .collect();
             if local_events {
                 join_remote(pool, slot, &saved.state);
-                for &class in OutcomeClass::ALL {
-                    slot.runtime.outcomes[class as usize]
-                        .store(saved.state.counters.outcome(class), Ordering::Relaxed);
-                }
             } else {
                 if let Err(e) = pool.restore_state(saved.id.as_str(), &saved.state) {
                     tracing::warn!(account = %saved.id, error = %e, "could not restore the stored state");
@@ -622,7 +629,15 @@ impl StoreHandle {
                 );
             }
             let slot = pool.slot(slot.id.as_str()).unwrap_or_else(|_| slot.clone());
+            for (&class, local) in OutcomeClass::ALL.iter().zip(&local_counts) {
+                slot.runtime.outcomes[class as usize].store(
+                    saved.state.counters.outcome(class).saturating_add(*local),
+                    Ordering::Relaxed,
+                );
+            }
             let mut tracked = Tracked::observe(&slot);
+            // The stored totals: what was counted here before the start is written as an
+            // increment at the first flush.
             tracked.baseline = counters_to_array(&saved.state.counters);
             if local_events {
                 // Written at the first flush (merged with the store's state there).
