@@ -692,6 +692,8 @@ async fn upstream_errors_map_to_anthropic_errors() {
         if matches!(status, 429 | 500 | 529) {
             assert!(headers.contains_key("retry-after"), "{kind}");
         }
+        let id = headers["request-id"].to_str().unwrap();
+        assert!(id.starts_with("req_") && id.len() == 28, "{id}");
     }
 }
 

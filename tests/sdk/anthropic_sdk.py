@@ -49,6 +49,7 @@ check(message.content[0].type == "text", f"a text block: {message.content}")
 check(message.content[0].text == "Hello from Kiro", f"the text: {message.content}")
 check(message.stop_reason == "end_turn", f"stop_reason: {message.stop_reason}")
 check(message.model == MODEL, f"model echoed: {message.model}")
+check((message._request_id or "").startswith("req_"), f"a request id: {message._request_id}")
 check(message.usage.input_tokens > 0 and message.usage.output_tokens > 0, f"usage: {message.usage}")
 
 # stream: the SDK's stream helper checks the event order as it accumulates the message

@@ -72,6 +72,8 @@
 //! | `GET /v1/models`, `GET /v1/models/{id}` | the [`ModelTable`], in Anthropic's list / model shape |
 //! | anything else | 404 `not_found_error` |
 //!
+//! Every answer carries a `request-id` header (`req_…`), as Anthropic's do.
+//!
 //! Inside [`AccountPoolLayer`](crate::layer::AccountPoolLayer), [`KiroAttemptLayer`] sets
 //! what depends on the chosen account, per attempt: the `profileArn` and the URI. The pool
 //! finds the model through [`RequestedModel::extractor`] (the converted body has no top-level
@@ -447,7 +449,16 @@ where
         let inner = self.inner.clone();
         let config = self.config.clone();
         ResponseFuture {
-            inner: Box::pin(async move { Ok(serve(config, inner, request).await) }),
+            inner: Box::pin(async move {
+                let mut response = serve(config, inner, request).await;
+                // Every answer names itself, as Anthropic's do (SDKs show it as the request id).
+                if let Ok(id) =
+                    HeaderValue::from_str(&format!("req_{:024x}", fastrand::u128(..) >> 32))
+                {
+                    response.headers_mut().insert("request-id", id);
+                }
+                Ok(response)
+            }),
         }
     }
 }
