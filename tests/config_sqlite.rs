@@ -13,20 +13,18 @@ use tower_account_pool::credential::BearerToken;
 use tower_account_pool::store::{SqliteStore, StoreHandle};
 use tower_account_pool::{Account, HealthState, Outcome, Pool, SelectRequest};
 
-const V2: &str = "
-CREATE TABLE accounts (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE NOT NULL, config TEXT NOT NULL,
-  is_healthy INTEGER DEFAULT 1, is_disabled INTEGER DEFAULT 0, error_count INTEGER DEFAULT 0,
-  usage_count INTEGER DEFAULT 0, last_used TEXT, last_error_time TEXT, last_error_message TEXT,
-  last_health_check_time TEXT, last_health_check_model TEXT, cached_email TEXT, cached_user_id TEXT,
-  not_supported_models TEXT, created_at TEXT DEFAULT (datetime('now')),
-  updated_at TEXT DEFAULT (datetime('now')));
-PRAGMA user_version = 2;
-INSERT INTO accounts (uuid, config, is_disabled, not_supported_models, usage_count) VALUES
+/// An older v2 database: its `accounts` table and three rows.
+fn v2() -> String {
+    format!(
+        "{}{}",
+        support::OLDER_V2_ACCOUNTS,
+        "INSERT INTO accounts (uuid, config, is_disabled, not_supported_models, usage_count) VALUES
   ('a', '{\"uuid\":\"a\",\"bearerToken\":\"token-a\",\"weight\":2}', 0, NULL, 7),
   ('b', '{\"uuid\":\"b\",\"bearerToken\":\"token-b\",\"isDisabled\":false}', 1, NULL, 0),
   ('c', '{\"uuid\":\"c\",\"bearerToken\":\"token-c\",\"notSupportedModels\":[]}', 0, '[\"claude-opus-4-5\"]', 0);
-";
+"
+    )
+}
 
 const V1: &str = "
 CREATE TABLE providers (
@@ -65,7 +63,7 @@ fn served(pool: &Pool, model: Option<&str>, n: usize) -> Vec<String> {
 async fn columns_win_over_the_config_json_and_the_store_keeps_state_in_the_same_rows() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provider_pool.db");
-    create(&path, V2);
+    create(&path, &v2());
     let source = SqlitePool::load(&path).unwrap();
     let ids: Vec<&str> = source.entries().iter().map(|e| e.id().as_str()).collect();
     assert_eq!(ids, ["a", "b", "c"]);
@@ -120,7 +118,7 @@ async fn a_v1_database_is_read_without_being_changed() {
 async fn accounts_added_or_changed_at_runtime_are_written_back_to_the_rows() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provider_pool.db");
-    create(&path, V2);
+    create(&path, &v2());
     let pool = SqlitePool::load(&path)
         .unwrap()
         .build(Pool::builder())
@@ -251,7 +249,7 @@ fn bad_databases_are_refused_with_a_clear_message() {
 async fn is_disabled_changed_by_an_older_tool_is_followed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provider_pool.db");
-    create(&path, V2);
+    create(&path, &v2());
     let pool = SqlitePool::load(&path)
         .unwrap()
         .build(Pool::builder())
@@ -318,7 +316,7 @@ async fn the_admin_api_writes_back_to_the_rows() {
     const TOKEN: &str = "admin-token-for-the-sqlite-source-0001";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provider_pool.db");
-    create(&path, V2);
+    create(&path, &v2());
     let pool = SqlitePool::load(&path)
         .unwrap()
         .build(Pool::builder())

@@ -927,6 +927,29 @@ fn gateway_binary() -> std::path::PathBuf {
     binary
 }
 
+/// Waits for a gateway child to say it serves: that line (`Proxying http://ADDR …`) and ADDR.
+async fn serving(child: &mut tokio::process::Child) -> (String, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("Proxying") {
+                return line;
+            }
+        }
+        panic!("the gateway ended before serving");
+    })
+    .await
+    .expect("the gateway starts");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (line, addr)
+}
+
 #[tokio::test]
 async fn the_real_gateway_needs_client_keys_or_allow_anonymous() {
     let dir = tempfile::tempdir().unwrap();
@@ -975,24 +998,9 @@ async fn the_real_gateway_needs_client_keys_or_allow_anonymous() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("GATEWAY_API_KEY holds no key"), "{stderr}");
 
-    // The line that says the gateway listens, from a running child.
-    async fn started(child: &mut tokio::process::Child) -> String {
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        tokio::time::timeout(Duration::from_secs(20), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if line.starts_with("Proxying") {
-                    return line;
-                }
-            }
-            panic!("the gateway ended before serving");
-        })
-        .await
-        .expect("the gateway starts")
-    }
     // With --allow-anonymous: serves, with a warning.
     let mut child = run(None, &["--allow-anonymous"]);
-    started(&mut child).await;
+    serving(&mut child).await;
     child.start_kill().unwrap();
     let output = child.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -1002,14 +1010,7 @@ async fn the_real_gateway_needs_client_keys_or_allow_anonymous() {
     );
     // With keys: serves, and the keys are never printed.
     let mut child = run(Some("cli-client-key-1,cli-client-key-2"), &[]);
-    let line = started(&mut child).await;
-    let addr: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (line, addr) = serving(&mut child).await;
     let response = reqwest::Client::new()
         .post(format!("http://{addr}/v1/messages"))
         .body("{}")
@@ -1032,7 +1033,6 @@ async fn the_real_gateway_needs_client_keys_or_allow_anonymous() {
 #[cfg(feature = "test-util")]
 #[tokio::test]
 async fn the_real_gateway_serves_the_anthropic_api_for_a_kiro_pool() {
-    use tokio::io::AsyncBufReadExt;
     let mock = tower_account_pool::testing::KiroMock::start().await;
     mock.accept_access_token("kiro-cli", "at-kiro-cli");
     let dir = tempfile::tempdir().unwrap();
@@ -1082,25 +1082,8 @@ async fn the_real_gateway_serves_the_anthropic_api_for_a_kiro_pool() {
 
     let mut child =
         run(r#"[{"id":"claude-opus-5-5","kiroId":"claude-opus-4.6","aliases":["opus"]}]"#);
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.starts_with("Proxying") {
-                return line;
-            }
-        }
-        panic!("the gateway ended before serving");
-    })
-    .await
-    .expect("the gateway starts");
+    let (line, addr) = serving(&mut child).await;
     assert!(line.contains("(anthropic API)"), "{line}");
-    let addr: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap()
-        .parse()
-        .unwrap();
     let client = reqwest::Client::new();
     let models: serde_json::Value = serde_json::from_slice(
         &client

@@ -229,21 +229,13 @@ async fn shutdown_lets_a_request_in_flight_finish_and_then_refuses_connections()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_mode_forwards_kiro_bodies_with_each_accounts_profile_arn() {
-    use tower_account_pool::kiro::{KiroClassifier, KiroCredential, KiroOptions};
-    use tower_account_pool::{Account, AccountPoolLayer, Pool};
+    use tower_account_pool::kiro::KiroClassifier;
+    use tower_account_pool::{AccountPoolLayer, Pool};
     let mock = tower_account_pool::testing::KiroMock::start().await;
-    let mut accounts = Vec::new();
-    for id in ["social-1", "social-2"] {
-        mock.accept_access_token(id, &format!("at-{id}"));
-        let json = format!(
-            r#"{{"accessToken":"at-{id}","refreshToken":"rt-{id}","authMethod":"social","profileArn":"{}","expiresAt":"2099-01-01T00:00:00Z"}}"#,
-            demo::profile_arn(id)
-        );
-        let credential =
-            KiroCredential::from_json(&json, KiroOptions::with_base_url(mock.url())).unwrap();
-        accounts.push(Account::new(id, credential));
-    }
-    let pool = Pool::builder().accounts(accounts).build().unwrap();
+    let pool = Pool::builder()
+        .accounts(["social-1", "social-2"].map(|id| social_account(&mock, id)))
+        .build()
+        .unwrap();
     let listener = tokio::net::TcpListener::bind(any_port()).await.unwrap();
     let gateway = proxy::Gateway::start(
         listener,
@@ -311,6 +303,22 @@ fn sdk_python() -> Option<String> {
     None
 }
 
+/// A Kiro social-login account `id` whose access token `mock` accepts, with the demo's ARN.
+fn social_account(
+    mock: &tower_account_pool::testing::KiroMock,
+    id: &str,
+) -> tower_account_pool::Account {
+    use tower_account_pool::kiro::{KiroCredential, KiroOptions};
+    mock.accept_access_token(id, &format!("at-{id}"));
+    let json = format!(
+        r#"{{"accessToken":"at-{id}","refreshToken":"rt-{id}","authMethod":"social","profileArn":"{}","expiresAt":"2099-01-01T00:00:00Z"}}"#,
+        demo::profile_arn(id)
+    );
+    let credential =
+        KiroCredential::from_json(&json, KiroOptions::with_base_url(mock.url())).unwrap();
+    tower_account_pool::Account::new(id, credential)
+}
+
 /// A gateway in `anthropic` mode over one Kiro account of `mock` that answers every chat
 /// request with `reply`.
 async fn one_account_gateway(
@@ -320,18 +328,11 @@ async fn one_account_gateway(
     key: &str,
 ) -> proxy::Gateway {
     use tower_account_pool::kiro::anthropic::AnthropicConfig;
-    use tower_account_pool::kiro::{KiroClassifier, KiroCredential, KiroOptions};
-    use tower_account_pool::{Account, AccountPoolLayer, Pool};
-    mock.accept_access_token(id, &format!("at-{id}"));
+    use tower_account_pool::kiro::KiroClassifier;
+    use tower_account_pool::{AccountPoolLayer, Pool};
     mock.script(id, std::iter::repeat_n(reply, 100));
-    let json = format!(
-        r#"{{"accessToken":"at-{id}","refreshToken":"rt-{id}","authMethod":"social","profileArn":"{}","expiresAt":"2099-01-01T00:00:00Z"}}"#,
-        demo::profile_arn(id)
-    );
-    let credential =
-        KiroCredential::from_json(&json, KiroOptions::with_base_url(mock.url())).unwrap();
     let pool = Pool::builder()
-        .account(Account::new(id, credential))
+        .account(social_account(mock, id))
         .build()
         .unwrap();
     let mut options = proxy::ProxyOptions::new(mock.url());

@@ -4,6 +4,7 @@
 
 #[path = "../examples/gateway/pool_source.rs"]
 mod pool_source;
+mod support;
 
 use std::path::{Path, PathBuf};
 
@@ -62,18 +63,14 @@ fn sqlite_source_loads_kiro_accounts_with_paths_relative_to_the_database() {
     let dir = folder();
     let db = dir.path().join("provider_pool.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch(
-        r#"CREATE TABLE accounts (
-          id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE NOT NULL, config TEXT NOT NULL,
-          is_healthy INTEGER DEFAULT 1, is_disabled INTEGER DEFAULT 0, error_count INTEGER DEFAULT 0,
-          usage_count INTEGER DEFAULT 0, last_used TEXT, last_error_time TEXT, last_error_message TEXT,
-          last_health_check_time TEXT, last_health_check_model TEXT, cached_email TEXT, cached_user_id TEXT,
-          not_supported_models TEXT, created_at TEXT DEFAULT (datetime('now')),
-          updated_at TEXT DEFAULT (datetime('now')));
+    conn.execute_batch(&format!(
+        "{}{}",
+        support::OLDER_V2_ACCOUNTS,
+        r#"
          INSERT INTO accounts (uuid, config, is_disabled) VALUES
            ('k1', '{"uuid":"k1","KIRO_OAUTH_CREDS_FILE_PATH":"tokens/k1.json"}', 0),
-           ('k2', '{"uuid":"k2","KIRO_OAUTH_CREDS_FILE_PATH":"tokens/k1.json"}', 1);"#,
-    )
+           ('k2', '{"uuid":"k2","KIRO_OAUTH_CREDS_FILE_PATH":"tokens/k1.json"}', 1);"#
+    ))
     .unwrap();
     drop(conn);
     let source = PoolSource::parse(Path::new(&format!("sqlite:{}", db.display())));

@@ -2,6 +2,8 @@
 //! stays out of rotation for that model, and only that model, after the pool is rebuilt from
 //! the store; another process on the same store honours it too; and a cooldown set before the
 //! writer's first flush is written like any other.
+mod support;
+
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -204,27 +206,6 @@ fn redis_prefix(test: &str) -> Option<(String, String)> {
 }
 
 #[cfg(feature = "redis")]
-async fn delete_keys(url: &str, prefix: &str) {
-    let mut conn = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
-}
-
-#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_store_keeps_model_cooldowns() {
     use tower_account_pool::store::{RedisConfig, RedisStore};
@@ -247,7 +228,7 @@ async fn redis_store_keeps_model_cooldowns() {
         next.expect("two stores")
     })
     .await;
-    delete_keys(&url, &prefix).await;
+    support::delete_redis_keys(&url, &prefix).await;
 }
 
 #[test]
@@ -339,7 +320,7 @@ async fn an_account_wide_cooldown_right_after_start_is_written() {
         );
     }
     handle.shutdown().await.unwrap();
-    delete_keys(&url, &prefix).await;
+    support::delete_redis_keys(&url, &prefix).await;
 }
 
 /// Two pools on one SQLite database, as two gateway processes on one host.
@@ -471,5 +452,5 @@ async fn redis_merges_two_processes_cooldowns_and_a_reset_clears_them() {
         cooling_models(&fourth)
     );
     handle.shutdown().await.unwrap();
-    delete_keys(&url, &prefix).await;
+    support::delete_redis_keys(&url, &prefix).await;
 }

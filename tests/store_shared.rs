@@ -164,20 +164,7 @@ async fn a_replica_that_restarts_never_erases_another_replicas_cooldown_redis() 
     );
     a_handle.shutdown().await.unwrap();
     b_handle.shutdown().await.unwrap();
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    support::delete_redis_keys(&url, &prefix).await;
 }
 
 /// Point 2: a change right after the start reaches the store.
@@ -289,18 +276,12 @@ async fn the_older_systems_unhealthy_flag_reads_the_same_everywhere() {
 
     let db = dir.join("pool.db");
     let conn = Connection::open(&db).unwrap();
-    conn.execute_batch(
-        "CREATE TABLE accounts (
-          id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE NOT NULL, config TEXT NOT NULL,
-          is_healthy INTEGER DEFAULT 1, is_disabled INTEGER DEFAULT 0, error_count INTEGER DEFAULT 0,
-          usage_count INTEGER DEFAULT 0, last_used TEXT, last_error_time TEXT, last_error_message TEXT,
-          last_health_check_time TEXT, last_health_check_model TEXT, cached_email TEXT, cached_user_id TEXT,
-          not_supported_models TEXT, created_at TEXT DEFAULT (datetime('now')),
-          updated_at TEXT DEFAULT (datetime('now')));
-         PRAGMA user_version = 2;
+    conn.execute_batch(&format!(
+        "{}
          INSERT INTO accounts (uuid, config, is_healthy, last_error_message) VALUES
-           ('a', '{}', 1, NULL), ('b', '{}', 0, '403');",
-    )
+           ('a', '{{}}', 1, NULL), ('b', '{{}}', 0, '403');",
+        support::OLDER_V2_ACCOUNTS
+    ))
     .unwrap();
     drop(conn);
     let pool = support::pool(&["a", "b"]);

@@ -23,6 +23,8 @@
 //! prints itself and the step that broke an invariant.
 #![cfg(feature = "sqlite")]
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -632,20 +634,7 @@ async fn three_replicas_over_one_redis_prefix_with_outages() {
     for seed in seeds() {
         let prefix = format!("{run}:{seed}");
         let result = run_seed(seed, RedisOpener(url.clone(), prefix.clone()), true).await;
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:*"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
+        support::delete_redis_keys(&url, &prefix).await;
         if let Err(e) = result {
             fail("redis", seed, e);
         }

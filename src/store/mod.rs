@@ -700,23 +700,23 @@ impl StoreHandle {
 
     /// Writes everything that changed now, and waits for the write.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Flush(reply))
-            .await
-            .map_err(|_| StoreError::Stopped)?;
-        answer
-            .await
-            .map_err(|_| StoreError::Stopped)?
-            .map_err(StoreError::Unavailable)
+        self.ask(Command::Flush).await
     }
 
     /// Applies the changes other processes wrote to a shared store now, and waits for that
     /// (it otherwise happens every [`WriterConfig::sync_interval`]).
     pub async fn sync(&self) -> Result<(), StoreError> {
+        self.ask(Command::Sync).await
+    }
+
+    /// Sends the writer a command that answers when done, and waits for the answer.
+    async fn ask(
+        &self,
+        command: fn(oneshot::Sender<Result<(), String>>) -> Command,
+    ) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Sync(reply))
+            .send(command(reply))
             .await
             .map_err(|_| StoreError::Stopped)?;
         answer

@@ -94,3 +94,38 @@ pub fn rate_limited_for(secs: u64) -> tower_account_pool::Outcome {
         scope: tower_account_pool::RateLimitScope::Account,
     }
 }
+
+/// The older system's schema v2 `accounts` table (`PRAGMA user_version = 2`), for tests that
+/// make an older database and insert their own rows.
+pub const OLDER_V2_ACCOUNTS: &str = "
+CREATE TABLE accounts (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE NOT NULL, config TEXT NOT NULL,
+  is_healthy INTEGER DEFAULT 1, is_disabled INTEGER DEFAULT 0, error_count INTEGER DEFAULT 0,
+  usage_count INTEGER DEFAULT 0, last_used TEXT, last_error_time TEXT, last_error_message TEXT,
+  last_health_check_time TEXT, last_health_check_model TEXT, cached_email TEXT, cached_user_id TEXT,
+  not_supported_models TEXT, created_at TEXT DEFAULT (datetime('now')),
+  updated_at TEXT DEFAULT (datetime('now')));
+PRAGMA user_version = 2;
+";
+
+/// Deletes every Redis key under `prefix` (a test's own), at `url`.
+#[cfg(feature = "redis")]
+pub async fn delete_redis_keys(url: &str, prefix: &str) {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
