@@ -189,11 +189,6 @@ impl UpstreamBase {
         })
     }
 
-    /// The scheme, host and port every request goes to.
-    pub fn origin(&self) -> String {
-        format!("{}://{}", self.scheme, self.authority)
-    }
-
     /// The upstream URL for an origin-form request target (`/path?query`): the base's scheme,
     /// host and port, the base path followed by the target. Anything else (`*`, a target that
     /// does not start with `/`) is refused: the result can never point elsewhere.
@@ -294,11 +289,6 @@ impl RequestGate {
             })
             .collect::<Result<Vec<_>, _>>()?;
         RequestGate::new(methods)
-    }
-
-    /// The allowed methods.
-    pub fn methods(&self) -> &[Method] {
-        &self.methods
     }
 
     /// Checks a request's method and target; `Err` is the answer to send. `/admin` and

@@ -158,16 +158,6 @@ pub enum Api {
     },
 }
 
-impl Api {
-    /// `anthropic` or `passthrough`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Api::Passthrough => "passthrough",
-            Api::Anthropic { .. } => "anthropic",
-        }
-    }
-}
-
 /// How the gateway treats requests.
 #[derive(Clone)]
 pub struct ProxyOptions {
