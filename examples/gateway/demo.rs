@@ -3,7 +3,7 @@
 //! Kiro mock with accounts that misbehave differently, the SQLite store in a temp dir, a burst
 //! of client traffic and a table of what happened.
 //!
-//! Shared by `examples/gateway` and `tests/gateway_demo.rs`.
+//! Shared by `examples/gateway` and `tests/gateway/demo_run.rs`.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;

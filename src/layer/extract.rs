@@ -313,7 +313,7 @@ mod tests {
             Some("m")
         );
         assert_eq!(model(r#"{"model":3}"#), None);
-        // Found by tests/fuzz_parsers.rs: a first `model` that is not a string must not hide a
+        // Found by tests/config/parsers.rs: a first `model` that is not a string must not hide a
         // later duplicate (the upstream reads the last one).
         assert_eq!(model(r#"{"model":null,"model":""}"#).as_deref(), Some(""));
         assert_eq!(

@@ -1,0 +1,11 @@
+//! Integration tests of the `admin` area, one binary: each file below was its own test
+//! binary before; they share one link and one `support` module.
+
+#[cfg(feature = "admin")]
+mod admin_support;
+#[path = "../support/mod.rs"]
+mod support;
+
+mod api;
+mod browser;
+mod secrets;
