@@ -7,11 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::json::run_blocking;
-use super::{
-    counters_from_array, counters_to_array, time, AccountWrite, CounterArray, CounterTotals, Store,
-    StoreError, StoredAccount, COUNTERS, COUNTER_NAMES,
+use super::codec::{
+    counters_from_array, counters_to_array, model_cooldowns_from_json, model_cooldowns_to_json,
+    parse_state, CounterArray, COUNTERS, COUNTER_NAMES,
 };
+use super::json::run_blocking;
+use super::{time, AccountWrite, CounterTotals, Store, StoreError, StoredAccount};
 use crate::account::AccountId;
 use crate::health::{HealthState, LastError, OutcomeClass};
 use crate::pool::PersistedState;
@@ -587,7 +588,7 @@ impl Db {
         };
         let extra = at + 10 + COUNTERS;
         Ok(PersistedState {
-            state: super::parse_state(&state).unwrap_or(HealthState::Healthy),
+            state: parse_state(&state).unwrap_or(HealthState::Healthy),
             reason: row.get(at + 1)?,
             until: ms(2)?,
             ejection_level: row.get::<_, i64>(at + 3)?.clamp(0, u32::MAX as i64) as u32,
@@ -597,7 +598,7 @@ impl Db {
             last_error,
             model_cooldowns: row
                 .get::<_, Option<String>>(at + 9 + COUNTERS)?
-                .map(|json| super::model_cooldowns_from_json(&json))
+                .map(|json| model_cooldowns_from_json(&json))
                 .unwrap_or_default(),
             since: event(extra - at)?,
             reset_at: event(extra + 1 - at)?,
@@ -780,7 +781,7 @@ impl Db {
                     .iter()
                     .map(|&d| Box::new(to_i64(d)) as Box<dyn rusqlite::ToSql>),
             );
-            values.push(Box::new(super::model_cooldowns_to_json(&s.model_cooldowns)));
+            values.push(Box::new(model_cooldowns_to_json(&s.model_cooldowns)));
             values.push(Box::new(event(&s.since)));
             values.push(Box::new(event(&s.reset_at)));
             values.push(Box::new(event(&s.recovered_at)));
