@@ -9,10 +9,11 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 
-use super::{
-    counters_from_array, counters_to_array, time, AccountWrite, CounterArray, CounterTotals, Store,
-    StoreError, StoredAccount, COUNTER_NAMES,
+use super::codec::{
+    counters_from_array, counters_to_array, model_cooldowns_from_json, model_cooldowns_to_json,
+    parse_state, CounterArray, COUNTER_NAMES,
 };
+use super::{time, AccountWrite, CounterTotals, Store, StoreError, StoredAccount};
 use crate::account::AccountId;
 use crate::health::{HealthState, LastError, OutcomeClass};
 use crate::pool::PersistedState;
@@ -308,7 +309,7 @@ fn state_of(h: &HashMap<String, String>) -> PersistedState {
     };
     PersistedState {
         state: text("state")
-            .and_then(|s| super::parse_state(&s))
+            .and_then(|s| parse_state(&s))
             .unwrap_or(HealthState::Healthy),
         reason: text("reason"),
         until: when("until_ms"),
@@ -320,7 +321,7 @@ fn state_of(h: &HashMap<String, String>) -> PersistedState {
         last_used: when("last_used_ms"),
         last_error,
         model_cooldowns: text("model_cooldowns")
-            .map(|json| super::model_cooldowns_from_json(&json))
+            .map(|json| model_cooldowns_from_json(&json))
             .unwrap_or_default(),
         since: event("since_ms"),
         reset_at: event("reset_ms"),
@@ -346,7 +347,7 @@ fn fields_of(s: &PersistedState) -> Vec<(&'static str, String)> {
         ("last_used_ms", ms(&s.last_used)),
         (
             "model_cooldowns",
-            super::model_cooldowns_to_json(&s.model_cooldowns).unwrap_or_default(),
+            model_cooldowns_to_json(&s.model_cooldowns).unwrap_or_default(),
         ),
         ("since_ms", ms(&s.since)),
         ("reset_ms", ms(&s.reset_at)),
