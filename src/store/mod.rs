@@ -96,7 +96,7 @@ mod sqlite;
 mod time;
 mod writer;
 
-pub use self::error::StoreError;
+pub use self::error::{StoreError, StoreErrorKind};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisConfig, RedisStore};
