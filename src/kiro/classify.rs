@@ -400,7 +400,7 @@ impl crate::classify::Classifier for KiroClassifier {
         }
     }
 
-    fn refine(&self, outcome: Outcome, account: &crate::layer::SelectedAccount) -> Outcome {
+    fn refine(&self, outcome: Outcome, account: &crate::account::SelectedAccount) -> Outcome {
         match outcome {
             Outcome::QuotaExhausted { reset_at } => {
                 let probed = account

@@ -91,21 +91,19 @@
 //! up to the replay cap are held as received (a single-frame body is not copied); the JSON
 //! `model` is found by a scan that stops at the field.
 
+mod attempt;
 mod body;
 mod budget;
 mod extract;
 mod future;
+mod rejection;
+mod service;
 
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body;
 use tower_layer::Layer;
-use tower_service::Service;
 
 pub use body::{ReplayBody, ResponseBody};
 pub use budget::RetryBudget;
@@ -113,69 +111,11 @@ pub use extract::{
     AffinityExtractor, AffinityHeader, JsonModel, ModelExtractor, NoAffinity, NoModel,
 };
 pub use future::ResponseFuture;
+pub use service::AccountPoolService;
 
-use crate::account::AccountId;
+pub use crate::account::SelectedAccount;
 use crate::classify::{Classifier, HttpClassifier};
-use crate::credential::SharedCredential;
 use crate::pool::Pool;
-
-/// The account a request is being sent with, in the request's extensions (for a handler) and
-/// in the response's (for the caller). It exposes the credential's read-only, non-secret
-/// fields, never the secret.
-///
-/// ```
-/// # use tower_account_pool::layer::SelectedAccount;
-/// fn handler(account: &SelectedAccount) -> String {
-///     format!("{} (attempt {})", account.id(), account.attempt())
-/// }
-/// ```
-#[derive(Clone)]
-pub struct SelectedAccount {
-    id: AccountId,
-    attempt: u32,
-    credential: SharedCredential,
-}
-
-impl SelectedAccount {
-    pub(crate) fn new(id: AccountId, attempt: u32, credential: SharedCredential) -> Self {
-        SelectedAccount {
-            id,
-            attempt,
-            credential,
-        }
-    }
-
-    /// The account's id.
-    pub fn id(&self) -> &AccountId {
-        &self.id
-    }
-
-    /// Which upstream call of the request this is, from 1 (a retry on the same account after a
-    /// credential refresh counts as a call).
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// A read-only, non-secret credential field (for example a Kiro `profileArn`).
-    pub fn field(&self, name: &str) -> Option<String> {
-        self.credential.field(name)
-    }
-
-    /// The credential's kind (`bearer`, `api-key`, ...).
-    pub fn credential_kind(&self) -> &'static str {
-        self.credential.kind()
-    }
-}
-
-impl fmt::Debug for SelectedAccount {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SelectedAccount")
-            .field("id", &self.id)
-            .field("attempt", &self.attempt)
-            .field("credential", &self.credential.kind())
-            .finish()
-    }
-}
 
 /// A jittered, doubling delay between attempts: before retry `n` (from 1) the layer sleeps a
 /// random time in `[d/2, d]` where `d = min(base × 2^(n-1), max)`.
@@ -316,68 +256,6 @@ impl<S> Layer<S> for AccountPoolLayer {
     type Service = AccountPoolService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccountPoolService {
-            inner,
-            config: self.config.clone(),
-        }
-    }
-}
-
-/// The service made by [`AccountPoolLayer`]. Cheap to clone: clones share the pool and the
-/// retry budget.
-#[derive(Clone)]
-pub struct AccountPoolService<S> {
-    inner: S,
-    config: Arc<Config>,
-}
-
-impl<S> AccountPoolService<S> {
-    /// The pool.
-    pub fn pool(&self) -> &Pool {
-        &self.config.pool
-    }
-
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-}
-
-impl<S> fmt::Debug for AccountPoolService<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccountPoolService")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, B, RB> Service<Request<B>> for AccountPoolService<S>
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
-    RB: Body<Data = Bytes> + Unpin + Send + 'static,
-{
-    type Response = Response<ResponseBody<RB>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<RB, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        // The ready service goes with the request; this one gets a fresh clone.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        // Boxed where it is made: every move of the loop's state copies it whole.
-        let (parts, body) = request.into_parts();
-        ResponseFuture::new(Box::pin(future::run(
-            self.config.clone(),
-            inner,
-            parts,
-            body,
-        )))
+        AccountPoolService::new(inner, self.config.clone())
     }
 }
