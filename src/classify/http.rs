@@ -35,24 +35,40 @@ use crate::health::Outcome;
 /// [`body_limit`](Self::body_limit) bytes to find the error's `type`, `code` and `reason`
 /// (Anthropic: `{"type":"error","error":{"type":…,"message":…}}`; OpenAI:
 /// `{"error":{"type":…,"code":…,"message":…}}`).
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use tower_account_pool::classify::{Classifier, HeadVerdict, HttpClassifier};
+///
+/// // Read at most 4 KiB of an error body.
+/// let classifier = HttpClassifier::new().body_limit(4096);
+/// let verdict = classifier.classify_head(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new());
+/// assert_eq!(verdict, HeadVerdict::ReadBody { limit: 4096 });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpClassifier {
-    /// Most bytes of an error body read to classify it (default 16 KiB).
-    pub body_limit: usize,
+    /// Most bytes of an error body read to classify it.
+    body_limit: usize,
 }
 
 impl Default for HttpClassifier {
     fn default() -> Self {
-        HttpClassifier {
-            body_limit: 16 * 1024,
-        }
+        Self::new()
     }
 }
 
 impl HttpClassifier {
-    /// The default classifier.
-    pub fn new() -> Self {
-        Self::default()
+    /// The default classifier: error bodies are read up to 16 KiB.
+    pub const fn new() -> Self {
+        HttpClassifier {
+            body_limit: 16 * 1024,
+        }
+    }
+
+    /// Most bytes of an error body read to classify it (default 16 KiB).
+    pub const fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
     }
 }
 

@@ -10,6 +10,14 @@
 //! HTTP-date), `retry-after-ms`, and the error shapes of Anthropic and OpenAI.
 //! [`GrpcClassifier`] reads the `grpc-status` of a trailers-only gRPC answer.
 //!
+//! The shape follows tower-http's `classify` module: a [`MakeClassifier`] sees each request
+//! (method, URI, headers, extensions) and makes the classifier for it; every [`Classifier`]
+//! serves as one through [`SharedClassifier`], which is what
+//! [`AccountPoolLayer::classifier`](crate::layer::AccountPoolLayer::classifier) uses. Errors of
+//! the inner service (no response at all) go to [`Classifier::classify_error`]. The combinators
+//! [`Classifier::map_outcome`] and [`Classifier::fallback`] change or complete a classifier
+//! without re-implementing its methods.
+//!
 //! ```
 //! use std::time::Duration;
 //! use http::{HeaderMap, StatusCode};
@@ -34,18 +42,54 @@
 //! let verdict = classifier.classify_head(StatusCode::BAD_GATEWAY, &HeaderMap::new());
 //! assert_eq!(verdict, HeadVerdict::Final(Outcome::Transient));
 //! ```
+//!
+//! A classifier that only knows part of the answers [passes](HeadVerdict::Pass) on the rest to
+//! the one behind it:
+//!
+//! ```
+//! use http::{HeaderMap, StatusCode};
+//! use tower_account_pool::classify::{Classifier, HeadVerdict, HttpClassifier};
+//! use tower_account_pool::Outcome;
+//!
+//! /// Peeks at successful streams for an in-band error; anything else is not its business.
+//! struct InBandErrors;
+//!
+//! impl Classifier for InBandErrors {
+//!     fn classify_head(&self, status: StatusCode, _headers: &HeaderMap) -> HeadVerdict {
+//!         if status.is_success() { HeadVerdict::Peek { bytes: 32 } } else { HeadVerdict::Pass }
+//!     }
+//!
+//!     fn classify_body(&self, _: StatusCode, _: &HeaderMap, body: &[u8], _: bool) -> Outcome {
+//!         if body.starts_with(b"event: error") { Outcome::Transient } else { Outcome::Success }
+//!     }
+//! }
+//!
+//! let classifier = InBandErrors.fallback(HttpClassifier::new());
+//! let verdict = classifier.classify_head(StatusCode::BAD_GATEWAY, &HeaderMap::new());
+//! assert_eq!(verdict, HeadVerdict::Final(Outcome::Transient)); // HttpClassifier's answer
+//! let verdict = classifier.classify_head(StatusCode::OK, &HeaderMap::new());
+//! assert_eq!(verdict, HeadVerdict::Peek { bytes: 32 });
+//! ```
 
+mod combinator;
 mod grpc;
 mod http;
+mod make;
 mod retry_after;
+
+use std::any::Any;
+use std::sync::Arc;
 
 use ::http::{HeaderMap, StatusCode};
 
 use crate::account::SelectedAccount;
 use crate::health::Outcome;
 
+pub use combinator::{Fallback, MapOutcome};
 pub use grpc::GrpcClassifier;
 pub use http::HttpClassifier;
+pub(crate) use make::DynMakeClassifier;
+pub use make::{MakeClassifier, SharedClassifier};
 pub use retry_after::retry_after;
 
 /// What a classifier decides from a response head.
@@ -69,12 +113,18 @@ pub enum HeadVerdict {
         /// Most bytes to peek at.
         bytes: usize,
     },
+    /// Not this classifier's answer: the classifier behind it in a
+    /// [`fallback`](Classifier::fallback) decides (the whole answer: head, body and peek).
+    /// A classifier with none behind it that passes is read as [`HttpClassifier::new`] would
+    /// read the answer.
+    Pass,
 }
 
 /// Decides what an upstream's answer means for the account that sent it.
 ///
 /// Implementations must be cheap on the success path: [`classify_head`](Self::classify_head)
-/// runs for every response and should not allocate.
+/// runs for every response and should not allocate. It must depend on the status and headers
+/// only: the layer and [`Fallback`] may ask it again about the same answer.
 pub trait Classifier: Send + Sync + 'static {
     /// Classifies a response by its head.
     fn classify_head(&self, status: StatusCode, headers: &HeaderMap) -> HeadVerdict;
@@ -110,18 +160,65 @@ pub trait Classifier: Send + Sync + 'static {
         None
     }
 
+    /// Classifies an error of the inner service's call (there is no response): `error` is the
+    /// service's `Error`, to [downcast](Any#method.downcast_ref) to the type the classifier
+    /// knows (`hyper_util`'s client error, `reqwest::Error`, `tower::BoxError`, ...). The
+    /// default is `Transient`: a connection failure is retried on another account.
+    ///
+    /// Return `ClientError` or `Cancelled` for an error that is not the account's; an error is
+    /// never a success (`Success` is read as `Cancelled`). The client gets the error itself
+    /// when the request is not retried.
+    fn classify_error(&self, error: &dyn Any) -> Outcome {
+        let _ = error;
+        Outcome::Transient
+    }
+
     /// Adjusts a failure's outcome with what is known of the account that got it, e.g. the
     /// quota reset its last usage probe reported (the Kiro classifier does this). Called by the
-    /// layer for every outcome
-    /// but `Success`, after [`classify_head`](Self::classify_head) or
-    /// [`classify_body`](Self::classify_body). The default returns `outcome` unchanged.
+    /// layer for every outcome of an attempt but `Success`, after the other methods decided.
+    /// The default returns `outcome` unchanged; [`map_outcome`](Self::map_outcome) sets it with
+    /// a closure.
     fn refine(&self, outcome: Outcome, account: &SelectedAccount) -> Outcome {
         let _ = account;
         outcome
     }
+
+    /// This classifier, with `f` applied to every failed attempt's outcome (through
+    /// [`refine`](Self::refine), after this classifier's own).
+    ///
+    /// ```
+    /// use tower_account_pool::classify::{Classifier, HttpClassifier};
+    /// use tower_account_pool::Outcome;
+    ///
+    /// // A refusal on a trial account means its trial ran out: a quota, not a bad key.
+    /// let classifier = HttpClassifier::new().map_outcome(|outcome, account| {
+    ///     match (outcome, account.field("plan").as_deref()) {
+    ///         (Outcome::AuthInvalid, Some("trial")) => Outcome::QuotaExhausted { reset_at: None },
+    ///         (outcome, _) => outcome,
+    ///     }
+    /// });
+    /// # let _ = classifier;
+    /// ```
+    fn map_outcome<F>(self, f: F) -> MapOutcome<Self, F>
+    where
+        Self: Sized,
+        F: Fn(Outcome, &SelectedAccount) -> Outcome + Send + Sync + 'static,
+    {
+        MapOutcome::new(self, f)
+    }
+
+    /// This classifier, with `other` deciding the answers it [passes](HeadVerdict::Pass) on
+    /// (and the trailers it has nothing to say about). See the [module docs](self).
+    fn fallback<B>(self, other: B) -> Fallback<Self, B>
+    where
+        Self: Sized,
+        B: Classifier,
+    {
+        Fallback::new(self, other)
+    }
 }
 
-impl<C: Classifier + ?Sized> Classifier for std::sync::Arc<C> {
+impl<C: Classifier + ?Sized> Classifier for Arc<C> {
     fn classify_head(&self, status: StatusCode, headers: &HeaderMap) -> HeadVerdict {
         (**self).classify_head(status, headers)
     }
@@ -142,6 +239,10 @@ impl<C: Classifier + ?Sized> Classifier for std::sync::Arc<C> {
 
     fn peek_more(&self, status: StatusCode, headers: &HeaderMap, prefix: &[u8]) -> Option<usize> {
         (**self).peek_more(status, headers, prefix)
+    }
+
+    fn classify_error(&self, error: &dyn Any) -> Outcome {
+        (**self).classify_error(error)
     }
 
     fn refine(&self, outcome: Outcome, account: &SelectedAccount) -> Outcome {

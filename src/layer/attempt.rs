@@ -16,7 +16,7 @@ use super::body::{read_prefix, read_prefix_after, Prefix, ReplayBody, ResponseBo
 use super::rejection::{exhausted_response, json_response};
 use super::Config;
 use crate::account::{AccountId, SelectedAccount};
-use crate::classify::{Classifier, HeadVerdict};
+use crate::classify::{Classifier, HeadVerdict, HttpClassifier};
 use crate::credential::RefreshMode;
 use crate::health::{Outcome, OutcomeClass};
 use crate::pool::Lease;
@@ -161,6 +161,23 @@ macro_rules! until {
     };
 }
 
+/// Reads an answer a classifier with none behind it passes on ([`HeadVerdict::Pass`]).
+static PASSED_ON: HttpClassifier = HttpClassifier::new();
+
+/// The classifier that decides an answer, and its verdict on the head (never `Pass`).
+fn head_verdict<'c>(
+    classifier: &'c dyn Classifier,
+    head: &http::response::Parts,
+) -> (&'c dyn Classifier, HeadVerdict) {
+    match classifier.classify_head(head.status, &head.headers) {
+        HeadVerdict::Pass => (
+            &PASSED_ON,
+            PASSED_ON.classify_head(head.status, &head.headers),
+        ),
+        verdict => (classifier, verdict),
+    }
+}
+
 /// What the loop hands back when it stops on an upstream answer.
 fn hand_out<RB, E>(
     answer: Answer<RB, E>,
@@ -235,6 +252,7 @@ pub(crate) async fn run<S, B, RB>(
 ) -> Result<Response<ResponseBody<RB>>, S::Error>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+    S::Error: 'static,
     B: Body<Data = Bytes> + Unpin,
     RB: Body<Data = Bytes> + Unpin,
 {
@@ -256,11 +274,12 @@ where
         }
         Some(Ok(read)) => read,
     };
-    let model = config.model.model(&parts, &bytes);
+    let model = config.model.extract(&parts, &bytes);
     let affinity = config
         .affinity
         .as_ref()
-        .and_then(|a| a.affinity_key(&parts, &bytes));
+        .and_then(|a| a.extract(&parts, &bytes));
+    let classifier = config.classifier.make(&parts);
     if let Some(budget) = &config.budget {
         budget.deposit();
     }
@@ -335,25 +354,32 @@ where
                 }
                 let response = match until!(until, inner.call(request)) {
                     None => break 'call (Answer::TimedOut, Outcome::Transient),
-                    Some(Err(e)) => break 'call (Answer::Error(e), Outcome::Transient),
+                    Some(Err(e)) => {
+                        let outcome = match classifier.classify_error(&e) {
+                            Outcome::Success => Outcome::Cancelled,
+                            outcome => outcome,
+                        };
+                        break 'call (Answer::Error(e), outcome);
+                    }
                     Some(Ok(response)) => response,
                 };
                 let (head, mut body) = response.into_parts();
-                let (limit, peek) =
-                    match config.classifier.classify_head(head.status, &head.headers) {
-                        HeadVerdict::Final(outcome) => {
-                            break 'call (Answer::Response(head, Prefix::empty(), body), outcome)
-                        }
-                        HeadVerdict::ReadBody { limit } => (limit, false),
-                        HeadVerdict::Peek { bytes } => (bytes, true),
-                    };
-                let classifier = &config.classifier;
+                let (decider, verdict) = head_verdict(&*classifier, &head);
+                let (limit, peek) = match verdict {
+                    HeadVerdict::Final(outcome) => {
+                        break 'call (Answer::Response(head, Prefix::empty(), body), outcome)
+                    }
+                    HeadVerdict::ReadBody { limit } => (limit, false),
+                    HeadVerdict::Peek { bytes } => (bytes, true),
+                    // Not reached: `head_verdict` never passes.
+                    HeadVerdict::Pass => (0, false),
+                };
                 let read = async {
                     let mut prefix = read_prefix(&mut body, limit).await?;
                     // A peeking classifier may ask for more, e.g. the rest of a stream's first
                     // frame, or the frame after a metadata-only one.
                     while peek && !prefix.ended {
-                        match classifier.peek_more(head.status, &head.headers, &prefix.data) {
+                        match decider.peek_more(head.status, &head.headers, &prefix.data) {
                             Some(more) if more > prefix.data.len() && more <= MAX_PEEK => {
                                 prefix = read_prefix_after(&mut body, prefix, more).await?;
                             }
@@ -364,7 +390,7 @@ where
                 };
                 match until!(until, read) {
                     Some(Ok(prefix)) => {
-                        let outcome = config.classifier.classify_body(
+                        let outcome = decider.classify_body(
                             head.status,
                             &head.headers,
                             &prefix.data,
@@ -413,12 +439,10 @@ where
 
         let outcome = match outcome {
             Outcome::Success => outcome,
-            failed => config.classifier.refine(failed, &selected),
+            failed => classifier.refine(failed, &selected),
         };
         match outcome.class() {
-            OutcomeClass::Success => {
-                return hand_out(answer, Some((lease, config.classifier.clone())), selected)
-            }
+            OutcomeClass::Success => return hand_out(answer, Some((lease, classifier)), selected),
             OutcomeClass::ClientError | OutcomeClass::Cancelled => {
                 lease.report(outcome);
                 return hand_out(answer, None, selected);

@@ -1,7 +1,7 @@
 //! The layer: a tower [`Layer`] that sends each request through an account of the pool.
 //!
 //! Per attempt, [`AccountPoolService`] selects an account for the request's model (read by a
-//! [`ModelExtractor`], by default the `model` field of a JSON body), injects its credential
+//! [`RequestExtractor`], by default the `model` field of a JSON body), injects its credential
 //! (headers marked sensitive), puts a [`SelectedAccount`] in the request extensions, calls the
 //! inner service, asks the [`Classifier`] what the answer means, reports the
 //! [`Outcome`](crate::Outcome) to the pool and — when the outcome says the account, not the
@@ -43,6 +43,10 @@
 //!
 //! # Rules
 //!
+//! - **Classification**: the [`classifier`](AccountPoolLayer::classifier) (default
+//!   [`HttpClassifier`]), or one made for each request from its head by a
+//!   [`make_classifier`](AccountPoolLayer::make_classifier), decides what each answer means; an
+//!   error of the inner service goes to [`Classifier::classify_error`] (default `Transient`).
 //! - **Attempts**: at most [`max_attempts`](AccountPoolLayer::max_attempts) accounts (default
 //!   3), each different (`SelectRequest::exclude`).
 //! - **Retried**: `RateLimited`, `QuotaExhausted`, `AuthInvalid`, `Suspended`,
@@ -107,14 +111,14 @@ use tower_layer::Layer;
 
 pub use body::{ReplayBody, ResponseBody};
 pub use budget::RetryBudget;
-pub use extract::{
-    AffinityExtractor, AffinityHeader, JsonModel, ModelExtractor, NoAffinity, NoModel,
-};
+pub use extract::{AffinityHeader, JsonModel, NoAffinity, NoModel, RequestExtractor};
 pub use future::ResponseFuture;
 pub use service::AccountPoolService;
 
 pub use crate::account::SelectedAccount;
-use crate::classify::{Classifier, HttpClassifier};
+use crate::classify::{
+    Classifier, DynMakeClassifier, HttpClassifier, MakeClassifier, SharedClassifier,
+};
 use crate::pool::Pool;
 
 /// A jittered, doubling delay between attempts: before retry `n` (from 1) the layer sleeps a
@@ -140,9 +144,9 @@ impl Backoff {
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) pool: Pool,
-    pub(crate) classifier: Arc<dyn Classifier>,
-    pub(crate) model: Arc<dyn ModelExtractor>,
-    pub(crate) affinity: Option<Arc<dyn AffinityExtractor>>,
+    pub(crate) classifier: Arc<dyn DynMakeClassifier>,
+    pub(crate) model: Arc<dyn RequestExtractor>,
+    pub(crate) affinity: Option<Arc<dyn RequestExtractor>>,
     pub(crate) max_attempts: u32,
     pub(crate) budget: Option<Arc<RetryBudget>>,
     pub(crate) backoff: Option<Backoff>,
@@ -182,7 +186,7 @@ impl AccountPoolLayer {
         AccountPoolLayer {
             config: Arc::new(Config {
                 pool,
-                classifier: Arc::new(HttpClassifier::default()),
+                classifier: Arc::new(SharedClassifier::new(HttpClassifier::new())),
                 model: Arc::new(JsonModel),
                 affinity: None,
                 max_attempts: 3,
@@ -236,19 +240,26 @@ impl AccountPoolLayer {
         self.with(|c| c.replay_cap = bytes)
     }
 
-    /// How the request's model is found (default [`JsonModel`]).
-    pub fn model_extractor(self, extractor: impl ModelExtractor) -> Self {
+    /// How the request's model is found (default [`JsonModel`]; [`NoModel`] for none).
+    pub fn model_extractor(self, extractor: impl RequestExtractor) -> Self {
         self.with(|c| c.model = Arc::new(extractor))
     }
 
     /// How the request's affinity key is found (default: none). See [`AffinityHeader`].
-    pub fn affinity_extractor(self, extractor: impl AffinityExtractor) -> Self {
+    pub fn affinity_extractor(self, extractor: impl RequestExtractor) -> Self {
         self.with(|c| c.affinity = Some(Arc::new(extractor)))
     }
 
-    /// How answers are classified (default [`HttpClassifier`]).
+    /// How answers are classified, the same for every request (default [`HttpClassifier`]):
+    /// `make_classifier(SharedClassifier::new(classifier))`.
     pub fn classifier(self, classifier: impl Classifier) -> Self {
-        self.with(|c| c.classifier = Arc::new(classifier))
+        self.make_classifier(SharedClassifier::new(classifier))
+    }
+
+    /// Makes the classifier of each request from its head (method, URI, headers, extensions).
+    /// See [`MakeClassifier`].
+    pub fn make_classifier(self, maker: impl MakeClassifier) -> Self {
+        self.with(|c| c.classifier = Arc::new(maker))
     }
 }
 

@@ -15,6 +15,7 @@ mod support;
 mod tonic_client_example;
 
 mod axum_router;
+mod classify;
 mod hyper_client;
 mod reqwest_client;
 mod retry;

@@ -208,7 +208,7 @@ use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::layer::ModelExtractor;
+use crate::layer::RequestExtractor;
 use crate::select::Exhausted;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -282,7 +282,7 @@ impl AnthropicConfig {
 pub struct RequestedModel(pub String);
 
 impl RequestedModel {
-    /// A [`ModelExtractor`] reading this extension, for
+    /// A [`RequestExtractor`] reading this extension, for
     /// [`AccountPoolLayer::model_extractor`](crate::layer::AccountPoolLayer::model_extractor).
     pub fn extractor() -> RequestedModelExtractor {
         RequestedModelExtractor
@@ -293,8 +293,12 @@ impl RequestedModel {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestedModelExtractor;
 
-impl ModelExtractor for RequestedModelExtractor {
-    fn model<'a>(&self, parts: &'a http::request::Parts, _body: &'a [u8]) -> Option<Cow<'a, str>> {
+impl RequestExtractor for RequestedModelExtractor {
+    fn extract<'a>(
+        &self,
+        parts: &'a http::request::Parts,
+        _body: &'a [u8],
+    ) -> Option<Cow<'a, str>> {
         parts
             .extensions
             .get::<RequestedModel>()
