@@ -59,8 +59,9 @@
 //!   refresh server could not be reached: the pool then keeps refreshing in the background)
 //!   and the request moves on.
 //! - **Retry budget**: retries are at most 20 % of requests plus 10 per second
-//!   ([`RetryBudget`], tower's `TpsBudget` rule without its lock); replace or turn it off with
-//!   [`retry_budget`](AccountPoolLayer::retry_budget).
+//!   ([`RetryBudget`], tower's `TpsBudget` rule without its lock); replace it with any tower
+//!   [`Budget`] by [`retry_budget`](AccountPoolLayer::retry_budget), or turn it off with
+//!   [`no_retry_budget`](AccountPoolLayer::no_retry_budget).
 //! - **Backoff**: none by default; [`backoff`](AccountPoolLayer::backoff) sleeps a jittered,
 //!   doubling delay between attempts.
 //! - **Deadline**: [`deadline`](AccountPoolLayer::deadline) bounds the whole request up to its
@@ -107,6 +108,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tower::retry::budget::Budget;
 use tower_layer::Layer;
 
 pub use body::{ReplayBody, ResponseBody};
@@ -148,7 +150,7 @@ pub(crate) struct Config {
     pub(crate) model: Arc<dyn RequestExtractor>,
     pub(crate) affinity: Option<Arc<dyn RequestExtractor>>,
     pub(crate) max_attempts: u32,
-    pub(crate) budget: Option<Arc<RetryBudget>>,
+    pub(crate) budget: Option<Arc<dyn Budget + Send + Sync>>,
     pub(crate) backoff: Option<Backoff>,
     pub(crate) deadline: Option<Duration>,
     pub(crate) attempt_timeout: Option<Duration>,
@@ -160,7 +162,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("pool", &self.pool)
             .field("max_attempts", &self.max_attempts)
-            .field("budget", &self.budget)
+            .field("budget", &self.budget.is_some())
             .field("backoff", &self.backoff)
             .field("deadline", &self.deadline)
             .field("attempt_timeout", &self.attempt_timeout)
@@ -214,9 +216,15 @@ impl AccountPoolLayer {
         self.with(|c| c.max_attempts = attempts.max(1))
     }
 
-    /// The retry budget, or `None` for no budget (only `max_attempts` limits retries).
-    pub fn retry_budget(self, budget: Option<RetryBudget>) -> Self {
-        self.with(|c| c.budget = budget.map(Arc::new))
+    /// The retry budget: any tower [`Budget`] (default [`RetryBudget::default`]: 20 % of
+    /// requests plus 10 per second). Every service this layer makes shares it.
+    pub fn retry_budget(self, budget: impl Budget + Send + Sync + 'static) -> Self {
+        self.with(|c| c.budget = Some(Arc::new(budget)))
+    }
+
+    /// No retry budget: only [`max_attempts`](Self::max_attempts) limits retries.
+    pub fn no_retry_budget(self) -> Self {
+        self.with(|c| c.budget = None)
     }
 
     /// A jittered backoff between attempts (default: none).
