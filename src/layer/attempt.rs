@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
 use super::body::{read_prefix, read_prefix_after, Prefix, ReplayBody, ResponseBody};
-use super::rejection::{exhausted_response, json_response};
+use super::rejection::{reject, OnRejection, Rejection};
 use super::Config;
 use crate::account::{AccountId, SelectedAccount};
 use crate::classify::{Classifier, HeadVerdict, HttpClassifier};
@@ -183,6 +183,7 @@ fn hand_out<RB, E>(
     answer: Answer<RB, E>,
     lease: Option<(Lease, Arc<dyn Classifier>)>,
     selected: SelectedAccount,
+    on_rejection: Option<&OnRejection>,
 ) -> Result<Response<ResponseBody<RB>>, E>
 where
     RB: Body<Data = Bytes>,
@@ -199,19 +200,12 @@ where
         }
         Answer::Error(e) => Err(e),
         Answer::TimedOut | Answer::NotSent => {
-            let mut response = if matches!(answer, Answer::TimedOut) {
-                json_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout_error",
-                    "the upstream did not answer in time",
-                )
+            let rejection = if matches!(answer, Answer::TimedOut) {
+                Rejection::UpstreamTimeout
             } else {
-                json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded_error",
-                    "the account's credential could not be applied",
-                )
+                Rejection::CredentialNotApplied
             };
+            let mut response = reject(on_rejection, rejection);
             response.extensions_mut().insert(selected);
             Ok(response)
         }
@@ -257,21 +251,10 @@ where
     RB: Body<Data = Bytes> + Unpin,
 {
     let deadline = config.deadline.map(|d| Instant::now() + d);
+    let on_rejection = config.on_rejection.as_ref();
     let (mut held, bytes) = match until!(deadline, hold(body, config.replay_cap)) {
-        None => {
-            return Ok(json_response(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout_error",
-                "the request body did not arrive in time",
-            ))
-        }
-        Some(Err(())) => {
-            return Ok(json_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "the request body could not be read",
-            ))
-        }
+        None => return Ok(reject(on_rejection, Rejection::BodyTimeout)),
+        Some(Err(())) => return Ok(reject(on_rejection, Rejection::BodyUnreadable)),
         Some(Ok(read)) => read,
     };
     let model = config.model.extract(&parts, &bytes);
@@ -311,9 +294,9 @@ where
                             OutcomeClass::AuthExpired | OutcomeClass::AuthInvalid
                         ) =>
                     {
-                        hand_out(answer, None, selected)
+                        hand_out(answer, None, selected, on_rejection)
                     }
-                    _ => Ok(exhausted_response(&exhausted)),
+                    _ => Ok(reject(on_rejection, Rejection::Exhausted(exhausted))),
                 };
             }
         };
@@ -324,11 +307,7 @@ where
                 SelectedAccount::new(lease.id().clone(), calls, lease.credential().clone());
             let Some(body) = held.next() else {
                 // Not reached: a body that can be sent only once is never sent again.
-                return Ok(json_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "api_error",
-                    "the request body was already sent",
-                ));
+                return Ok(reject(on_rejection, Rejection::BodyAlreadySent));
             };
             // One call, and what the classifier asks to read; inline (not a nested future) so
             // its state is not copied on every attempt. The request lives in this block only.
@@ -442,10 +421,12 @@ where
             failed => classifier.refine(failed, &selected),
         };
         match outcome.class() {
-            OutcomeClass::Success => return hand_out(answer, Some((lease, classifier)), selected),
+            OutcomeClass::Success => {
+                return hand_out(answer, Some((lease, classifier)), selected, on_rejection)
+            }
             OutcomeClass::ClientError | OutcomeClass::Cancelled => {
                 lease.report(outcome);
-                return hand_out(answer, None, selected);
+                return hand_out(answer, None, selected, on_rejection);
             }
             class => {
                 let message = describe(&answer, outcome);
@@ -468,16 +449,11 @@ where
                         // The upstream rejected the pool's credential, not the client's request:
                         // its 401 or 403 would tell the client its own key is bad.
                         drop(answer);
-                        let mut response = json_response(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "overloaded_error",
-                            "the upstream rejected the account's credential and the request \
-                             could not be retried on another account",
-                        );
+                        let mut response = reject(on_rejection, Rejection::CredentialRejected);
                         response.extensions_mut().insert(selected);
                         return Ok(response);
                     }
-                    return hand_out(answer, None, selected);
+                    return hand_out(answer, None, selected, on_rejection);
                 }
                 tracing::debug!(account = %id, %message, attempt = retries, "retrying on another account");
                 config.pool.record_retry();

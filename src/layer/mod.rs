@@ -76,6 +76,11 @@
 //!   recovery and a JSON error body. When accounts were tried and a retry found no other, the
 //!   client gets the last upstream answer — except after an authentication failure of the
 //!   pool's own credential, which becomes the `503`.
+//! - **Rejections**: every answer the layer makes itself (exhaustion, a deadline, an unusable
+//!   credential, an unreadable or slow request body) carries a typed [`Rejection`] in its
+//!   extensions; its body is a JSON error in Anthropic's shape
+//!   ([`Rejection::to_response`]) unless [`on_rejection`](AccountPoolLayer::on_rejection)
+//!   makes another.
 //! - **Streaming**: the decision is made on the response head. A successful body passes
 //!   through untouched and unbuffered; nothing is retried once the response is handed out. The
 //!   account's lease lives in the [`ResponseBody`]: the end of the body reports `Success`, a
@@ -115,6 +120,7 @@ pub use body::{ReplayBody, ResponseBody};
 pub use budget::RetryBudget;
 pub use extract::{AffinityHeader, JsonModel, NoAffinity, NoModel, RequestExtractor};
 pub use future::ResponseFuture;
+pub use rejection::Rejection;
 pub use service::AccountPoolService;
 
 pub use crate::account::SelectedAccount;
@@ -155,6 +161,7 @@ pub(crate) struct Config {
     pub(crate) deadline: Option<Duration>,
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) replay_cap: usize,
+    pub(crate) on_rejection: Option<rejection::OnRejection>,
 }
 
 impl fmt::Debug for Config {
@@ -167,6 +174,7 @@ impl fmt::Debug for Config {
             .field("deadline", &self.deadline)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("replay_cap", &self.replay_cap)
+            .field("on_rejection", &self.on_rejection.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -197,6 +205,7 @@ impl AccountPoolLayer {
                 deadline: None,
                 attempt_timeout: None,
                 replay_cap: DEFAULT_REPLAY_CAP,
+                on_rejection: None,
             }),
         }
     }
@@ -268,6 +277,19 @@ impl AccountPoolLayer {
     /// See [`MakeClassifier`].
     pub fn make_classifier(self, maker: impl MakeClassifier) -> Self {
         self.with(|c| c.classifier = Arc::new(maker))
+    }
+
+    /// Makes the layer's own answers (see [`Rejection`]) with `f` instead of
+    /// [`Rejection::to_response`], the default. Whatever `f` answers, the layer puts the
+    /// [`Rejection`] (and the [`SelectedAccount`], when an account was involved) in the
+    /// response extensions.
+    pub fn on_rejection<F, T>(self, f: F) -> Self
+    where
+        F: Fn(&Rejection) -> http::Response<T> + Send + Sync + 'static,
+        T: Into<bytes::Bytes>,
+    {
+        let hook: rejection::OnRejection = Arc::new(move |r| f(r).map(Into::into));
+        self.with(|c| c.on_rejection = Some(hook))
     }
 }
 
