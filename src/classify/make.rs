@@ -83,7 +83,34 @@ impl MakeClassifier for SharedClassifier {
     }
 }
 
-/// A [`MakeClassifier`] with its classifier type erased, as the layer holds it.
+/// Where the layer gets each request's classifier.
+#[derive(Clone)]
+pub(crate) enum ClassifierSource {
+    /// The same classifier for every request (a [`SharedClassifier`]): an `Arc` clone.
+    Shared(Arc<dyn Classifier>),
+    /// A maker, its classifier type erased.
+    PerRequest(Arc<dyn DynMakeClassifier>),
+}
+
+impl ClassifierSource {
+    pub(crate) fn new<M: MakeClassifier>(maker: M) -> Self {
+        match (&maker as &dyn Any).downcast_ref::<SharedClassifier>() {
+            Some(shared) => ClassifierSource::Shared(shared.0.clone()),
+            None => ClassifierSource::PerRequest(Arc::new(maker)),
+        }
+    }
+
+    /// The classifier for the request whose head is `request`.
+    #[inline]
+    pub(crate) fn for_request(&self, request: &Parts) -> Arc<dyn Classifier> {
+        match self {
+            ClassifierSource::Shared(classifier) => classifier.clone(),
+            ClassifierSource::PerRequest(maker) => maker.make(request),
+        }
+    }
+}
+
+/// A [`MakeClassifier`] with its classifier type erased.
 pub(crate) trait DynMakeClassifier: Send + Sync + 'static {
     fn make(&self, request: &Parts) -> Arc<dyn Classifier>;
 }
@@ -120,6 +147,9 @@ mod tests {
         let (parts, ()) = http::Request::new(()).into_parts();
         let made = SharedClassifier(shared.clone()).make(&parts);
         assert!(Arc::ptr_eq(&made, &shared));
+        let source = ClassifierSource::new(SharedClassifier(shared.clone()));
+        assert!(matches!(source, ClassifierSource::Shared(_)));
+        assert!(Arc::ptr_eq(&source.for_request(&parts), &shared));
         let made = (|_: &Parts| HttpClassifier::new()).make(&parts);
         assert_eq!(Arc::strong_count(&made), 1);
     }

@@ -88,7 +88,7 @@ use crate::health::Outcome;
 pub use combinator::{Fallback, MapOutcome};
 pub use grpc::GrpcClassifier;
 pub use http::HttpClassifier;
-pub(crate) use make::DynMakeClassifier;
+pub(crate) use make::ClassifierSource;
 pub use make::{MakeClassifier, SharedClassifier};
 pub use retry_after::retry_after;
 

@@ -165,6 +165,7 @@ macro_rules! until {
 static PASSED_ON: HttpClassifier = HttpClassifier::new();
 
 /// The classifier that decides an answer, and its verdict on the head (never `Pass`).
+#[inline]
 fn head_verdict<'c>(
     classifier: &'c dyn Classifier,
     head: &http::response::Parts,
@@ -262,7 +263,7 @@ where
         .affinity
         .as_ref()
         .and_then(|a| a.extract(&parts, &bytes));
-    let classifier = config.classifier.make(&parts);
+    let classifier = config.classifier.for_request(&parts);
     if let Some(budget) = &config.budget {
         budget.deposit();
     }

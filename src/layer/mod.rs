@@ -125,7 +125,7 @@ pub use service::AccountPoolService;
 
 pub use crate::account::SelectedAccount;
 use crate::classify::{
-    Classifier, DynMakeClassifier, HttpClassifier, MakeClassifier, SharedClassifier,
+    Classifier, ClassifierSource, HttpClassifier, MakeClassifier, SharedClassifier,
 };
 use crate::pool::Pool;
 
@@ -152,7 +152,7 @@ impl Backoff {
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) pool: Pool,
-    pub(crate) classifier: Arc<dyn DynMakeClassifier>,
+    pub(crate) classifier: ClassifierSource,
     pub(crate) model: Arc<dyn RequestExtractor>,
     pub(crate) affinity: Option<Arc<dyn RequestExtractor>>,
     pub(crate) max_attempts: u32,
@@ -196,7 +196,7 @@ impl AccountPoolLayer {
         AccountPoolLayer {
             config: Arc::new(Config {
                 pool,
-                classifier: Arc::new(SharedClassifier::new(HttpClassifier::new())),
+                classifier: ClassifierSource::new(SharedClassifier::new(HttpClassifier::new())),
                 model: Arc::new(JsonModel),
                 affinity: None,
                 max_attempts: 3,
@@ -276,7 +276,7 @@ impl AccountPoolLayer {
     /// Makes the classifier of each request from its head (method, URI, headers, extensions).
     /// See [`MakeClassifier`].
     pub fn make_classifier(self, maker: impl MakeClassifier) -> Self {
-        self.with(|c| c.classifier = Arc::new(maker))
+        self.with(|c| c.classifier = ClassifierSource::new(maker))
     }
 
     /// Makes the layer's own answers (see [`Rejection`]) with `f` instead of
