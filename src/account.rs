@@ -271,3 +271,61 @@ impl fmt::Debug for Account {
             .finish()
     }
 }
+
+/// The account a request is being sent with, in the request's extensions (for a handler) and
+/// in the response's (for the caller). It exposes the credential's read-only, non-secret
+/// fields, never the secret.
+///
+/// ```
+/// # use tower_account_pool::account::SelectedAccount;
+/// fn handler(account: &SelectedAccount) -> String {
+///     format!("{} (attempt {})", account.id(), account.attempt())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct SelectedAccount {
+    id: AccountId,
+    attempt: u32,
+    credential: SharedCredential,
+}
+
+impl SelectedAccount {
+    pub(crate) fn new(id: AccountId, attempt: u32, credential: SharedCredential) -> Self {
+        SelectedAccount {
+            id,
+            attempt,
+            credential,
+        }
+    }
+
+    /// The account's id.
+    pub fn id(&self) -> &AccountId {
+        &self.id
+    }
+
+    /// Which upstream call of the request this is, from 1 (a retry on the same account after a
+    /// credential refresh counts as a call).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// A read-only, non-secret credential field (for example a Kiro `profileArn`).
+    pub fn field(&self, name: &str) -> Option<String> {
+        self.credential.field(name)
+    }
+
+    /// The credential's kind (`bearer`, `api-key`, ...).
+    pub fn credential_kind(&self) -> &'static str {
+        self.credential.kind()
+    }
+}
+
+impl fmt::Debug for SelectedAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SelectedAccount")
+            .field("id", &self.id)
+            .field("attempt", &self.attempt)
+            .field("credential", &self.credential.kind())
+            .finish()
+    }
+}

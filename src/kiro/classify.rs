@@ -278,15 +278,28 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KiroClassifier {
-    /// Most bytes of an error body read to classify it (default 16 KiB).
-    pub body_limit: usize,
+    /// Most bytes of an error body read to classify it.
+    body_limit: usize,
 }
 
 impl Default for KiroClassifier {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KiroClassifier {
+    /// The Kiro classifier: error bodies are read up to 16 KiB.
+    pub const fn new() -> Self {
         KiroClassifier {
             body_limit: 16 * 1024,
         }
+    }
+
+    /// Most bytes of an error body read to classify it (default 16 KiB).
+    pub const fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
     }
 }
 
@@ -400,7 +413,7 @@ impl crate::classify::Classifier for KiroClassifier {
         }
     }
 
-    fn refine(&self, outcome: Outcome, account: &crate::layer::SelectedAccount) -> Outcome {
+    fn refine(&self, outcome: Outcome, account: &crate::account::SelectedAccount) -> Outcome {
         match outcome {
             Outcome::QuotaExhausted { reset_at } => {
                 let probed = account

@@ -1,14 +1,31 @@
 //! A lock-free retry budget: retries may be at most a share of recent requests plus a floor.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::retry::budget::{Budget, TpsBudget};
+//! use tower_account_pool::layer::{AccountPoolLayer, RetryBudget};
+//! # use tower_account_pool::{Account, Pool, credential::BearerToken};
+//! # let pool = Pool::builder().account(Account::new("a", BearerToken::new("t"))).build().unwrap();
+//!
+//! // The default: `RetryBudget::default()`. Any tower `Budget` fits, tower's own too.
+//! let layer = AccountPoolLayer::new(pool.clone())
+//!     .retry_budget(TpsBudget::new(Duration::from_secs(10), 5, 0.1));
+//! let layer = AccountPoolLayer::new(pool).retry_budget(RetryBudget::new(Duration::from_secs(5), 1, 0.5));
+//! # let _ = layer;
+//! ```
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tower::retry::budget::Budget;
 
 const SLOTS: usize = 10;
 
-/// Caps retries at a share of recent requests, as tower's `TpsBudget` does, without its lock.
+/// Caps retries at a share of recent requests, as tower's
+/// [`TpsBudget`](tower::retry::budget::TpsBudget) does, without its lock. It is a tower
+/// [`Budget`].
 ///
 /// Every request deposits `percent` of a retry; every retry withdraws one. A floor of
 /// `min_per_sec` retries per second is always allowed, so a quiet service can still retry.
@@ -110,6 +127,16 @@ impl RetryBudget {
         }
         Self::add(&self.withdrawals, sec, 1000);
         true
+    }
+}
+
+impl Budget for RetryBudget {
+    fn deposit(&self) {
+        RetryBudget::deposit(self);
+    }
+
+    fn withdraw(&self) -> bool {
+        RetryBudget::withdraw(self)
     }
 }
 

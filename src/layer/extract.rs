@@ -1,4 +1,16 @@
-//! What the layer reads from a request: the model it is for and its affinity key.
+//! What the layer reads from a request: the model it is for and its affinity key, both by a
+//! [`RequestExtractor`].
+//!
+//! ```
+//! use tower_account_pool::layer::{AffinityHeader, JsonModel, RequestExtractor};
+//!
+//! let request = http::Request::builder().header("x-session-id", "conv-42").body(()).unwrap();
+//! let (parts, _) = request.into_parts();
+//! let body = br#"{"model":"claude-sonnet-4-5","messages":[]}"#;
+//! assert_eq!(JsonModel.extract(&parts, body).as_deref(), Some("claude-sonnet-4-5"));
+//! let session = AffinityHeader::new("x-session-id").unwrap();
+//! assert_eq!(session.extract(&parts, body).as_deref(), Some("conv-42"));
+//! ```
 
 use std::borrow::Cow;
 use std::fmt;
@@ -6,20 +18,36 @@ use std::fmt;
 use http::header::HeaderName;
 use http::request::Parts;
 
-/// Finds the model a request is for, from its head and its buffered body (which may be only a
-/// prefix of the body when the body is larger than the replay cap).
+/// Reads a string from a request's head and its buffered body (which may be only a prefix of
+/// the body when the body is larger than the replay cap). The layer uses one for each of two
+/// roles: the request's model
+/// ([`model_extractor`](super::AccountPoolLayer::model_extractor), default [`JsonModel`]) and
+/// its affinity key ([`affinity_extractor`](super::AccountPoolLayer::affinity_extractor),
+/// default none).
 ///
 /// Closures `Fn(&Parts, &[u8]) -> Option<String>` are extractors too.
-pub trait ModelExtractor: Send + Sync + 'static {
-    /// The model, if the request names one.
-    fn model<'a>(&self, parts: &'a Parts, body: &'a [u8]) -> Option<Cow<'a, str>>;
+///
+/// ```
+/// use tower_account_pool::layer::RequestExtractor;
+///
+/// // The model is the last segment of the path: `/v1/models/{model}:generate`.
+/// let from_path = |parts: &http::request::Parts, _body: &[u8]| {
+///     let last = parts.uri.path().rsplit('/').next()?;
+///     Some(last.split(':').next()?.to_owned())
+/// };
+/// let (parts, _) = http::Request::post("/v1/models/gemini-2.5-pro:generate").body(()).unwrap().into_parts();
+/// assert_eq!(from_path.extract(&parts, b"").as_deref(), Some("gemini-2.5-pro"));
+/// ```
+pub trait RequestExtractor: Send + Sync + 'static {
+    /// The value, if the request has one.
+    fn extract<'a>(&self, parts: &'a Parts, body: &'a [u8]) -> Option<Cow<'a, str>>;
 }
 
-impl<F> ModelExtractor for F
+impl<F> RequestExtractor for F
 where
     F: Fn(&Parts, &[u8]) -> Option<String> + Send + Sync + 'static,
 {
-    fn model<'a>(&self, parts: &'a Parts, body: &'a [u8]) -> Option<Cow<'a, str>> {
+    fn extract<'a>(&self, parts: &'a Parts, body: &'a [u8]) -> Option<Cow<'a, str>> {
         self(parts, body).map(Cow::Owned)
     }
 }
@@ -30,18 +58,18 @@ where
 /// a body too large to buffer as long as the field comes before the cut.
 ///
 /// ```
-/// use tower_account_pool::layer::{JsonModel, ModelExtractor};
+/// use tower_account_pool::layer::{JsonModel, RequestExtractor};
 ///
 /// let (parts, _) = http::Request::new(()).into_parts();
 /// let body = br#"{"messages":[{"model":"not this one"}],"model":"claude-sonnet-4-5","stream":true}"#;
-/// assert_eq!(JsonModel.model(&parts, body).as_deref(), Some("claude-sonnet-4-5"));
-/// assert_eq!(JsonModel.model(&parts, b"not json").as_deref(), None);
+/// assert_eq!(JsonModel.extract(&parts, body).as_deref(), Some("claude-sonnet-4-5"));
+/// assert_eq!(JsonModel.extract(&parts, b"not json").as_deref(), None);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonModel;
 
-impl ModelExtractor for JsonModel {
-    fn model<'a>(&self, _parts: &'a Parts, body: &'a [u8]) -> Option<Cow<'a, str>> {
+impl RequestExtractor for JsonModel {
+    fn extract<'a>(&self, _parts: &'a Parts, body: &'a [u8]) -> Option<Cow<'a, str>> {
         top_level_string(body, b"model")
     }
 }
@@ -50,26 +78,9 @@ impl ModelExtractor for JsonModel {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoModel;
 
-impl ModelExtractor for NoModel {
-    fn model<'a>(&self, _parts: &'a Parts, _body: &'a [u8]) -> Option<Cow<'a, str>> {
+impl RequestExtractor for NoModel {
+    fn extract<'a>(&self, _parts: &'a Parts, _body: &'a [u8]) -> Option<Cow<'a, str>> {
         None
-    }
-}
-
-/// Finds a request's affinity (sticky-session) key.
-///
-/// Closures `Fn(&Parts, &[u8]) -> Option<String>` are extractors too.
-pub trait AffinityExtractor: Send + Sync + 'static {
-    /// The key, if the request has one.
-    fn affinity_key<'a>(&self, parts: &'a Parts, body: &'a [u8]) -> Option<Cow<'a, str>>;
-}
-
-impl<F> AffinityExtractor for F
-where
-    F: Fn(&Parts, &[u8]) -> Option<String> + Send + Sync + 'static,
-{
-    fn affinity_key<'a>(&self, parts: &'a Parts, body: &'a [u8]) -> Option<Cow<'a, str>> {
-        self(parts, body).map(Cow::Owned)
     }
 }
 
@@ -77,21 +88,21 @@ where
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoAffinity;
 
-impl AffinityExtractor for NoAffinity {
-    fn affinity_key<'a>(&self, _parts: &'a Parts, _body: &'a [u8]) -> Option<Cow<'a, str>> {
+impl RequestExtractor for NoAffinity {
+    fn extract<'a>(&self, _parts: &'a Parts, _body: &'a [u8]) -> Option<Cow<'a, str>> {
         None
     }
 }
 
-/// The affinity key is the value of a request header (e.g. `x-session-id`).
+/// The value of a request header (e.g. `x-session-id` as the affinity key).
 ///
 /// ```
-/// use tower_account_pool::layer::{AffinityExtractor, AffinityHeader};
+/// use tower_account_pool::layer::{AffinityHeader, RequestExtractor};
 ///
 /// let request = http::Request::builder().header("x-session-id", "conv-42").body(()).unwrap();
 /// let (parts, _) = request.into_parts();
 /// let key = AffinityHeader::new("x-session-id").unwrap();
-/// assert_eq!(key.affinity_key(&parts, b"").as_deref(), Some("conv-42"));
+/// assert_eq!(key.extract(&parts, b"").as_deref(), Some("conv-42"));
 /// ```
 #[derive(Clone)]
 pub struct AffinityHeader(HeaderName);
@@ -109,8 +120,8 @@ impl fmt::Debug for AffinityHeader {
     }
 }
 
-impl AffinityExtractor for AffinityHeader {
-    fn affinity_key<'a>(&self, parts: &'a Parts, _body: &'a [u8]) -> Option<Cow<'a, str>> {
+impl RequestExtractor for AffinityHeader {
+    fn extract<'a>(&self, parts: &'a Parts, _body: &'a [u8]) -> Option<Cow<'a, str>> {
         let value = parts.headers.get(&self.0)?.to_str().ok()?;
         (!value.is_empty()).then_some(Cow::Borrowed(value))
     }

@@ -1,7 +1,7 @@
 //! The layer: a tower [`Layer`] that sends each request through an account of the pool.
 //!
 //! Per attempt, [`AccountPoolService`] selects an account for the request's model (read by a
-//! [`ModelExtractor`], by default the `model` field of a JSON body), injects its credential
+//! [`RequestExtractor`], by default the `model` field of a JSON body), injects its credential
 //! (headers marked sensitive), puts a [`SelectedAccount`] in the request extensions, calls the
 //! inner service, asks the [`Classifier`] what the answer means, reports the
 //! [`Outcome`](crate::Outcome) to the pool and — when the outcome says the account, not the
@@ -43,6 +43,10 @@
 //!
 //! # Rules
 //!
+//! - **Classification**: the [`classifier`](AccountPoolLayer::classifier) (default
+//!   [`HttpClassifier`]), or one made for each request from its head by a
+//!   [`make_classifier`](AccountPoolLayer::make_classifier), decides what each answer means; an
+//!   error of the inner service goes to [`Classifier::classify_error`] (default `Transient`).
 //! - **Attempts**: at most [`max_attempts`](AccountPoolLayer::max_attempts) accounts (default
 //!   3), each different (`SelectRequest::exclude`).
 //! - **Retried**: `RateLimited`, `QuotaExhausted`, `AuthInvalid`, `Suspended`,
@@ -55,8 +59,9 @@
 //!   refresh server could not be reached: the pool then keeps refreshing in the background)
 //!   and the request moves on.
 //! - **Retry budget**: retries are at most 20 % of requests plus 10 per second
-//!   ([`RetryBudget`], tower's `TpsBudget` rule without its lock); replace or turn it off with
-//!   [`retry_budget`](AccountPoolLayer::retry_budget).
+//!   ([`RetryBudget`], tower's `TpsBudget` rule without its lock); replace it with any tower
+//!   [`Budget`] by [`retry_budget`](AccountPoolLayer::retry_budget), or turn it off with
+//!   [`no_retry_budget`](AccountPoolLayer::no_retry_budget).
 //! - **Backoff**: none by default; [`backoff`](AccountPoolLayer::backoff) sleeps a jittered,
 //!   doubling delay between attempts.
 //! - **Deadline**: [`deadline`](AccountPoolLayer::deadline) bounds the whole request up to its
@@ -71,6 +76,11 @@
 //!   recovery and a JSON error body. When accounts were tried and a retry found no other, the
 //!   client gets the last upstream answer — except after an authentication failure of the
 //!   pool's own credential, which becomes the `503`.
+//! - **Rejections**: every answer the layer makes itself (exhaustion, a deadline, an unusable
+//!   credential, an unreadable or slow request body) carries a typed [`Rejection`] in its
+//!   extensions; its body is a JSON error in Anthropic's shape
+//!   ([`Rejection::to_response`]) unless [`on_rejection`](AccountPoolLayer::on_rejection)
+//!   makes another.
 //! - **Streaming**: the decision is made on the response head. A successful body passes
 //!   through untouched and unbuffered; nothing is retried once the response is handed out. The
 //!   account's lease lives in the [`ResponseBody`]: the end of the body reports `Success`, a
@@ -91,91 +101,33 @@
 //! up to the replay cap are held as received (a single-frame body is not copied); the JSON
 //! `model` is found by a scan that stops at the field.
 
+mod attempt;
 mod body;
 mod budget;
 mod extract;
 mod future;
+mod rejection;
+mod service;
 
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body;
+use tower::retry::budget::Budget;
 use tower_layer::Layer;
-use tower_service::Service;
 
 pub use body::{ReplayBody, ResponseBody};
 pub use budget::RetryBudget;
-pub use extract::{
-    AffinityExtractor, AffinityHeader, JsonModel, ModelExtractor, NoAffinity, NoModel,
-};
+pub use extract::{AffinityHeader, JsonModel, NoAffinity, NoModel, RequestExtractor};
 pub use future::ResponseFuture;
+pub use rejection::Rejection;
+pub use service::AccountPoolService;
 
-use crate::account::AccountId;
-use crate::classify::{Classifier, HttpClassifier};
-use crate::credential::SharedCredential;
+pub use crate::account::SelectedAccount;
+use crate::classify::{
+    Classifier, ClassifierSource, HttpClassifier, MakeClassifier, SharedClassifier,
+};
 use crate::pool::Pool;
-
-/// The account a request is being sent with, in the request's extensions (for a handler) and
-/// in the response's (for the caller). It exposes the credential's read-only, non-secret
-/// fields, never the secret.
-///
-/// ```
-/// # use tower_account_pool::layer::SelectedAccount;
-/// fn handler(account: &SelectedAccount) -> String {
-///     format!("{} (attempt {})", account.id(), account.attempt())
-/// }
-/// ```
-#[derive(Clone)]
-pub struct SelectedAccount {
-    id: AccountId,
-    attempt: u32,
-    credential: SharedCredential,
-}
-
-impl SelectedAccount {
-    pub(crate) fn new(id: AccountId, attempt: u32, credential: SharedCredential) -> Self {
-        SelectedAccount {
-            id,
-            attempt,
-            credential,
-        }
-    }
-
-    /// The account's id.
-    pub fn id(&self) -> &AccountId {
-        &self.id
-    }
-
-    /// Which upstream call of the request this is, from 1 (a retry on the same account after a
-    /// credential refresh counts as a call).
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// A read-only, non-secret credential field (for example a Kiro `profileArn`).
-    pub fn field(&self, name: &str) -> Option<String> {
-        self.credential.field(name)
-    }
-
-    /// The credential's kind (`bearer`, `api-key`, ...).
-    pub fn credential_kind(&self) -> &'static str {
-        self.credential.kind()
-    }
-}
-
-impl fmt::Debug for SelectedAccount {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SelectedAccount")
-            .field("id", &self.id)
-            .field("attempt", &self.attempt)
-            .field("credential", &self.credential.kind())
-            .finish()
-    }
-}
 
 /// A jittered, doubling delay between attempts: before retry `n` (from 1) the layer sleeps a
 /// random time in `[d/2, d]` where `d = min(base × 2^(n-1), max)`.
@@ -200,15 +152,16 @@ impl Backoff {
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) pool: Pool,
-    pub(crate) classifier: Arc<dyn Classifier>,
-    pub(crate) model: Arc<dyn ModelExtractor>,
-    pub(crate) affinity: Option<Arc<dyn AffinityExtractor>>,
+    pub(crate) classifier: ClassifierSource,
+    pub(crate) model: Arc<dyn RequestExtractor>,
+    pub(crate) affinity: Option<Arc<dyn RequestExtractor>>,
     pub(crate) max_attempts: u32,
-    pub(crate) budget: Option<Arc<RetryBudget>>,
+    pub(crate) budget: Option<Arc<dyn Budget + Send + Sync>>,
     pub(crate) backoff: Option<Backoff>,
     pub(crate) deadline: Option<Duration>,
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) replay_cap: usize,
+    pub(crate) on_rejection: Option<rejection::OnRejection>,
 }
 
 impl fmt::Debug for Config {
@@ -216,11 +169,12 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("pool", &self.pool)
             .field("max_attempts", &self.max_attempts)
-            .field("budget", &self.budget)
+            .field("budget", &self.budget.is_some())
             .field("backoff", &self.backoff)
             .field("deadline", &self.deadline)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("replay_cap", &self.replay_cap)
+            .field("on_rejection", &self.on_rejection.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -242,7 +196,7 @@ impl AccountPoolLayer {
         AccountPoolLayer {
             config: Arc::new(Config {
                 pool,
-                classifier: Arc::new(HttpClassifier::default()),
+                classifier: ClassifierSource::new(SharedClassifier::new(HttpClassifier::new())),
                 model: Arc::new(JsonModel),
                 affinity: None,
                 max_attempts: 3,
@@ -251,6 +205,7 @@ impl AccountPoolLayer {
                 deadline: None,
                 attempt_timeout: None,
                 replay_cap: DEFAULT_REPLAY_CAP,
+                on_rejection: None,
             }),
         }
     }
@@ -270,9 +225,15 @@ impl AccountPoolLayer {
         self.with(|c| c.max_attempts = attempts.max(1))
     }
 
-    /// The retry budget, or `None` for no budget (only `max_attempts` limits retries).
-    pub fn retry_budget(self, budget: Option<RetryBudget>) -> Self {
-        self.with(|c| c.budget = budget.map(Arc::new))
+    /// The retry budget: any tower [`Budget`] (default [`RetryBudget::default`]: 20 % of
+    /// requests plus 10 per second). Every service this layer makes shares it.
+    pub fn retry_budget(self, budget: impl Budget + Send + Sync + 'static) -> Self {
+        self.with(|c| c.budget = Some(Arc::new(budget)))
+    }
+
+    /// No retry budget: only [`max_attempts`](Self::max_attempts) limits retries.
+    pub fn no_retry_budget(self) -> Self {
+        self.with(|c| c.budget = None)
     }
 
     /// A jittered backoff between attempts (default: none).
@@ -296,19 +257,39 @@ impl AccountPoolLayer {
         self.with(|c| c.replay_cap = bytes)
     }
 
-    /// How the request's model is found (default [`JsonModel`]).
-    pub fn model_extractor(self, extractor: impl ModelExtractor) -> Self {
+    /// How the request's model is found (default [`JsonModel`]; [`NoModel`] for none).
+    pub fn model_extractor(self, extractor: impl RequestExtractor) -> Self {
         self.with(|c| c.model = Arc::new(extractor))
     }
 
     /// How the request's affinity key is found (default: none). See [`AffinityHeader`].
-    pub fn affinity_extractor(self, extractor: impl AffinityExtractor) -> Self {
+    pub fn affinity_extractor(self, extractor: impl RequestExtractor) -> Self {
         self.with(|c| c.affinity = Some(Arc::new(extractor)))
     }
 
-    /// How answers are classified (default [`HttpClassifier`]).
+    /// How answers are classified, the same for every request (default [`HttpClassifier`]):
+    /// `make_classifier(SharedClassifier::new(classifier))`.
     pub fn classifier(self, classifier: impl Classifier) -> Self {
-        self.with(|c| c.classifier = Arc::new(classifier))
+        self.make_classifier(SharedClassifier::new(classifier))
+    }
+
+    /// Makes the classifier of each request from its head (method, URI, headers, extensions).
+    /// See [`MakeClassifier`].
+    pub fn make_classifier(self, maker: impl MakeClassifier) -> Self {
+        self.with(|c| c.classifier = ClassifierSource::new(maker))
+    }
+
+    /// Makes the layer's own answers (see [`Rejection`]) with `f` instead of
+    /// [`Rejection::to_response`], the default. Whatever `f` answers, the layer puts the
+    /// [`Rejection`] (and the [`SelectedAccount`], when an account was involved) in the
+    /// response extensions.
+    pub fn on_rejection<F, T>(self, f: F) -> Self
+    where
+        F: Fn(&Rejection) -> http::Response<T> + Send + Sync + 'static,
+        T: Into<bytes::Bytes>,
+    {
+        let hook: rejection::OnRejection = Arc::new(move |r| f(r).map(Into::into));
+        self.with(|c| c.on_rejection = Some(hook))
     }
 }
 
@@ -316,68 +297,6 @@ impl<S> Layer<S> for AccountPoolLayer {
     type Service = AccountPoolService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccountPoolService {
-            inner,
-            config: self.config.clone(),
-        }
-    }
-}
-
-/// The service made by [`AccountPoolLayer`]. Cheap to clone: clones share the pool and the
-/// retry budget.
-#[derive(Clone)]
-pub struct AccountPoolService<S> {
-    inner: S,
-    config: Arc<Config>,
-}
-
-impl<S> AccountPoolService<S> {
-    /// The pool.
-    pub fn pool(&self) -> &Pool {
-        &self.config.pool
-    }
-
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-}
-
-impl<S> fmt::Debug for AccountPoolService<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccountPoolService")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, B, RB> Service<Request<B>> for AccountPoolService<S>
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
-    RB: Body<Data = Bytes> + Unpin + Send + 'static,
-{
-    type Response = Response<ResponseBody<RB>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<RB, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        // The ready service goes with the request; this one gets a fresh clone.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        // Boxed where it is made: every move of the loop's state copies it whole.
-        let (parts, body) = request.into_parts();
-        ResponseFuture::new(Box::pin(future::run(
-            self.config.clone(),
-            inner,
-            parts,
-            body,
-        )))
+        AccountPoolService::new(inner, self.config.clone())
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 use tower_account_pool::config::PoolFile;
-use tower_account_pool::layer::{JsonModel, ModelExtractor};
+use tower_account_pool::layer::{JsonModel, RequestExtractor};
 
 const CASES: u32 = 10_000;
 
@@ -67,7 +67,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 fn model_of(body: &[u8]) -> Option<String> {
     let (parts, _) = http::Request::new(()).into_parts();
-    JsonModel.model(&parts, body).map(Cow::into_owned)
+    JsonModel.extract(&parts, body).map(Cow::into_owned)
 }
 
 /// What a JSON parser (the upstream's) reads as the top-level `model` string.

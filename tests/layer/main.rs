@@ -15,7 +15,9 @@ mod support;
 mod tonic_client_example;
 
 mod axum_router;
+mod classify;
 mod hyper_client;
+mod rejection;
 mod reqwest_client;
 mod retry;
 mod secrets;

@@ -193,11 +193,11 @@ async fn an_empty_retry_budget_stops_retries() {
         [Reply::status(500), Reply::status(500), Reply::status(500)],
     );
     // No floor, 50 %: the first request pays half a retry, the second one a whole one.
-    let layer = AccountPoolLayer::new(pool.clone()).retry_budget(Some(RetryBudget::new(
+    let layer = AccountPoolLayer::new(pool.clone()).retry_budget(RetryBudget::new(
         Duration::from_secs(10),
         0,
         0.5,
-    )));
+    ));
     let response = send(layer.clone(), &upstream).await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(upstream.accounts_called(), ["a"]);

@@ -155,7 +155,7 @@
 //! 400 `invalid_request_error`; a body over [`body_limit`](AnthropicConfig::body_limit) 413
 //! `request_too_large`. Upstream answers map as: Kiro 400 → 400 (`Input is too long` →
 //! `prompt is too long: …`); 402 / 429 / every candidate rate limited or out of quota (the
-//! pool's [`Exhausted`]) → 429 `rate_limit_error` with `retry-after`; 401 /
+//! layer's [`Rejection::Exhausted`]) → 429 `rate_limit_error` with `retry-after`; 401 /
 //! 403 (the account's credential, not the client's key), 503, 529 and no account able to
 //! serve otherwise → 529 `overloaded_error` with `retry-after`; other 5xx → 500 `api_error`
 //! with `retry-after`; 408 / 504 → 504 `timeout_error`; a failure of the inner service → 529.
@@ -208,8 +208,7 @@ use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::layer::ModelExtractor;
-use crate::select::Exhausted;
+use crate::layer::{Rejection, RequestExtractor};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -282,7 +281,7 @@ impl AnthropicConfig {
 pub struct RequestedModel(pub String);
 
 impl RequestedModel {
-    /// A [`ModelExtractor`] reading this extension, for
+    /// A [`RequestExtractor`] reading this extension, for
     /// [`AccountPoolLayer::model_extractor`](crate::layer::AccountPoolLayer::model_extractor).
     pub fn extractor() -> RequestedModelExtractor {
         RequestedModelExtractor
@@ -293,8 +292,12 @@ impl RequestedModel {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestedModelExtractor;
 
-impl ModelExtractor for RequestedModelExtractor {
-    fn model<'a>(&self, parts: &'a http::request::Parts, _body: &'a [u8]) -> Option<Cow<'a, str>> {
+impl RequestExtractor for RequestedModelExtractor {
+    fn extract<'a>(
+        &self,
+        parts: &'a http::request::Parts,
+        _body: &'a [u8],
+    ) -> Option<Cow<'a, str>> {
         parts
             .extensions
             .get::<RequestedModel>()
@@ -730,7 +733,11 @@ fn upstream_error(
 ) -> AnthropicError {
     // Seconds, an HTTP date, or `retry-after-ms`.
     let retry_after = crate::kiro::retry_after(&head.headers);
-    if let Some(exhausted) = head.extensions.get::<Exhausted>() {
+    if let Some(exhausted) = head
+        .extensions
+        .get::<Rejection>()
+        .and_then(Rejection::exhausted)
+    {
         let after = exhausted.retry_after().or(Some(default_retry_after));
         let kind = if exhausted.is_rate_limited() {
             ErrorKind::RateLimit
