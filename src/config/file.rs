@@ -606,7 +606,7 @@ impl PoolFile {
                 source,
             })?;
         for (entry, (_, unavailable)) in self.entries.iter().zip(&opened) {
-            pool.seed_from_entry(entry, unavailable.as_deref());
+            super::seed_from_entry(&pool, entry, unavailable.as_deref());
         }
         Ok(pool)
     }

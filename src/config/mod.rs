@@ -124,50 +124,18 @@ pub use migrate::{migrate, write_atomic, MigrateOptions, MigrationReport};
 pub use sqlite::SqlitePool;
 pub use watch::{FileWatch, FileWatcher, ReloadResult, ReloadStatus, DEFAULT_WATCH_INTERVAL};
 
-use crate::health::HealthState;
 use crate::pool::Pool;
 
-impl Pool {
-    /// Seeds an account just built or added from a pool file entry: its state fields, then
-    /// its credential's unavailability.
-    pub(crate) fn seed_from_entry(&self, entry: &AccountEntry, unavailable: Option<&str>) {
-        if let Some(state) = entry.state().persisted() {
-            // The account was just added with this id, so it exists.
-            let _ = self.restore_state(entry.id().as_str(), &state);
-        }
-        if let Some(reason) = unavailable {
-            self.mark_credential_unavailable(entry.id().as_str(), reason);
-        }
+/// Seeds an account just built or added from a pool file entry: its state fields, then its
+/// credential's unavailability.
+pub(crate) fn seed_from_entry(pool: &Pool, entry: &AccountEntry, unavailable: Option<&str>) {
+    if let Some(state) = entry.state().persisted() {
+        // The account was just added with this id, so it exists.
+        let _ = pool.restore_state(entry.id().as_str(), &state);
     }
-
-    /// Marks an account `AuthInvalid` because its credential cannot be used; the credential's
-    /// refresh is retried after the policy's `auth_invalid_retry`. Counters are kept.
-    pub(crate) fn mark_credential_unavailable(&self, id: &str, reason: &str) {
-        let Ok(slot) = self.slot(id) else { return };
-        let shared = &self.shared;
-        let retry = shared.policy.auth_invalid_retry;
-        let until = shared
-            .clock
-            .now_ms()
-            .saturating_add(retry.as_millis() as u64);
-        let generation =
-            shared.transition(&slot, HealthState::AuthInvalid, until, reason.to_owned());
-        shared.schedule_refresh(&slot, retry, generation);
-    }
-
-    /// An account whose credential was replaced by a usable one leaves the credential states.
-    pub(crate) fn mark_credential_ready(&self, id: &str) {
-        let Ok(slot) = self.slot(id) else { return };
-        if matches!(
-            slot.runtime.state(),
-            HealthState::AuthInvalid | HealthState::AuthExpired
-        ) {
-            self.shared.transition(
-                &slot,
-                HealthState::Healthy,
-                0,
-                "credential changed in the pool file".to_owned(),
-            );
+    if let Some(reason) = unavailable {
+        if let Ok(account) = pool.account(entry.id().as_str()) {
+            account.mark_credential_unusable(reason);
         }
     }
 }

@@ -238,11 +238,13 @@ impl Pool {
     /// error otherwise. Records `nextDateReset` with [`Pool::set_quota_reset`] (for
     /// [`Strategy::SoonestReset`](crate::Strategy::SoonestReset)). Returns the usage read.
     pub async fn probe_kiro_account(&self, id: &str) -> Result<KiroUsage, PoolError> {
-        let slot = self.slot(id)?;
-        let Some(credential) = KiroCredential::from_shared(&slot.credential) else {
+        let account = self.account(id)?;
+        let Some(credential) = KiroCredential::from_shared(account.credential()) else {
             return Err(PoolError::Credential {
-                id: slot.id.clone(),
-                source: crate::credential::CredentialError::NotRefreshable(slot.credential.kind()),
+                id: account.id().clone(),
+                source: crate::credential::CredentialError::NotRefreshable(
+                    account.credential().kind(),
+                ),
             });
         };
         match probe(&credential).await {
@@ -261,11 +263,11 @@ impl Pool {
                 Ok(usage)
             }
             Err(e) => {
-                tracing::info!(account = %slot.id, error = %e, "Kiro usage probe failed");
+                tracing::info!(account = %account.id(), error = %e, "Kiro usage probe failed");
                 let outcome = e.outcome();
                 self.report_probe(id, outcome)?;
                 Err(PoolError::Credential {
-                    id: slot.id.clone(),
+                    id: account.id().clone(),
                     source: match e {
                         ProbeError::Credential(c) => c,
                         other => crate::credential::CredentialError::Unavailable(other.to_string()),
@@ -280,7 +282,7 @@ impl Pool {
     /// The last usage the probe saw for a Kiro account (`None` for other accounts or before the
     /// first probe).
     pub fn kiro_usage(&self, id: &str) -> Result<Option<KiroUsage>, PoolError> {
-        let slot = self.slot(id)?;
-        Ok(KiroCredential::from_shared(&slot.credential).and_then(|c| c.last_usage()))
+        let account = self.account(id)?;
+        Ok(KiroCredential::from_shared(account.credential()).and_then(|c| c.last_usage()))
     }
 }
