@@ -74,7 +74,6 @@ pub mod account;
 #[cfg(feature = "admin")]
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
 pub mod admin;
-mod civil;
 pub mod classify;
 pub mod config;
 pub mod credential;

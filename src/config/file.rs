@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 use crate::account::{Account, AccountId, AccountSettings};
 use crate::config::credential::{CredentialResolver, OpenedCredential, TokenFileResolver};
 use crate::config::error::{describe, ConfigError};
-use crate::config::time::{format_timestamp, parse_timestamp};
 use crate::credential::{ApiKey, BearerToken, NoCredential, SharedCredential};
 use crate::health::{HealthState, LastError, OutcomeClass};
 use crate::pool::{Counters, PersistedState, Pool, PoolBuilder, PoolSnapshot};
+use crate::time::{format_iso, parse as parse_timestamp};
 
 /// The key of the current shape, `{"accounts": [...]}`.
 pub const ACCOUNTS_KEY: &str = "accounts";
@@ -457,7 +457,7 @@ impl PoolFile {
 
     /// The folder the file is in: relative credential paths in it are resolved against it
     /// (by [`accounts`](Self::accounts), [`build`](Self::build) and
-    /// [`build_from_file`](PoolBuilder::build_from_file); give it to other resolvers, e.g.
+    /// [`build_from_file`](super::PoolBuilderExt::build_from_file); give it to other resolvers, e.g.
     /// [`TokenFileResolver::base_dir`] or `KiroResolver::base_dir`).
     pub fn dir(&self) -> PathBuf {
         match self.path.parent() {
@@ -542,13 +542,10 @@ impl PoolFile {
             );
             raw.insert("usageCount".into(), Value::from(account.counters.successes));
             if let Some(used) = account.last_used {
-                raw.insert("lastUsed".into(), Value::from(format_timestamp(used)));
+                raw.insert("lastUsed".into(), Value::from(format_iso(&used)));
             }
             if let Some(error) = &account.last_error {
-                raw.insert(
-                    "lastErrorTime".into(),
-                    Value::from(format_timestamp(error.at)),
-                );
+                raw.insert("lastErrorTime".into(), Value::from(format_iso(&error.at)));
                 raw.insert(
                     "lastErrorMessage".into(),
                     Value::from(error.message.clone()),
@@ -648,17 +645,6 @@ impl PoolFile {
                 );
             }
         }
-    }
-}
-
-impl PoolBuilder {
-    /// Builds the pool from a pool file (any of the three shapes), with this builder's
-    /// strategy, health policy and TTL. Credential files are opened by a [`TokenFileResolver`],
-    /// relative paths against the file's folder; use [`PoolFile::build_with`] for another
-    /// resolver. Accounts added
-    /// to the builder before stay, ahead of the file's.
-    pub fn build_from_file(self, path: impl AsRef<Path>) -> Result<Pool, ConfigError> {
-        PoolFile::load(path)?.build(self)
     }
 }
 

@@ -33,7 +33,7 @@ pub struct ReloadStatus {
     pub last: Option<ReloadResult>,
 }
 
-/// Configures and starts a [`FileWatch`]; [`Pool::watch_file`] is the short form.
+/// Configures and starts a [`FileWatch`]; [`PoolExt::watch_file`](super::PoolExt::watch_file) is the short form.
 #[derive(Debug)]
 pub struct FileWatcher {
     pool: Pool,
@@ -127,20 +127,6 @@ async fn poll(tracker: Arc<Mutex<Tracker>>, every: Duration) {
         if looked.is_err() {
             return;
         }
-    }
-}
-
-impl Pool {
-    /// Watches a pool file and applies its changes to this pool: added accounts are added
-    /// (seeded from their state fields), removed ones removed, changed ones updated while
-    /// keeping their runtime state, unchanged ones left alone. After the first look, only
-    /// what the file changed since it was last applied is applied: an account changed or
-    /// removed through the admin API, or added there, stays as it is until the file itself
-    /// changes that account. A broken edit is logged
-    /// (`warn`), reported through [`FileWatch::status`], and ignored: the running pool stays
-    /// as it was. Polls every [`DEFAULT_WATCH_INTERVAL`]; see [`FileWatcher`] for options.
-    pub fn watch_file(&self, path: impl Into<PathBuf>) -> FileWatch {
-        FileWatcher::new(self, path).start()
     }
 }
 

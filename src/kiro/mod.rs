@@ -30,7 +30,7 @@
 //!   `Authorization` and `amz-sdk-invocation-id`.
 //! - [`classify_response`] / [`classify_stream_start`]: the Kiro classifier rows;
 //!   [`quota_reset_of`] gives them a pool credential's `nextDateReset`.
-//! - [`probe`] / [`Pool::probe_kiro_account`]: the usage-limits probe, feeding quota state.
+//! - [`probe`] / [`KiroPoolExt::probe_kiro_account`]: the usage-limits probe, feeding quota state.
 //! - [`spawn_refresher`] / [`spawn_usage_prober`]: background tasks over every Kiro account.
 //! - [`eventstream`]: the AWS event-stream framing (CRC-checked decoder and encoder).
 //! - [`anthropic`]: the Anthropic Messages API over Kiro accounts ([`anthropic::AnthropicLayer`]
@@ -59,7 +59,7 @@ pub use credential::{
     AuthMethod, KiroCredential, KiroEndpoints, KiroError, KiroOptions, DEFAULT_HTTP_TIMEOUT,
     DEFAULT_REFRESH_WINDOW, DEFAULT_TOKEN_LIFETIME, INVOCATION_ID, KIND,
 };
-pub use usage::{probe, KiroUsage, ProbeError};
+pub use usage::{probe, KiroPoolExt, KiroUsage, ProbeError};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,7 +131,7 @@ pub fn spawn_refresher(pool: &Pool, interval: Duration) -> JoinHandle<()> {
 }
 
 /// Probes every Kiro account's usage limits every `interval` (± 10 % jitter), starting now, and
-/// reports each result to the pool ([`Pool::probe_kiro_account`]). The task ends when the pool
+/// reports each result to the pool ([`KiroPoolExt::probe_kiro_account`]). The task ends when the pool
 /// is dropped.
 pub fn spawn_usage_prober(pool: &Pool, interval: Duration) -> JoinHandle<()> {
     let weak = pool.downgrade();

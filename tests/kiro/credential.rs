@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use http::HeaderMap;
 use serde_json::{json, Value};
 use tower_account_pool::credential::{Credential, CredentialError, RefreshMode};
-use tower_account_pool::kiro::{self, AuthMethod, KiroCredential, KiroError, KiroOptions};
+use tower_account_pool::kiro::{
+    self, AuthMethod, KiroCredential, KiroError, KiroOptions, KiroPoolExt,
+};
 use tower_account_pool::testing::{KiroMock, RefreshRule};
 use tower_account_pool::{Account, HealthState, Pool};
 

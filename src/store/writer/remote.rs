@@ -4,7 +4,8 @@ use std::sync::atomic::Ordering;
 
 use crate::health::{HealthState, NEVER};
 use crate::pool::{AccountHandle, PersistedState, Pool};
-use crate::store::{merge, time};
+use crate::store::merge;
+use crate::time;
 
 /// Whether this process holds an account-wide cooldown, or a model cooldown, with a later
 /// deadline than what the store holds (after [`join_remote`], so none of them is void).
@@ -136,7 +137,7 @@ pub(super) fn join_remote(pool: &Pool, slot: &AccountHandle, remote: &PersistedS
     }
     // The account-wide cooldown with the later deadline.
     let local = rt.state();
-    let wall_now = time::epoch_ms(&std::time::SystemTime::now());
+    let wall_now = time::millis(&std::time::SystemTime::now());
     if is_cooldown(remote.state)
         && !voided(remote, reset_all, recovered_all)
         && deadline(remote) > wall_now
