@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{AccountWrite, CounterTotals, Store, StoreError, StoredAccount};
+use super::{AccountWrite, CounterTotals, Store, StoreError, StoreErrorKind, StoredAccount};
 use crate::account::AccountId;
 use crate::health::HealthState;
 use crate::pool::PersistedState;
@@ -86,19 +86,13 @@ impl JsonFileStore {
     pub fn open(path: impl AsRef<Path>) -> Result<JsonFileStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let lock_path = lock_path(&path);
-        let io = |source| StoreError::Io {
-            path: lock_path.display().to_string(),
-            source,
-        };
+        let io = |source| StoreError::io(lock_path.display(), source);
         let lock = open_private(&lock_path, false).map_err(io)?;
         let path_exists = path.exists();
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked {
-                    path: path.display().to_string(),
-                    lock: lock_path.display().to_string(),
-                })
+                return Err(StoreError::locked(path.display(), lock_path.display()))
             }
             Err(fs::TryLockError::Error(e)) => return Err(io(e)),
         }
@@ -161,19 +155,11 @@ impl Inner {
         let text = match fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StoreError::Io {
-                    path: self.display(),
-                    source,
-                })
-            }
+            Err(source) => return Err(StoreError::io(self.display(), source)),
         };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                path: self.display(),
-                message: format!("invalid JSON: {e}"),
-            })
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            StoreError::corrupt(self.display(), format!("invalid JSON: {e}")).with_source(e)
+        })
     }
 
     /// Read, `change`, replace. A missing file starts empty when `create` allows it, else it
@@ -185,34 +171,30 @@ impl Inner {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         if let Ok(bytes) = fs::read(&self.path) {
             if let Err(e) = crate::config::PoolFile::parse(&self.path, &bytes) {
-                return Err(StoreError::Corrupt {
-                    path: self.display(),
-                    message: format!("it does not load as a pool file: {e}"),
-                });
+                return Err(StoreError::corrupt(
+                    self.display(),
+                    format!("it does not load as a pool file: {e}"),
+                )
+                .with_source(e));
             }
         }
         let mut doc = match self.read()? {
             Some(doc) => doc,
             None if create => serde_json::json!({ "accounts": [] }),
             None => {
-                return Err(StoreError::Io {
-                    path: self.display(),
-                    source: std::io::Error::new(
+                return Err(StoreError::io(
+                    self.display(),
+                    std::io::Error::new(
                         std::io::ErrorKind::NotFound,
                         "the pool file is gone; it is not recreated, and the state is written \
                          once it is back",
                     ),
-                })
+                ))
             }
         };
-        change(&mut doc).map_err(|message| StoreError::Corrupt {
-            path: self.display(),
-            message,
-        })?;
-        let mut bytes = serde_json::to_vec_pretty(&doc).map_err(|e| StoreError::Corrupt {
-            path: self.display(),
-            message: e.to_string(),
-        })?;
+        change(&mut doc).map_err(|message| StoreError::corrupt(self.display(), message))?;
+        let mut bytes = serde_json::to_vec_pretty(&doc)
+            .map_err(|e| StoreError::corrupt(self.display(), &e).with_source(e))?;
         bytes.push(b'\n');
         self.replace(&bytes)
     }
@@ -220,10 +202,8 @@ impl Inner {
     /// Atomic replace: temporary file in the same directory (mode 0600), fsync, rename,
     /// directory fsync.
     fn replace(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        crate::private_file::replace(&self.path, bytes).map_err(|source| StoreError::Io {
-            path: self.display(),
-            source,
-        })
+        crate::private_file::replace(&self.path, bytes)
+            .map_err(|source| StoreError::io(self.display(), source))
     }
 }
 
@@ -554,10 +534,8 @@ impl Store for JsonFileStore {
             let Some(doc) = inner.read()? else {
                 return Ok(Vec::new());
             };
-            let list = account_list(&doc).map_err(|message| StoreError::Corrupt {
-                path: inner.display(),
-                message,
-            })?;
+            let list = account_list(&doc)
+                .map_err(|message| StoreError::corrupt(inner.display(), message))?;
             Ok(list
                 .iter()
                 .filter_map(|a| {
@@ -601,42 +579,35 @@ impl Inner {
         add_missing: bool,
     ) -> Result<(), StoreError> {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        let corrupt = |message: String| StoreError::Corrupt {
-            path: self.display(),
-            message,
-        };
+        let corrupt = |message: String| StoreError::corrupt(self.display(), message);
         let (text, new) = match fs::read_to_string(&self.path) {
             Ok(text) => (text, false),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 ("{\n  \"accounts\": []\n}\n".to_owned(), true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::Io {
-                    path: self.display(),
-                    source: std::io::Error::new(
+                return Err(StoreError::io(
+                    self.display(),
+                    std::io::Error::new(
                         std::io::ErrorKind::NotFound,
                         "the pool file is gone; it is not recreated, and the state is written \
                          once it is back",
                     ),
-                })
+                ))
             }
-            Err(source) => {
-                return Err(StoreError::Io {
-                    path: self.display(),
-                    source,
-                })
-            }
+            Err(source) => return Err(StoreError::io(self.display(), source)),
         };
         let body = text.strip_prefix('\u{feff}').unwrap_or(&text);
         if !new {
             match crate::config::PoolFile::parse(&self.path, body.as_bytes()) {
-                Err(e) => {
-                    let e = e.to_string();
+                Err(error) => {
+                    let e = error.to_string();
                     let prefix = format!("{}: ", self.display());
                     return Err(corrupt(format!(
                         "it does not load as a pool file: {}; it is written once it loads again",
                         e.strip_prefix(&prefix).unwrap_or(&e)
-                    )));
+                    ))
+                    .with_source(error));
                 }
                 Ok(file) if file.entries().is_empty() && !add_missing => {
                     return Err(corrupt(
@@ -662,9 +633,13 @@ where
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        StoreError::new(
+            StoreErrorKind::Unavailable,
+            format!("store task failed: {e}"),
+        )
+        .with_source(e)
+    })?
 }
 
 #[cfg(test)]

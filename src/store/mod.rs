@@ -95,7 +95,7 @@ mod redis;
 mod sqlite;
 mod writer;
 
-pub use self::error::StoreError;
+pub use self::error::{StoreError, StoreErrorKind};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisConfig, RedisStore};

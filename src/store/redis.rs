@@ -13,7 +13,7 @@ use super::codec::{
     counters_from_array, counters_to_array, model_cooldowns_from_json, model_cooldowns_to_json,
     parse_state, CounterArray, COUNTER_NAMES,
 };
-use super::{AccountWrite, CounterTotals, Store, StoreError, StoredAccount};
+use super::{AccountWrite, CounterTotals, Store, StoreError, StoreErrorKind, StoredAccount};
 use crate::account::AccountId;
 use crate::health::{HealthState, LastError, OutcomeClass};
 use crate::pool::PersistedState;
@@ -144,14 +144,17 @@ impl Drop for Inner {
 
 fn redis_err(e: redis::RedisError) -> StoreError {
     // RedisError's text names the command and the server's answer, never the URL.
-    StoreError::Unavailable(format!("redis: {e}"))
+    StoreError::new(StoreErrorKind::Unavailable, format!("redis: {e}")).with_source(e)
 }
 
 impl RedisStore {
     /// Connects to Redis and subscribes to the pool's change channel.
     pub async fn open(config: RedisConfig) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("redis: invalid URL ({:?})", e.kind())))?;
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
+            // Only the kind: the parse error may quote the URL (and its password).
+            let message = format!("redis: invalid URL ({:?})", e.kind());
+            StoreError::new(StoreErrorKind::Unavailable, message)
+        })?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(config.timeout)
             .set_response_timeout(config.timeout)
@@ -162,7 +165,7 @@ impl RedisStore {
             ConnectionManager::new_with_config(client.clone(), manager_config),
         )
         .await
-        .map_err(|_| StoreError::Unavailable("redis: connection timed out".into()))?
+        .map_err(|_| StoreError::new(StoreErrorKind::Unavailable, "redis: connection timed out"))?
         .map_err(redis_err)?;
         let shared = Arc::new(SubscriberState {
             changed: Mutex::new(HashSet::new()),
@@ -216,10 +219,13 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.inner.timeout, fut).await {
             Ok(result) => result.map_err(redis_err),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "redis: no answer within {} ms",
-                self.inner.timeout.as_millis()
-            ))),
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "redis: no answer within {} ms",
+                    self.inner.timeout.as_millis()
+                ),
+            )),
         }
     }
 
@@ -474,10 +480,13 @@ impl Store for RedisStore {
             todo = again;
         }
         if !todo.is_empty() {
-            return Err(StoreError::Unavailable(format!(
-                "redis: {} accounts changed by other replicas on every attempt; retried later",
-                todo.len()
-            )));
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "redis: {} accounts changed by other replicas on every attempt; retried later",
+                    todo.len()
+                ),
+            ));
         }
         Ok(totals)
     }

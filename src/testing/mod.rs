@@ -34,12 +34,15 @@
 //!   ([`Reply`], [`Event`]: text, emulated thinking, tool calls with their input in fragments,
 //!   context usage, exception frames) and chat bodies are checked as strictly as Kiro is known
 //!   to check them ([`Validation`]).
+//! - [`MockCredential`]: a credential whose refreshes are scripted and counted.
 
+mod credential;
 #[cfg(feature = "kiro")]
 mod kiro_mock;
 #[cfg(feature = "kiro")]
 mod kiro_validation;
 
+pub use credential::MockCredential;
 #[cfg(feature = "kiro")]
 pub use kiro_mock::{Event, KiroMock, RecordedRequest, RefreshRule, Reply, Responder};
 #[cfg(feature = "kiro")]

@@ -1,7 +1,6 @@
 //! Shared helpers of the admin tests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -9,9 +8,8 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use serde_json::Value;
 use tower::ServiceExt;
-use tower_account_pool::credential::{
-    BoxFuture, Credential, CredentialError, MaskedCredential, RefreshMode,
-};
+use tower_account_pool::credential::CredentialError;
+use tower_account_pool::testing::MockCredential;
 
 pub const ADMIN_TOKEN: &str = "admin-token-SECRET-7c1f09d2e4b6";
 pub const BEARER_A: &str = "sk-upstream-SECRET-aaaa-1111";
@@ -82,43 +80,15 @@ pub async fn authed(app: &Router, method: Method, path: &str, body: Option<&str>
 }
 
 /// A refreshable credential that counts its refreshes and can be told to fail.
-#[derive(Debug, Default)]
-pub struct Refreshable {
-    pub refreshes: AtomicUsize,
-    pub fail: std::sync::atomic::AtomicBool,
+pub fn shared_refreshable() -> Arc<MockCredential> {
+    Arc::new(
+        MockCredential::new("test-oauth", REFRESH_SECRET).path("/var/lib/pool/test-oauth.json"),
+    )
 }
 
-impl Credential for Refreshable {
-    fn kind(&self) -> &'static str {
-        "test-oauth"
-    }
-
-    fn apply(&self, headers: &mut HeaderMap) -> Result<(), CredentialError> {
-        let mut value = http::HeaderValue::from_str(&format!("Bearer {REFRESH_SECRET}")).unwrap();
-        value.set_sensitive(true);
-        headers.insert("authorization", value);
-        Ok(())
-    }
-
-    fn refresh(&self, _mode: RefreshMode) -> BoxFuture<'_, Result<(), CredentialError>> {
-        Box::pin(async move {
-            self.refreshes.fetch_add(1, Ordering::SeqCst);
-            if self.fail.load(Ordering::SeqCst) {
-                Err(CredentialError::Invalid("the upstream said no".into()))
-            } else {
-                Ok(())
-            }
-        })
-    }
-
-    fn masked(&self) -> MaskedCredential {
-        MaskedCredential {
-            path: Some("/var/lib/pool/test-oauth.json".into()),
-            ..MaskedCredential::from_secret("test-oauth", REFRESH_SECRET)
-        }
-    }
-}
-
-pub fn shared_refreshable() -> Arc<Refreshable> {
-    Arc::new(Refreshable::default())
+/// Makes the credential's refreshes fail as an upstream that rejects them would.
+pub fn reject_refreshes(credential: &MockCredential) {
+    credential.fail_refreshes_with(Some(CredentialError::Invalid(
+        "the upstream said no".into(),
+    )));
 }

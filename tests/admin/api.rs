@@ -1,9 +1,8 @@
 //! The admin API against an in-process router (`tower::ServiceExt::oneshot`).
-#![cfg(feature = "admin")]
+#![cfg(all(feature = "admin", feature = "test-util"))]
 
 use crate::admin_support;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -659,12 +658,12 @@ async fn refresh_uses_the_credential() {
     );
 
     pool.report_probe("oauth", Outcome::Suspended).unwrap();
-    let before = credential.refreshes.load(Ordering::SeqCst);
+    let before = credential.refreshes();
     let reply = authed(&app, Method::POST, "/accounts/oauth/refresh", None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-    assert_eq!(credential.refreshes.load(Ordering::SeqCst), before + 1);
+    assert_eq!(credential.refreshes(), before + 1);
 
-    credential.fail.store(true, Ordering::SeqCst);
+    reject_refreshes(&credential);
     let reply = authed(&app, Method::POST, "/accounts/oauth/refresh", None).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(

@@ -7,7 +7,7 @@
 //!
 //! Needs Debian's `chromium` (`.ci/run` installs it). Without it the test says it was skipped,
 //! except under CI (`CI` set), where a missing browser is a failure.
-#![cfg(feature = "admin")]
+#![cfg(all(feature = "admin", feature = "test-util"))]
 
 use crate::admin_support;
 

@@ -2,15 +2,16 @@
 
 use crate::support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+#[cfg(feature = "test-util")]
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::HeaderMap;
 use support::builder;
-use tower_account_pool::credential::{
-    BoxFuture, Credential, CredentialError, MaskedCredential, NoCredential, RefreshMode,
-};
+use tower_account_pool::credential::NoCredential;
+#[cfg(feature = "test-util")]
+use tower_account_pool::credential::{CredentialError, RefreshMode};
+#[cfg(feature = "test-util")]
+use tower_account_pool::testing::MockCredential;
 use tower_account_pool::{
     Account, AccountId, HealthPolicy, HealthState, Outcome, Pool, RateLimitScope, SelectRequest,
     Unavailable,
@@ -266,55 +267,27 @@ async fn quota_exhaustion_without_a_reset_time_escalates_from_one_hour() {
     );
 }
 
+#[cfg(feature = "test-util")]
 /// A credential whose refreshes follow a script and are counted.
-#[derive(Debug)]
-struct ScriptedCredential {
-    refreshes: AtomicUsize,
-    results: Mutex<Vec<Result<(), CredentialError>>>,
+fn scripted(results: Vec<Result<(), CredentialError>>) -> Arc<MockCredential> {
+    Arc::new(MockCredential::new("scripted", "").refresh_results(results))
 }
 
-impl ScriptedCredential {
-    fn new(results: Vec<Result<(), CredentialError>>) -> Arc<Self> {
-        Arc::new(ScriptedCredential {
-            refreshes: AtomicUsize::new(0),
-            results: Mutex::new(results),
-        })
-    }
-    fn refreshes(&self) -> usize {
-        self.refreshes.load(Ordering::SeqCst)
-    }
+#[cfg(feature = "test-util")]
+/// How often the pool refreshed `credential`; the pool always forces refreshes.
+fn refreshes(credential: &MockCredential) -> usize {
+    assert!(
+        credential
+            .refresh_modes()
+            .iter()
+            .all(|mode| *mode == RefreshMode::Forced),
+        "the pool always forces refreshes"
+    );
+    credential.refreshes()
 }
 
-impl Credential for ScriptedCredential {
-    fn kind(&self) -> &'static str {
-        "scripted"
-    }
-    fn apply(&self, _: &mut HeaderMap) -> Result<(), CredentialError> {
-        Ok(())
-    }
-    fn refresh(&self, mode: RefreshMode) -> BoxFuture<'_, Result<(), CredentialError>> {
-        assert_eq!(
-            mode,
-            RefreshMode::Forced,
-            "the pool always forces refreshes"
-        );
-        self.refreshes.fetch_add(1, Ordering::SeqCst);
-        let next = {
-            let mut results = self.results.lock().unwrap();
-            if results.is_empty() {
-                Ok(())
-            } else {
-                results.remove(0)
-            }
-        };
-        Box::pin(async move { next })
-    }
-    fn masked(&self) -> MaskedCredential {
-        MaskedCredential::from_secret("scripted", "")
-    }
-}
-
-fn pool_with(credential: Arc<ScriptedCredential>) -> Pool {
+#[cfg(feature = "test-util")]
+fn pool_with(credential: Arc<MockCredential>) -> Pool {
     Pool::builder()
         .account(Account::with_shared_credential("oauth", credential))
         .account(Account::new("other", NoCredential))
@@ -328,9 +301,10 @@ async fn settle() {
     }
 }
 
+#[cfg(feature = "test-util")]
 #[tokio::test(start_paused = true)]
 async fn auth_expired_forces_a_refresh_and_recovers() {
-    let credential = ScriptedCredential::new(vec![Ok(())]);
+    let credential = scripted(vec![Ok(())]);
     let pool = pool_with(credential.clone());
     let mut events = pool.subscribe();
     one(&pool, "oauth").report(Outcome::AuthExpired);
@@ -342,7 +316,7 @@ async fn auth_expired_forces_a_refresh_and_recovers() {
         1
     );
     settle().await;
-    assert_eq!(credential.refreshes(), 1);
+    assert_eq!(refreshes(&credential), 1);
     assert_eq!(state(&pool, "oauth"), HealthState::Healthy);
     selectable(&pool, "oauth", MODEL).unwrap();
     let first = events.recv().await.unwrap();
@@ -358,10 +332,11 @@ async fn auth_expired_forces_a_refresh_and_recovers() {
     assert_eq!(second.reason, "credential refreshed");
 }
 
+#[cfg(feature = "test-util")]
 #[tokio::test(start_paused = true)]
 async fn a_rejected_refresh_makes_the_account_auth_invalid_and_retries_every_30_minutes() {
     let rejected = || Err(CredentialError::Invalid("invalid_grant".into()));
-    let credential = ScriptedCredential::new(vec![rejected(), rejected(), Ok(())]);
+    let credential = scripted(vec![rejected(), rejected(), Ok(())]);
     let pool = pool_with(credential.clone());
     one(&pool, "oauth").report(Outcome::AuthExpired);
     settle().await;
@@ -372,32 +347,33 @@ async fn a_rejected_refresh_makes_the_account_auth_invalid_and_retries_every_30_
         Some("credential rejected: invalid_grant; refresh retried in 30.0m")
     );
     assert!(account.next_retry_at.is_some());
-    assert_eq!(credential.refreshes(), 1);
+    assert_eq!(refreshes(&credential), 1);
 
     tokio::time::advance(Duration::from_secs(29 * 60)).await;
     settle().await;
-    assert_eq!(credential.refreshes(), 1);
+    assert_eq!(refreshes(&credential), 1);
     tokio::time::advance(Duration::from_secs(60)).await;
     settle().await;
-    assert_eq!(credential.refreshes(), 2);
+    assert_eq!(refreshes(&credential), 2);
     assert_eq!(state(&pool, "oauth"), HealthState::AuthInvalid);
     tokio::time::advance(Duration::from_secs(30 * 60)).await;
     settle().await;
-    assert_eq!(credential.refreshes(), 3);
+    assert_eq!(refreshes(&credential), 3);
     assert_eq!(state(&pool, "oauth"), HealthState::Healthy);
 }
 
+#[cfg(feature = "test-util")]
 #[tokio::test(start_paused = true)]
 async fn auth_invalid_reported_directly_retries_the_refresh_after_30_minutes() {
-    let credential = ScriptedCredential::new(vec![Ok(())]);
+    let credential = scripted(vec![Ok(())]);
     let pool = pool_with(credential.clone());
     one(&pool, "oauth").report(Outcome::AuthInvalid);
     settle().await;
     assert_eq!(state(&pool, "oauth"), HealthState::AuthInvalid);
-    assert_eq!(credential.refreshes(), 0);
+    assert_eq!(refreshes(&credential), 0);
     tokio::time::advance(Duration::from_secs(30 * 60)).await;
     settle().await;
-    assert_eq!(credential.refreshes(), 1);
+    assert_eq!(refreshes(&credential), 1);
     assert_eq!(state(&pool, "oauth"), HealthState::Healthy);
 }
 
@@ -426,17 +402,17 @@ async fn a_static_credential_that_expires_is_invalid_until_reset() {
     selectable(&pool, "static", MODEL).unwrap();
 }
 
+#[cfg(feature = "test-util")]
 #[tokio::test(start_paused = true)]
 async fn a_refresh_that_fails_for_a_passing_reason_is_retried_soon() {
-    let credential =
-        ScriptedCredential::new(vec![Err(CredentialError::Unavailable("timeout".into()))]);
+    let credential = scripted(vec![Err(CredentialError::Unavailable("timeout".into()))]);
     let pool = pool_with(credential.clone());
     one(&pool, "oauth").report(Outcome::AuthExpired);
     settle().await;
     assert_eq!(state(&pool, "oauth"), HealthState::AuthExpired);
     tokio::time::advance(Duration::from_secs(70)).await;
     settle().await;
-    assert_eq!(credential.refreshes(), 2);
+    assert_eq!(refreshes(&credential), 2);
     assert_eq!(state(&pool, "oauth"), HealthState::Healthy);
 }
 

@@ -2,6 +2,7 @@
 //! stays out of rotation for that model, and only that model, after the pool is rebuilt from
 //! the store; another process on the same store honours it too; and a cooldown set before the
 //! writer's first flush is written like any other.
+#[cfg(feature = "redis")]
 use crate::support;
 
 use std::path::PathBuf;

@@ -33,8 +33,8 @@ use std::time::{Duration, SystemTime};
 
 use tower_account_pool::credential::NoCredential;
 use tower_account_pool::store::{
-    AccountWrite, CounterTotals, SqliteStore, Store, StoreError, StoreHandle, StoredAccount,
-    WriterConfig,
+    AccountWrite, CounterTotals, SqliteStore, Store, StoreError, StoreErrorKind, StoreHandle,
+    StoredAccount, WriterConfig,
 };
 use tower_account_pool::{
     Account, AccountId, AccountSnapshot, HealthPolicy, HealthState, Outcome, OutcomeClass, Pool,
@@ -57,7 +57,10 @@ struct Flaky<S> {
 impl<S: Store + Clone> Flaky<S> {
     fn check(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::Acquire) {
-            Err(StoreError::Unavailable("simulated outage".into()))
+            Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "simulated outage",
+            ))
         } else {
             Ok(())
         }

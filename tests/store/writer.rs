@@ -8,8 +8,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower_account_pool::credential::NoCredential;
 use tower_account_pool::store::{
-    AccountWrite, CounterTotals, MemoryStore, Store, StoreError, StoreHandle, StoredAccount,
-    WriterConfig,
+    AccountWrite, CounterTotals, MemoryStore, Store, StoreError, StoreErrorKind, StoreHandle,
+    StoredAccount, WriterConfig,
 };
 use tower_account_pool::{
     Account, HealthState, Outcome, PersistedState, Pool, RateLimitScope, SelectRequest,
@@ -42,7 +42,7 @@ impl Store for Recording {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .is_ok()
         {
-            return Err(StoreError::Unavailable("disk on fire".into()));
+            return Err(StoreError::new(StoreErrorKind::Unavailable, "disk on fire"));
         }
         self.writes
             .lock()

@@ -6,10 +6,11 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use super::schema::{table_exists, SchemaVersion, SCHEMA_V2, V1_INDEXES};
 use super::{db_err, SqliteStore};
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreErrorKind};
 
 /// What [`SqliteStore::migrate_v1_to_v2`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MigrationReport {
     /// The backup written before anything changed.
     pub backup: PathBuf,
@@ -34,16 +35,22 @@ impl SqliteStore {
         let backup = backup.as_ref().to_path_buf();
         let mut db = self.inner.lock();
         if db.schema != SchemaVersion::V1 {
-            return Err(StoreError::Schema(format!(
-                "{}: not a schema v1 database (no `providers` table); nothing to migrate",
-                self.inner.path.display()
-            )));
+            return Err(StoreError::new(
+                StoreErrorKind::Schema,
+                format!(
+                    "{}: not a schema v1 database (no `providers` table); nothing to migrate",
+                    self.inner.path.display()
+                ),
+            ));
         }
         if backup.exists() {
-            return Err(StoreError::Schema(format!(
-                "backup {} already exists; choose a new path",
-                backup.display()
-            )));
+            return Err(StoreError::new(
+                StoreErrorKind::Schema,
+                format!(
+                    "backup {} already exists; choose a new path",
+                    backup.display()
+                ),
+            ));
         }
         let types: Vec<String> = {
             let mut stmt = db
@@ -58,14 +65,18 @@ impl SqliteStore {
             rows
         };
         if types.len() > 1 {
-            return Err(StoreError::Schema(format!(
+            return Err(StoreError::new(StoreErrorKind::Schema, format!(
                 "{}: `providers` holds several provider types ({}); schema v2 has no column for them, nothing was changed",
                 self.inner.path.display(),
                 types.join(", ")
             )));
         }
         db.conn.backup("main", &backup, None).map_err(|e| {
-            StoreError::Database(format!("sqlite: backup to {}: {e}", backup.display()))
+            StoreError::new(
+                StoreErrorKind::Database,
+                format!("sqlite: backup to {}: {e}", backup.display()),
+            )
+            .with_source(e)
         })?;
         let check = Connection::open(&backup).and_then(|b| {
             b.query_row("SELECT count(*) FROM providers", [], |r| r.get::<_, i64>(0))
@@ -73,10 +84,14 @@ impl SqliteStore {
         match check {
             Ok(_) => {}
             Err(e) => {
-                return Err(StoreError::Database(format!(
-                    "sqlite: the backup {} does not open ({e}); nothing was changed",
-                    backup.display()
-                )))
+                return Err(StoreError::new(
+                    StoreErrorKind::Database,
+                    format!(
+                        "sqlite: the backup {} does not open ({e}); nothing was changed",
+                        backup.display()
+                    ),
+                )
+                .with_source(e))
             }
         }
         let tx = db

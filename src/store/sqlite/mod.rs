@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::json::run_blocking;
-use super::{AccountWrite, CounterTotals, Store, StoreError, StoredAccount};
+use super::{AccountWrite, CounterTotals, Store, StoreError, StoreErrorKind, StoredAccount};
 use crate::account::AccountId;
 
 mod migrate;
@@ -87,7 +87,7 @@ struct Db {
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(format!("sqlite: {e}"))
+    StoreError::new(StoreErrorKind::Database, format!("sqlite: {e}")).with_source(e)
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -100,7 +100,11 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let mut conn = Connection::open(&path).map_err(|e| {
-            StoreError::Database(format!("sqlite: cannot open {}: {e}", path.display()))
+            StoreError::new(
+                StoreErrorKind::Database,
+                format!("sqlite: cannot open {}: {e}", path.display()),
+            )
+            .with_source(e)
         })?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
         conn.execute_batch("PRAGMA synchronous = NORMAL")

@@ -104,6 +104,7 @@ impl WriterConfig {
 
 /// What the writer has done so far, from [`StoreHandle::stats`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WriterStats {
     /// Successful [`Store::write`] calls.
     pub writes: u64,
@@ -119,8 +120,8 @@ pub struct WriterStats {
 
 enum Command {
     Wake,
-    Flush(oneshot::Sender<Result<(), String>>),
-    Sync(oneshot::Sender<Result<(), String>>),
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+    Sync(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// The running writer of one pool into one store. Dropping it stops the writer after a final
@@ -282,17 +283,14 @@ impl StoreHandle {
     /// Sends the writer a command that answers when done, and waits for the answer.
     async fn ask(
         &self,
-        command: fn(oneshot::Sender<Result<(), String>>) -> Command,
+        command: fn(oneshot::Sender<Result<(), StoreError>>) -> Command,
     ) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(command(reply))
             .await
-            .map_err(|_| StoreError::Stopped)?;
-        answer
-            .await
-            .map_err(|_| StoreError::Stopped)?
-            .map_err(StoreError::Unavailable)
+            .map_err(|_| StoreError::stopped())?;
+        answer.await.map_err(|_| StoreError::stopped())?
     }
 
     /// What the writer has done so far.
@@ -307,7 +305,7 @@ impl StoreHandle {
             let _ = stop.send(());
         }
         match self.task.take() {
-            Some(task) => task.await.map_err(|_| StoreError::Stopped)?,
+            Some(task) => task.await.map_err(|_| StoreError::stopped())?,
             None => Ok(()),
         }
     }

@@ -80,12 +80,12 @@ impl<S: Store> Writer<S> {
                 Ok(Some(Command::Flush(reply))) => {
                     let result = self.flush().await;
                     self.record(&result);
-                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                    let _ = reply.send(result);
                     continue;
                 }
                 Ok(Some(Command::Sync(reply))) => {
                     let result = self.sync().await;
-                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                    let _ = reply.send(result);
                     continue;
                 }
                 Err(_elapsed) => {}
