@@ -27,7 +27,7 @@
 //! let pool = Pool::builder()
 //!     .account(Account::new("a", NoCredential))
 //!     .account(Account::new("b", NoCredential))
-//!     .health(HealthPolicy { max_errors: 1, ..HealthPolicy::default() })
+//!     .health(HealthPolicy::default().with_max_errors(1))
 //!     .build()
 //!     .unwrap();
 //!
@@ -56,7 +56,7 @@ pub(crate) use crate::time::NEVER;
 pub use backoff::{Backoff, Jitter};
 pub use events::StateChange;
 pub(crate) use machine::{Health, Host, Member};
-pub use policy::HealthPolicy;
+pub use policy::{HealthPolicy, PolicyError};
 pub(crate) use state::{ModelBlock, Runtime};
 
 /// What happened to one request on one account, as the classifier saw it.

@@ -40,7 +40,7 @@ use tokio::sync::broadcast;
 pub use crate::health::StateChange;
 pub use crate::select::DEFAULT_AFFINITY_TTL;
 pub use builder::PoolBuilder;
-pub use error::{BuildError, PoolError};
+pub use error::{BuildError, PolicyError, PoolError, StoreFailure, StoreFailures, StoreSource};
 pub use handle::{AccountHandle, WeakPool};
 pub use lease::Lease;
 pub use snapshot::{AccountSnapshot, Counters, ModelCooldown, PersistedState, PoolSnapshot};
@@ -75,7 +75,7 @@ impl Deref for Shared {
 
 /// Flushes one attached store; `Ok` when it has nothing left to write (or has stopped).
 pub(crate) type Flusher =
-    Box<dyn Fn() -> crate::credential::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+    Box<dyn Fn() -> crate::credential::BoxFuture<'static, Result<(), StoreFailure>> + Send + Sync>;
 
 // ===== Pool =====
 
@@ -164,7 +164,7 @@ impl Pool {
         }
         match failed.is_empty() {
             true => Ok(()),
-            false => Err(PoolError::Store(failed.join("; "))),
+            false => Err(PoolError::Store(StoreFailures::new(failed))),
         }
     }
 

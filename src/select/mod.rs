@@ -77,14 +77,17 @@ pub enum Strategy {
 /// use tower_account_pool::{AccountId, SelectRequest};
 ///
 /// let tried = [AccountId::new("acct-1")];
-/// let request = SelectRequest {
-///     model: Some("claude-sonnet-4-5"),
-///     affinity_key: Some("conversation-42"),
-///     exclude: &tried,
-/// };
+/// let request = SelectRequest::for_model("claude-sonnet-4-5")
+///     .with_affinity_key("conversation-42")
+///     .excluding(&tried);
 /// assert_eq!(request.model, Some("claude-sonnet-4-5"));
+/// assert_eq!(request.exclude.len(), 1);
 /// ```
+///
+/// Its fields can be read; it is built with [`default`](Self::default) (no model, no key,
+/// nothing excluded) or [`for_model`](Self::for_model) and the `with_*` setters.
 #[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
 pub struct SelectRequest<'a> {
     /// The model the request is for; accounts that do not serve it are skipped.
     pub model: Option<&'a str>,
@@ -102,6 +105,12 @@ impl<'a> SelectRequest<'a> {
             model: Some(model),
             ..SelectRequest::default()
         }
+    }
+
+    /// Sets the model (`None`: the request names none).
+    pub fn with_model(mut self, model: Option<&'a str>) -> Self {
+        self.model = model;
+        self
     }
 
     /// Sets the affinity key.

@@ -1,7 +1,6 @@
 //! A pool built from a pool file: accounts opened by a credential resolver, runtime state
 //! seeded from the state fields, and the warnings a file's shape calls for.
 
-
 use super::entry::INLINE_CREDENTIALS;
 use super::{quote_keys, PoolFile, PoolShape};
 use crate::account::Account;

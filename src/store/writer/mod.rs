@@ -13,7 +13,7 @@ use super::codec::counters_to_array;
 use super::{merge, Store, StoreError, StoredAccount};
 use crate::account::AccountId;
 use crate::health::{HealthState, OutcomeClass};
-use crate::pool::{PersistedState, Pool};
+use crate::pool::{PersistedState, Pool, StoreFailure};
 
 mod remote;
 mod task;
@@ -256,7 +256,7 @@ impl StoreHandle {
                 answer
                     .await
                     .unwrap_or(Ok(()))
-                    .map_err(|e| format!("`{name}` could not write: {e}"))
+                    .map_err(|e| StoreFailure::new(name, e))
             })
         }));
         let stats = writer.stats.clone();
