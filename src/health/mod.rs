@@ -200,7 +200,7 @@ pub enum HealthState {
     /// Disabled by an operator (a setting, not a runtime state).
     Disabled = 8,
     /// The account does not serve one model. Appears only in model-scoped
-    /// [`StateChange`](crate::StateChange)s; the account as a whole stays as it was.
+    /// [`StateChange`]s; the account as a whole stays as it was.
     ModelUnsupported = 9,
 }
 

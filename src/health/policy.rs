@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::backoff::{Backoff, Jitter};
 
 /// How outcomes move accounts between states. Every duration is configurable; the defaults are
-/// those of the table in the [module docs](self).
+/// those of the table in the [module docs](crate::health).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct HealthPolicy {

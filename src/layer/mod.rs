@@ -177,7 +177,7 @@ impl fmt::Debug for SelectedAccount {
     }
 }
 
-/// The delay between attempts: the crate's one [`Backoff`](crate::health::Backoff). Before
+/// The delay between attempts: the crate's one [`Backoff`]. Before
 /// retry `n` (from 1) the layer sleeps a random time in `[d/2, d]` where
 /// `d = min(base × 2^(n-1), max)` (its default [`Jitter::Equal`](crate::health::Jitter::Equal)).
 pub use crate::health::Backoff;

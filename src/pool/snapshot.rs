@@ -76,7 +76,7 @@ pub struct AccountSnapshot {
     pub last_used: Option<SystemTime>,
     /// The last error it saw.
     pub last_error: Option<LastError>,
-    /// When its quota next resets, as a probe reported it (see [`Pool::set_quota_reset`]).
+    /// When its quota next resets, as a probe reported it (see [`Pool::set_quota_reset`](crate::Pool::set_quota_reset)).
     #[serde(with = "epoch_ms::option")]
     pub quota_reset: Option<SystemTime>,
 }
@@ -143,7 +143,7 @@ impl Counters {
 }
 
 /// Runtime state of one account as stores and pool files keep it (see
-/// [`Pool::restore_state`] and [`AccountSnapshot::persisted`]).
+/// [`Pool::restore_state`](crate::Pool::restore_state) and [`AccountSnapshot::persisted`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PersistedState {
@@ -173,14 +173,14 @@ pub struct PersistedState {
     /// system's fields).
     #[serde(with = "epoch_ms::option", skip_serializing_if = "Option::is_none")]
     pub since: Option<SystemTime>,
-    /// The latest operator reset ([`Pool::reset`]): it ends every cooldown set before it.
+    /// The latest operator reset ([`Pool::reset`](crate::Pool::reset)): it ends every cooldown set before it.
     #[serde(with = "epoch_ms::option", skip_serializing_if = "Option::is_none")]
     pub reset_at: Option<SystemTime>,
-    /// The latest successful active probe ([`Pool::report_probe`]) that ended a suspension or
+    /// The latest successful active probe ([`Pool::report_probe`](crate::Pool::report_probe)) that ended a suspension or
     /// an ejection: it ends the account-wide cooldowns set before it.
     #[serde(with = "epoch_ms::option", skip_serializing_if = "Option::is_none")]
     pub recovered_at: Option<SystemTime>,
-    /// The operator's latest [`Pool::enable`] (`true`) or [`Pool::disable`] (`false`); `None`
+    /// The operator's latest [`Pool::enable`](crate::Pool::enable) (`true`) or [`Pool::disable`](crate::Pool::disable) (`false`); `None`
     /// when no operator changed it (the configuration's setting applies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
