@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
+
+use crate::support::CapturedLogs;
 use serde_json::{json, Value};
 use tower_account_pool::credential::{Credential, CredentialError, RefreshMode};
 use tower_account_pool::kiro::{
@@ -812,29 +814,10 @@ async fn another_process_refresh_is_adopted_not_repeated() {
     assert_eq!(a["authorization"], b["authorization"]);
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn tokens_never_reach_the_logs() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = CapturedLogs::default();
+    let _guard = capture.start(tracing::Level::TRACE);
 
     let mock = KiroMock::start().await;
     mock.accept_refresh_token(
@@ -872,7 +855,7 @@ async fn tokens_never_reach_the_logs() {
         .unwrap();
     pool.probe_kiro_account("zed").await.unwrap();
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("Kiro token refreshed"),
         "the refresh is logged: {logs}"

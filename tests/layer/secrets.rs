@@ -33,7 +33,7 @@ fn assert_no_secret(what: &str, text: &str) {
 #[tokio::test(flavor = "current_thread")]
 async fn secrets_stay_out_of_debug_output_and_logs() {
     let captured = CapturedLogs::default();
-    let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::TRACE));
+    let _guard = captured.start(tracing::Level::TRACE);
 
     let pool = Pool::builder()
         .account(Account::new("alpha", BearerToken::new(SECRETS[0])))

@@ -10,7 +10,7 @@ use tower_account_pool::{Account, AccountId, Outcome, Pool, SelectRequest};
 #[tokio::test(start_paused = true)]
 async fn state_changes_are_traced_without_secrets() {
     let captured = CapturedLogs::default();
-    let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::DEBUG));
+    let _guard = captured.start(tracing::Level::DEBUG);
 
     let pool = Pool::builder()
         .account(Account::new(

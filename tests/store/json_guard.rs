@@ -67,7 +67,7 @@ async fn a_file_the_loader_rejects_is_never_written_and_is_written_again_once_fi
         let path = dir.path().join("account_pool.json");
         std::fs::write(&path, GOOD).unwrap();
         let logs = CapturedLogs::default();
-        let _guard = tracing::subscriber::set_default(logs.subscriber(tracing::Level::INFO));
+        let _guard = logs.start(tracing::Level::INFO);
         let pool = Pool::builder().build_from_file(&path).unwrap();
         let handle = StoreHandle::start_with(&pool, JsonFileStore::open(&path).unwrap(), fast())
             .await
@@ -180,7 +180,7 @@ async fn warnings_about_a_file_are_logged_once_not_on_every_reload() {
     let path = dir.path().join("provider_pools.json");
     grouped_with_comment(&path);
     let logs = CapturedLogs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber(tracing::Level::INFO));
+    let _guard = logs.start(tracing::Level::INFO);
     let pool = Pool::builder().build_from_file(&path).unwrap();
     let handle = StoreHandle::start_with(&pool, JsonFileStore::open(&path).unwrap(), fast())
         .await

@@ -41,19 +41,79 @@ pub fn picks(pool: &Pool, request: &SelectRequest<'_>, times: usize) -> Vec<Stri
         .collect()
 }
 
-/// Log lines captured in memory, as a `tracing_subscriber` writer.
+/// Log lines captured in memory: what the current thread logs while a [`CaptureGuard`] lives.
+///
+/// One global subscriber serves every test of the binary and writes each event to the capture
+/// of the thread that emitted it. Per-test scoped subscribers (`set_default`) raced with each
+/// other in tracing's callsite-interest cache when tests ran in parallel in one binary, and a
+/// test could miss its own lines; with one global subscriber whose filter is asked at every
+/// event, nothing is cached.
 #[derive(Clone, Default)]
 pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
-impl CapturedLogs {
-    /// A subscriber writing plain (uncoloured) lines of `level` and above here.
-    pub fn subscriber(&self, level: tracing::Level) -> impl tracing::Subscriber + Send + Sync {
-        let writer = self.clone();
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<(CapturedLogs, tracing::Level)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Stops the capture it started when dropped.
+pub struct CaptureGuard(Option<(CapturedLogs, tracing::Level)>);
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        CAPTURE.with(|capture| *capture.borrow_mut() = previous);
+    }
+}
+
+/// The writer of the global subscriber: the current thread's capture.
+struct ThreadCapture;
+
+impl std::io::Write for ThreadCapture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        CAPTURE.with(|capture| {
+            if let Some((logs, _)) = capture.borrow().as_ref() {
+                logs.0.lock().unwrap().extend_from_slice(bytes);
+            }
+        });
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn install_global_subscriber() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // Dynamic: asked at every event, never cached per callsite.
+        let capturing = tracing_subscriber::filter::dynamic_filter_fn(|metadata, _| {
+            CAPTURE.with(|capture| {
+                capture
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|(_, level)| metadata.level() <= level)
+            })
+        });
+        let layer = tracing_subscriber::fmt::layer()
             .with_ansi(false)
-            .with_max_level(level)
-            .finish()
+            .with_writer(|| ThreadCapture)
+            .with_filter(capturing);
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .expect("no other global subscriber in the tests");
+    });
+}
+
+impl CapturedLogs {
+    /// Captures plain (uncoloured) lines of `level` and above that this thread logs, until the
+    /// guard drops.
+    #[must_use]
+    pub fn start(&self, level: tracing::Level) -> CaptureGuard {
+        install_global_subscriber();
+        let previous = CAPTURE.with(|capture| capture.borrow_mut().replace((self.clone(), level)));
+        CaptureGuard(previous)
     }
 
     /// Everything written so far.
@@ -62,20 +122,13 @@ impl CapturedLogs {
     }
 }
 
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Runs `f` and returns what it logged at `INFO` and above.
 pub fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
     let logs = CapturedLogs::default();
-    let result = tracing::subscriber::with_default(logs.subscriber(tracing::Level::INFO), f);
+    let result = {
+        let _capture = logs.start(tracing::Level::INFO);
+        f()
+    };
     (result, logs.text())
 }
 
