@@ -39,10 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .iter()
                 .map(|n| Account::new(*n, BearerToken::new(format!("secret-token-for-{n}")))),
         )
-        .health(HealthPolicy {
-            ejection_base: Duration::from_millis(200),
-            ..HealthPolicy::default()
-        })
+        .health(HealthPolicy::default().with_ejection_base(Duration::from_millis(200)))
         .build()?;
 
     let mut served = std::collections::HashMap::<String, u64>::new();

@@ -104,8 +104,19 @@ impl From<String> for AccountId {
 }
 
 /// User-owned settings of an account. Runtime state is never stored here.
+///
+/// Its fields can be read and changed in place (as [`Pool::update_settings`](crate::Pool::update_settings)
+/// hands them out); new settings start from [`Default`] and the `with_*` setters:
+///
+/// ```
+/// use tower_account_pool::AccountSettings;
+///
+/// let settings = AccountSettings::default().with_weight(3).with_priority(1);
+/// assert_eq!((settings.weight, settings.priority, settings.enabled), (3, 1, true));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct AccountSettings {
     /// Whether the account may be selected at all (`!isDisabled` in the older system's files).
     pub enabled: bool,
@@ -143,6 +154,54 @@ impl Default for AccountSettings {
 }
 
 impl AccountSettings {
+    /// Sets [`enabled`](Self::enabled).
+    pub fn with_enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Sets [`models`](Self::models).
+    pub fn with_models(mut self, models: Option<Vec<String>>) -> Self {
+        self.models = models;
+        self
+    }
+
+    /// Sets [`not_supported_models`](Self::not_supported_models).
+    pub fn with_not_supported_models(mut self, not_supported_models: Vec<String>) -> Self {
+        self.not_supported_models = not_supported_models;
+        self
+    }
+
+    /// Sets [`weight`](Self::weight).
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Sets [`priority`](Self::priority).
+    pub fn with_priority(mut self, priority: u32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets [`max_in_flight`](Self::max_in_flight).
+    pub fn with_max_in_flight(mut self, max_in_flight: Option<u32>) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// Sets [`probe_model`](Self::probe_model).
+    pub fn with_probe_model(mut self, probe_model: Option<String>) -> Self {
+        self.probe_model = probe_model;
+        self
+    }
+
+    /// Sets [`base_url`](Self::base_url).
+    pub fn with_base_url(mut self, base_url: Option<String>) -> Self {
+        self.base_url = base_url;
+        self
+    }
+
     /// Whether these settings allow `model` (no model always passes).
     pub fn allows_model(&self, model: Option<&str>) -> bool {
         let Some(model) = model else { return true };

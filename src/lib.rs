@@ -33,9 +33,16 @@
 //!
 //! ## Modules
 //!
-//! - [`pool`]: the [`Pool`], its builder, [`Lease`]s and [`PoolSnapshot`]s.
-//! - [`select`]: [`Strategy`], [`SelectRequest`] and the typed [`Exhausted`] error.
-//! - [`health`]: [`Outcome`]s, the [`HealthPolicy`] and the state machine.
+//! Imports point one way: `time`, `account`, `credential` → [`health`] → [`select`] →
+//! [`pool`] → everything that uses a pool.
+//!
+//! - [`health`]: [`Outcome`]s, the [`HealthPolicy`], the shared [`Backoff`](health::Backoff)
+//!   and the state machine (in `health/machine.rs`) that moves accounts between states.
+//! - [`select`]: [`Strategy`], [`SelectRequest`], the typed [`Exhausted`] error, and the roster
+//!   the strategies run over.
+//! - [`pool`]: the [`Pool`], its builder, [`Lease`]s, [`PoolSnapshot`]s, state-change events,
+//!   errors, and the [`AccountHandle`](pool::AccountHandle) hook that stores, configuration
+//!   sources and provider modules use.
 //! - [`account`]: [`Account`]s and their settings.
 //! - [`credential`]: the [`Credential`](credential::Credential) trait, bearer tokens and API keys.
 //! - [`config`]: pool files in three shapes, migration, hot reload, the older system's `config.json`.
@@ -52,8 +59,13 @@
 //!
 //! ## Cargo features
 //!
-//! The default build is lean. Optional parts: `admin` (the admin API and dashboard, on axum);
-//! `kiro`, `sqlite`, `redis` and `test-util` are reserved for the modules that bring them.
+//! The default build is lean. Optional parts:
+//!
+//! - `admin`: the admin API, metrics and dashboard (on axum);
+//! - `kiro`: Kiro OAuth credentials, classifier, usage probe and the Anthropic-API front;
+//! - `sqlite`: the SQLite store and the older system's SQLite database as a pool source;
+//! - `redis`: the Redis store, for several replicas;
+//! - `test-util`: in-process mock upstreams for tests.
 #![deny(missing_docs, unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -62,7 +74,6 @@ pub mod account;
 #[cfg(feature = "admin")]
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
 pub mod admin;
-mod civil;
 pub mod classify;
 pub mod config;
 pub mod credential;
@@ -78,6 +89,7 @@ pub mod store;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
+mod time;
 
 pub use account::{Account, AccountId, AccountSettings};
 pub use health::{

@@ -22,11 +22,11 @@ use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use hyper_util::service::TowerToHyperService;
 use tower::{Layer, Service, ServiceExt};
 use tower_account_pool::admin::{self, AdminConfig};
-use tower_account_pool::kiro;
 use tower_account_pool::kiro::anthropic::{
     AnthropicConfig, AnthropicLayer, AnthropicService, KiroAttemptLayer, KiroAttemptService,
     KiroRequestBody, RequestedModel,
 };
+use tower_account_pool::kiro::{self, KiroPoolExt};
 use tower_account_pool::layer::{AccountPoolLayer, AccountPoolService, ReplayBody};
 use tower_account_pool::Pool;
 use tower_http::catch_panic::CatchPanicLayer;

@@ -77,10 +77,10 @@ impl From<PoolError> for ApiError {
                 "refresh_failed",
                 format!("account `{id}`: {source}"),
             ),
-            PoolError::Store(message) => ApiError::new(
+            PoolError::Store(failures) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
-                format!("store {message}"),
+                format!("store {failures}"),
             ),
         }
     }

@@ -463,7 +463,7 @@ async fn patch_account(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     // An unknown account is a 404 whatever the body says.
     let pool = &state.pool;
-    pool.slot(&id)?;
+    pool.account(&id)?;
     let patch = body::parse_patch(&body_bytes(body)?)?;
     pool.update_settings(&id, |s| patch.apply(s))?;
     match patch.enabled {
@@ -507,7 +507,7 @@ async fn probe_account(
     State(state): State<AdminState>,
     AccountPath(id): AccountPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let slot = state.pool.slot(&id)?;
+    let account = state.pool.account(&id)?;
     let Some(prober) = state.config.prober.clone() else {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
@@ -516,9 +516,9 @@ async fn probe_account(
         ));
     };
     let target = ProbeTarget {
-        id: slot.id.clone(),
-        settings: slot.settings.clone(),
-        credential: slot.credential.clone(),
+        id: account.id().clone(),
+        settings: account.settings().clone(),
+        credential: account.credential().clone(),
     };
     let outcome = tokio::time::timeout(state.config.probe_timeout, prober(target))
         .await

@@ -1,6 +1,6 @@
 //! What the admin API shows of accounts: the current shape and the older system's shape.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -168,27 +168,15 @@ fn legacy_account(a: &AccountSnapshot) -> Value {
     })
 }
 
-/// `2026-11-26T09:55:58.123Z`.
+/// `2026-11-26T09:55:58.123Z` (the crate's one ISO 8601 formatter).
 pub(crate) fn iso8601(t: SystemTime) -> String {
-    let ms = t
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let days = ms.div_euclid(86_400_000);
-    let in_day = ms.rem_euclid(86_400_000);
-    let (year, month, day) = crate::civil::civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        in_day / 3_600_000,
-        in_day / 60_000 % 60,
-        in_day / 1000 % 60,
-        in_day % 1000
-    )
+    crate::time::format_iso(&t)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn iso8601_known_dates() {

@@ -13,6 +13,7 @@
 //! every reload) and kept when the file is rewritten.
 //!
 //! ```
+//! use tower_account_pool::config::PoolBuilderExt;
 //! use tower_account_pool::{HealthState, Pool, SelectRequest};
 //!
 //! let dir = tempfile::tempdir()?;
@@ -80,7 +81,7 @@
 //!
 //! # Hot reload
 //!
-//! [`Pool::watch_file`](crate::Pool::watch_file) polls the file and applies its changes with
+//! [`PoolExt::watch_file`] polls the file and applies its changes with
 //! [`Pool::sync`](crate::Pool::sync); a broken edit is reported and ignored.
 //!
 //! # The older system's SQLite database
@@ -102,7 +103,6 @@ mod legacy;
 mod migrate;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-mod time;
 mod watch;
 
 pub use credential::{
@@ -124,50 +124,84 @@ pub use migrate::{migrate, write_atomic, MigrateOptions, MigrationReport};
 pub use sqlite::SqlitePool;
 pub use watch::{FileWatch, FileWatcher, ReloadResult, ReloadStatus, DEFAULT_WATCH_INTERVAL};
 
-use crate::health::HealthState;
-use crate::pool::Pool;
+use std::path::{Path, PathBuf};
 
-impl Pool {
-    /// Seeds an account just built or added from a pool file entry: its state fields, then
-    /// its credential's unavailability.
-    pub(crate) fn seed_from_entry(&self, entry: &AccountEntry, unavailable: Option<&str>) {
-        if let Some(state) = entry.state().persisted() {
-            // The account was just added with this id, so it exists.
-            let _ = self.restore_state(entry.id().as_str(), &state);
-        }
-        if let Some(reason) = unavailable {
-            self.mark_credential_unavailable(entry.id().as_str(), reason);
-        }
+use crate::pool::{Pool, PoolBuilder};
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::pool::Pool {}
+    impl Sealed for crate::pool::PoolBuilder {}
+}
+
+/// Building a [`Pool`] from a configuration source, as methods on [`PoolBuilder`].
+///
+/// ```
+/// use tower_account_pool::config::PoolBuilderExt;
+/// use tower_account_pool::Pool;
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("account_pool.json");
+/// std::fs::write(&path, r#"{"accounts": [{"uuid": "a", "bearerToken": "token-a"}]}"#)?;
+/// let pool = Pool::builder().build_from_file(&path)?;
+/// assert_eq!(pool.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait PoolBuilderExt: sealed::Sealed + Sized {
+    /// Builds the pool from a pool file (any of the three shapes), with this builder's
+    /// strategy, health policy and TTL. Credential files are opened by a
+    /// [`TokenFileResolver`], relative paths against the file's folder; use
+    /// [`PoolFile::build_with`] for another resolver. Accounts added to the builder before
+    /// stay, ahead of the file's.
+    fn build_from_file(self, path: impl AsRef<Path>) -> Result<Pool, ConfigError>;
+
+    /// Builds the pool from the older system's SQLite database ([`SqlitePool::load`] then
+    /// [`SqlitePool::build`]).
+    #[cfg(feature = "sqlite")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+    fn build_from_sqlite(self, path: impl AsRef<Path>) -> Result<Pool, ConfigError>;
+}
+
+impl PoolBuilderExt for PoolBuilder {
+    fn build_from_file(self, path: impl AsRef<Path>) -> Result<Pool, ConfigError> {
+        PoolFile::load(path)?.build(self)
     }
 
-    /// Marks an account `AuthInvalid` because its credential cannot be used; the credential's
-    /// refresh is retried after the policy's `auth_invalid_retry`. Counters are kept.
-    pub(crate) fn mark_credential_unavailable(&self, id: &str, reason: &str) {
-        let Ok(slot) = self.slot(id) else { return };
-        let shared = &self.shared;
-        let retry = shared.policy.auth_invalid_retry;
-        let until = shared
-            .clock
-            .now_ms()
-            .saturating_add(retry.as_millis() as u64);
-        let generation =
-            shared.transition(&slot, HealthState::AuthInvalid, until, reason.to_owned());
-        shared.schedule_refresh(&slot, retry, generation);
+    #[cfg(feature = "sqlite")]
+    fn build_from_sqlite(self, path: impl AsRef<Path>) -> Result<Pool, ConfigError> {
+        SqlitePool::load(path)?.build(self)
     }
+}
 
-    /// An account whose credential was replaced by a usable one leaves the credential states.
-    pub(crate) fn mark_credential_ready(&self, id: &str) {
-        let Ok(slot) = self.slot(id) else { return };
-        if matches!(
-            slot.runtime.state(),
-            HealthState::AuthInvalid | HealthState::AuthExpired
-        ) {
-            self.shared.transition(
-                &slot,
-                HealthState::Healthy,
-                0,
-                "credential changed in the pool file".to_owned(),
-            );
+/// Configuration-driven operations on a running [`Pool`].
+pub trait PoolExt: sealed::Sealed {
+    /// Watches a pool file and applies its changes to this pool: added accounts are added
+    /// (seeded from their state fields), removed ones removed, changed ones updated while
+    /// keeping their runtime state, unchanged ones left alone. After the first look, only
+    /// what the file changed since it was last applied is applied: an account changed or
+    /// removed through the admin API, or added there, stays as it is until the file itself
+    /// changes that account. A broken edit is logged (`warn`), reported through
+    /// [`FileWatch::status`], and ignored: the running pool stays as it was. Polls every
+    /// [`DEFAULT_WATCH_INTERVAL`]; see [`FileWatcher`] for options.
+    fn watch_file(&self, path: impl Into<PathBuf>) -> FileWatch;
+}
+
+impl PoolExt for Pool {
+    fn watch_file(&self, path: impl Into<PathBuf>) -> FileWatch {
+        FileWatcher::new(self, path).start()
+    }
+}
+
+/// Seeds an account just built or added from a pool file entry: its state fields, then its
+/// credential's unavailability.
+pub(crate) fn seed_from_entry(pool: &Pool, entry: &AccountEntry, unavailable: Option<&str>) {
+    if let Some(state) = entry.state().persisted() {
+        // The account was just added with this id, so it exists.
+        let _ = pool.restore_state(entry.id().as_str(), &state);
+    }
+    if let Some(reason) = unavailable {
+        if let Ok(account) = pool.account(entry.id().as_str()) {
+            account.mark_credential_unusable(reason);
         }
     }
 }

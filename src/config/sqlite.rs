@@ -279,11 +279,3 @@ fn column_value(column: &str, value: rusqlite::types::Value) -> Result<Option<Va
         (_, Sql::Blob(_)) => return Err("holds a blob".into()),
     })
 }
-
-impl PoolBuilder {
-    /// Builds the pool from the older system's SQLite database ([`SqlitePool::load`] then
-    /// [`SqlitePool::build`]).
-    pub fn build_from_sqlite(self, path: impl AsRef<Path>) -> Result<Pool, ConfigError> {
-        SqlitePool::load(path)?.build(self)
-    }
-}

@@ -15,7 +15,7 @@ use crate::config::credential::{CredentialResolver, TokenFileResolver};
 use crate::config::error::ConfigError;
 use crate::config::file::{CredentialSpec, PoolFile};
 use crate::credential::{MaskedCredential, SharedCredential};
-use crate::pool::{Pool, PoolError, Slot, SyncReport};
+use crate::pool::{AccountHandle, Pool, PoolError, SyncReport};
 
 /// Default time between two looks at a watched file.
 pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -33,7 +33,7 @@ pub struct ReloadStatus {
     pub last: Option<ReloadResult>,
 }
 
-/// Configures and starts a [`FileWatch`]; [`Pool::watch_file`] is the short form.
+/// Configures and starts a [`FileWatch`]; [`PoolExt::watch_file`](super::PoolExt::watch_file) is the short form.
 #[derive(Debug)]
 pub struct FileWatcher {
     pool: Pool,
@@ -127,20 +127,6 @@ async fn poll(tracker: Arc<Mutex<Tracker>>, every: Duration) {
         if looked.is_err() {
             return;
         }
-    }
-}
-
-impl Pool {
-    /// Watches a pool file and applies its changes to this pool: added accounts are added
-    /// (seeded from their state fields), removed ones removed, changed ones updated while
-    /// keeping their runtime state, unchanged ones left alone. After the first look, only
-    /// what the file changed since it was last applied is applied: an account changed or
-    /// removed through the admin API, or added there, stays as it is until the file itself
-    /// changes that account. A broken edit is logged
-    /// (`warn`), reported through [`FileWatch::status`], and ignored: the running pool stays
-    /// as it was. Polls every [`DEFAULT_WATCH_INTERVAL`]; see [`FileWatcher`] for options.
-    pub fn watch_file(&self, path: impl Into<PathBuf>) -> FileWatch {
-        FileWatcher::new(self, path).start()
     }
 }
 
@@ -248,13 +234,12 @@ impl Tracker {
         let Ok(file) = PoolFile::parse(&self.path, &bytes) else {
             return;
         };
-        let roster = self.pool.shared.roster.load_full();
         for entry in file.entries() {
-            if let Some(slot) = roster.get(entry.id().as_str()) {
-                if spec_matches(entry.credential(), &slot.credential.masked()) {
+            if let Ok(account) = self.pool.account(entry.id().as_str()) {
+                if spec_matches(entry.credential(), &account.credential().masked()) {
                     self.known.insert(
                         entry.id().clone(),
-                        (entry.credential().clone(), slot.credential.clone()),
+                        (entry.credential().clone(), account.credential().clone()),
                     );
                 }
             }
@@ -380,10 +365,12 @@ impl Tracker {
         let mut accounts = Vec::with_capacity(file.entries().len());
         let mut opened = Vec::with_capacity(file.entries().len());
         let mut known = HashMap::with_capacity(file.entries().len());
-        let roster = self.pool.shared.roster.load_full();
-        let running = |slot: &Slot| {
-            Account::with_shared_credential(slot.id.clone(), slot.credential.clone())
-                .with_settings(slot.settings.clone())
+        let roster = self.pool.accounts();
+        let by_id: HashMap<&str, &AccountHandle> =
+            roster.iter().map(|a| (a.id().as_str(), a)).collect();
+        let running = |account: &AccountHandle| {
+            Account::with_shared_credential(account.id().clone(), account.credential().clone())
+                .with_settings(account.settings().clone())
         };
         for entry in file.entries() {
             // Not changed in the file since it was last applied: the running account stays as
@@ -397,7 +384,7 @@ impl Tracker {
                         .is_some_and(|(spec, _)| spec == entry.credential())
             });
             if untouched {
-                if let Some(slot) = roster.get(entry.id().as_str()) {
+                if let Some(slot) = by_id.get(entry.id().as_str()) {
                     accounts.push(running(slot));
                     if let Some(pair) = self.known.get(entry.id()) {
                         known.insert(entry.id().clone(), pair.clone());
@@ -424,8 +411,8 @@ impl Tracker {
         // Accounts the file never listed (added through the admin API) stay.
         if let Some(applied) = &self.applied {
             let listed: HashSet<&AccountId> = file.entries().iter().map(|e| e.id()).collect();
-            for slot in &roster.slots {
-                if !listed.contains(&slot.id) && !applied.contains_key(&slot.id) {
+            for slot in &roster {
+                if !listed.contains(slot.id()) && !applied.contains_key(slot.id()) {
                     accounts.push(running(slot));
                 }
             }
@@ -444,13 +431,14 @@ impl Tracker {
         let changed: HashSet<&AccountId> = report.changed.iter().collect();
         for (entry, unavailable, reused) in opened {
             if added.contains(entry.id()) {
-                self.pool.seed_from_entry(entry, unavailable.as_deref());
+                super::seed_from_entry(&self.pool, entry, unavailable.as_deref());
             } else if changed.contains(entry.id()) && !reused {
+                let Ok(account) = self.pool.account(entry.id().as_str()) else {
+                    continue;
+                };
                 match unavailable {
-                    Some(reason) => self
-                        .pool
-                        .mark_credential_unavailable(entry.id().as_str(), &reason),
-                    None => self.pool.mark_credential_ready(entry.id().as_str()),
+                    Some(reason) => account.mark_credential_unusable(&reason),
+                    None => account.mark_credential_usable("credential changed in the pool file"),
                 }
             }
         }

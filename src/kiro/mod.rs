@@ -30,7 +30,7 @@
 //!   `Authorization` and `amz-sdk-invocation-id`.
 //! - [`classify_response`] / [`classify_stream_start`]: the Kiro classifier rows;
 //!   [`quota_reset_of`] gives them a pool credential's `nextDateReset`.
-//! - [`probe`] / [`Pool::probe_kiro_account`]: the usage-limits probe, feeding quota state.
+//! - [`probe`] / [`KiroPoolExt::probe_kiro_account`]: the usage-limits probe, feeding quota state.
 //! - [`spawn_refresher`] / [`spawn_usage_prober`]: background tasks over every Kiro account.
 //! - [`eventstream`]: the AWS event-stream framing (CRC-checked decoder and encoder).
 //! - [`anthropic`]: the Anthropic Messages API over Kiro accounts ([`anthropic::AnthropicLayer`]
@@ -59,9 +59,8 @@ pub use credential::{
     AuthMethod, KiroCredential, KiroEndpoints, KiroError, KiroOptions, DEFAULT_HTTP_TIMEOUT,
     DEFAULT_REFRESH_WINDOW, DEFAULT_TOKEN_LIFETIME, INVOCATION_ID, KIND,
 };
-pub use usage::{probe, KiroUsage, ProbeError};
+pub use usage::{probe, KiroPoolExt, KiroUsage, ProbeError};
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,7 +68,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::credential::RefreshMode;
 use crate::health::HealthState;
-use crate::pool::{Pool, Slot};
+use crate::pool::{AccountHandle, Pool};
 
 /// When a pool credential's quota resets, as its last usage probe said (`None` for other
 /// credentials or before the first probe). Pass it to [`classify_response`] and
@@ -87,13 +86,10 @@ pub(crate) fn quota_reset_in(field: &str) -> Option<std::time::SystemTime> {
 }
 
 /// Kiro accounts of the pool, as they are now.
-fn kiro_slots(pool: &crate::pool::Shared) -> Vec<Arc<Slot>> {
-    pool.roster
-        .load()
-        .slots
-        .iter()
-        .filter(|s| s.credential.kind() == KIND)
-        .cloned()
+fn kiro_accounts(pool: &Pool) -> Vec<AccountHandle> {
+    pool.accounts()
+        .into_iter()
+        .filter(|a| a.credential().kind() == KIND)
         .collect()
 }
 
@@ -103,21 +99,17 @@ fn kiro_slots(pool: &crate::pool::Shared) -> Vec<Arc<Slot>> {
 /// Accounts already in `AuthExpired` / `AuthInvalid` are left to the pool's own retry schedule.
 pub async fn refresh_pass(pool: &Pool) {
     let mut tasks = JoinSet::new();
-    for slot in kiro_slots(&pool.shared) {
+    for account in kiro_accounts(pool) {
         if matches!(
-            slot.runtime.state(),
+            account.state(),
             HealthState::AuthExpired | HealthState::AuthInvalid
         ) {
             continue;
         }
-        let shared = pool.shared.clone();
         tasks.spawn(async move {
-            let generation = slot.runtime.generation.load(Ordering::Acquire);
-            let result = slot.credential.refresh(RefreshMode::IfNeeded).await;
-            if let Err(e) = &result {
-                tracing::warn!(account = %slot.id, error = %e, "Kiro proactive refresh failed");
+            if let Err(e) = account.refresh_credential(RefreshMode::IfNeeded).await {
+                tracing::warn!(account = %account.id(), error = %e, "Kiro proactive refresh failed");
             }
-            shared.after_refresh(&slot, generation, &result, false);
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -126,36 +118,34 @@ pub async fn refresh_pass(pool: &Pool) {
 /// Refreshes every Kiro account of the pool (used or not) every `interval`, starting now. The
 /// task ends when the pool is dropped; abort the handle to stop it sooner.
 pub fn spawn_refresher(pool: &Pool, interval: Duration) -> JoinHandle<()> {
-    let weak = Arc::downgrade(&pool.shared);
+    let weak = pool.downgrade();
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let Some(shared) = weak.upgrade() else { return };
-            let pool = Pool { shared };
+            let Some(pool) = weak.upgrade() else { return };
             refresh_pass(&pool).await;
         }
     })
 }
 
 /// Probes every Kiro account's usage limits every `interval` (± 10 % jitter), starting now, and
-/// reports each result to the pool ([`Pool::probe_kiro_account`]). The task ends when the pool
+/// reports each result to the pool ([`KiroPoolExt::probe_kiro_account`]). The task ends when the pool
 /// is dropped.
 pub fn spawn_usage_prober(pool: &Pool, interval: Duration) -> JoinHandle<()> {
-    let weak = Arc::downgrade(&pool.shared);
+    let weak = pool.downgrade();
     tokio::spawn(async move {
         loop {
-            let Some(shared) = weak.upgrade() else { return };
-            let pool = Pool { shared };
+            let Some(pool) = weak.upgrade() else { return };
             let mut tasks = JoinSet::new();
-            for slot in kiro_slots(&pool.shared) {
-                if !slot.settings.enabled {
+            for account in kiro_accounts(&pool) {
+                if !account.settings().enabled {
                     continue;
                 }
                 let pool = pool.clone();
                 tasks.spawn(async move {
-                    let _ = pool.probe_kiro_account(slot.id.as_str()).await;
+                    let _ = pool.probe_kiro_account(account.id().as_str()).await;
                 });
             }
             while tasks.join_next().await.is_some() {}

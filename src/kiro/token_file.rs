@@ -18,7 +18,6 @@
 //! assert_eq!(parse_iso8601("1970-01-01T00:00:01Z"), Some(UNIX_EPOCH + Duration::from_secs(1)));
 //! ```
 
-use crate::civil::{civil_from_days, days_from_civil};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -288,92 +287,23 @@ pub(crate) fn lock_file(path: &Path) -> io::Result<File> {
 
 // ===== dates =====
 
-/// Parses an ISO 8601 / RFC 3339 date-time (`Z` or `±hh:mm`, optional fraction). Dates before
-/// 1970 are rejected.
+/// Parses an ISO 8601 / RFC 3339 date-time (`Z` or `±hh:mm`, optional fraction; a space or
+/// `T` between date and time). The day is checked against its month; a leap second (`:60`)
+/// reads as the next minute's `:00`. Dates before 1970 are rejected. The crate's one
+/// timestamp parser: pool files and the SQLite store read dates with it too.
 pub fn parse_iso8601(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let part = s.get(r)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)? as i64, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut at = 19;
-    let mut nanos: u64 = 0;
-    if b.get(at) == Some(&b'.') {
-        at += 1;
-        let start = at;
-        while at < b.len() && b[at].is_ascii_digit() {
-            at += 1;
-        }
-        let digits = &s[start..at];
-        if digits.is_empty() {
-            return None;
-        }
-        let mut padded: String = digits.chars().take(9).collect();
-        while padded.len() < 9 {
-            padded.push('0');
-        }
-        nanos = padded.parse().ok()?;
-    }
-    let offset_secs: i64 = match &s[at..] {
-        "Z" | "z" | "" => 0,
-        rest if rest.len() == 6
-            && (rest.starts_with('+') || rest.starts_with('-'))
-            && rest.as_bytes()[3] == b':' =>
-        {
-            let h = num(at + 1..at + 3)? as i64;
-            let m = num(at + 4..at + 6)? as i64;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (h * 3600 + m * 60)
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64 - offset_secs;
-    let secs = u64::try_from(secs).ok()?;
-    UNIX_EPOCH.checked_add(Duration::new(secs, nanos as u32))
+    crate::time::parse(s)
 }
 
 /// Formats a time as JavaScript's `toISOString()` does: `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn format_iso8601(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs() as i64;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    crate::time::format_iso(&t)
 }
 
 /// The first instant of the month after `t`, UTC (when Kiro's monthly quota resets if the usage
 /// probe has not said otherwise).
 pub fn first_of_next_month_utc(t: SystemTime) -> SystemTime {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-    let (y, m, _) = civil_from_days(secs.div_euclid(86_400));
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    let days = days_from_civil(ny, nm, 1);
-    UNIX_EPOCH + Duration::from_secs((days * 86_400) as u64)
+    crate::time::first_of_next_month(&t)
 }
 
 #[cfg(test)]

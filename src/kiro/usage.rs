@@ -1,7 +1,8 @@
 //! The usage-limits probe: `GET {q}/getUsageLimits`, which spends no quota.
 //!
 //! [`probe`] reads an account's usage into a [`KiroUsage`] and stores it in the credential
-//! (so the classifier knows `nextDateReset` and admin views can show it). [`probe_account`]
+//! (so the classifier knows `nextDateReset` and admin views can show it).
+//! [`KiroPoolExt::probe_kiro_account`]
 //! does the same for a pool account and reports the result to the pool: `Success` while quota
 //! remains, `QuotaExhausted` until `nextDateReset` when it is used up, and the classified error
 //! otherwise.
@@ -231,56 +232,83 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-impl Pool {
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::pool::Pool {}
+}
+
+/// The usage probe on a [`Pool`]'s Kiro accounts, as methods on the pool.
+///
+/// ```no_run
+/// use tower_account_pool::kiro::KiroPoolExt;
+/// # async fn run(pool: tower_account_pool::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// let usage = pool.probe_kiro_account("alice").await?;
+/// println!("{} of {} used", usage.used, usage.limit);
+/// assert_eq!(pool.kiro_usage("alice")?, Some(usage));
+/// # Ok(()) }
+/// ```
+pub trait KiroPoolExt: sealed::Sealed {
     /// Probes a Kiro account's usage limits and reports the result to the pool: `Success` while
     /// quota remains (which also ends `Suspended`, `AuthInvalid` and ejections, as any probe
     /// success does), `QuotaExhausted` until `nextDateReset` when it is used up, the classified
     /// error otherwise. Records `nextDateReset` with [`Pool::set_quota_reset`] (for
     /// [`Strategy::SoonestReset`](crate::Strategy::SoonestReset)). Returns the usage read.
-    pub async fn probe_kiro_account(&self, id: &str) -> Result<KiroUsage, PoolError> {
-        let slot = self.slot(id)?;
-        let Some(credential) = KiroCredential::from_shared(&slot.credential) else {
-            return Err(PoolError::Credential {
-                id: slot.id.clone(),
-                source: crate::credential::CredentialError::NotRefreshable(slot.credential.kind()),
-            });
-        };
-        match probe(&credential).await {
-            Ok(usage) => {
-                self.set_quota_reset(id, usage.next_reset)?;
-                let outcome = if usage.is_exhausted() {
-                    Outcome::QuotaExhausted {
-                        reset_at: Some(usage.next_reset.unwrap_or_else(|| {
-                            super::token_file::first_of_next_month_utc(SystemTime::now())
-                        })),
-                    }
-                } else {
-                    Outcome::Success
-                };
-                self.report_probe(id, outcome)?;
-                Ok(usage)
-            }
-            Err(e) => {
-                tracing::info!(account = %slot.id, error = %e, "Kiro usage probe failed");
-                let outcome = e.outcome();
-                self.report_probe(id, outcome)?;
-                Err(PoolError::Credential {
-                    id: slot.id.clone(),
-                    source: match e {
-                        ProbeError::Credential(c) => c,
-                        other => crate::credential::CredentialError::Unavailable(other.to_string()),
-                    },
-                })
-            }
-        }
+    fn probe_kiro_account(
+        &self,
+        id: &str,
+    ) -> impl std::future::Future<Output = Result<KiroUsage, PoolError>> + Send;
+
+    /// The last usage the probe saw for a Kiro account (`None` for other accounts or before the
+    /// first probe).
+    fn kiro_usage(&self, id: &str) -> Result<Option<KiroUsage>, PoolError>;
+}
+
+impl KiroPoolExt for Pool {
+    async fn probe_kiro_account(&self, id: &str) -> Result<KiroUsage, PoolError> {
+        probe_account(self, id).await
+    }
+
+    fn kiro_usage(&self, id: &str) -> Result<Option<KiroUsage>, PoolError> {
+        let account = self.account(id)?;
+        Ok(KiroCredential::from_shared(account.credential()).and_then(|c| c.last_usage()))
     }
 }
 
-impl Pool {
-    /// The last usage the probe saw for a Kiro account (`None` for other accounts or before the
-    /// first probe).
-    pub fn kiro_usage(&self, id: &str) -> Result<Option<KiroUsage>, PoolError> {
-        let slot = self.slot(id)?;
-        Ok(KiroCredential::from_shared(&slot.credential).and_then(|c| c.last_usage()))
+/// [`KiroPoolExt::probe_kiro_account`].
+async fn probe_account(pool: &Pool, id: &str) -> Result<KiroUsage, PoolError> {
+    let account = pool.account(id)?;
+    let Some(credential) = KiroCredential::from_shared(account.credential()) else {
+        return Err(PoolError::Credential {
+            id: account.id().clone(),
+            source: crate::credential::CredentialError::NotRefreshable(account.credential().kind()),
+        });
+    };
+    match probe(&credential).await {
+        Ok(usage) => {
+            pool.set_quota_reset(id, usage.next_reset)?;
+            let outcome = if usage.is_exhausted() {
+                Outcome::QuotaExhausted {
+                    reset_at: Some(usage.next_reset.unwrap_or_else(|| {
+                        super::token_file::first_of_next_month_utc(SystemTime::now())
+                    })),
+                }
+            } else {
+                Outcome::Success
+            };
+            pool.report_probe(id, outcome)?;
+            Ok(usage)
+        }
+        Err(e) => {
+            tracing::info!(account = %account.id(), error = %e, "Kiro usage probe failed");
+            let outcome = e.outcome();
+            pool.report_probe(id, outcome)?;
+            Err(PoolError::Credential {
+                id: account.id().clone(),
+                source: match e {
+                    ProbeError::Credential(c) => c,
+                    other => crate::credential::CredentialError::Unavailable(other.to_string()),
+                },
+            })
+        }
     }
 }

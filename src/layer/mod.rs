@@ -129,25 +129,10 @@ use crate::classify::{
 };
 use crate::pool::Pool;
 
-/// A jittered, doubling delay between attempts: before retry `n` (from 1) the layer sleeps a
-/// random time in `[d/2, d]` where `d = min(base × 2^(n-1), max)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The delay before the first retry.
-    pub base: Duration,
-    /// The longest delay.
-    pub max: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn delay(&self, retry: u32) -> Duration {
-        let d = self
-            .base
-            .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1).min(30)))
-            .min(self.max);
-        d.mul_f64(0.5 + fastrand::f64() * 0.5)
-    }
-}
+/// The delay between attempts: the crate's one [`Backoff`]. Before
+/// retry `n` (from 1) the layer sleeps a random time in `[d/2, d]` where
+/// `d = min(base × 2^(n-1), max)` (its default [`Jitter::Equal`](crate::health::Jitter::Equal)).
+pub use crate::health::Backoff;
 
 #[derive(Clone)]
 pub(crate) struct Config {

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{time, AccountWrite, CounterTotals, Store, StoreError, StoreErrorKind, StoredAccount};
+use super::{AccountWrite, CounterTotals, Store, StoreError, StoreErrorKind, StoredAccount};
 use crate::account::AccountId;
 use crate::health::HealthState;
 use crate::pool::PersistedState;
+use crate::time;
 
 /// The key under which this crate keeps its own state fields in each account object.
 pub const POOL_STATE_KEY: &str = "poolState";
@@ -310,11 +311,11 @@ fn owned_fields(s: &PersistedState, write: &AccountWrite) -> Vec<(&'static str, 
         ("usageCount", s.counters.successes.into()),
     ];
     if let Some(t) = &s.last_used {
-        fields.push(("lastUsed", time::to_iso(t).into()));
+        fields.push(("lastUsed", time::format_iso(t).into()));
     }
     match &s.last_error {
         Some(e) => {
-            fields.push(("lastErrorTime", time::to_iso(&e.at).into()));
+            fields.push(("lastErrorTime", time::format_iso(&e.at).into()));
             fields.push(("lastErrorMessage", e.message.clone().into()));
         }
         None => {
@@ -657,7 +658,7 @@ mod tests {
         assert_eq!(state.consecutive_failures, 4);
         assert_eq!(state.counters.successes, 17);
         assert_eq!(
-            state.last_used.map(|t| time::to_iso(&t)).as_deref(),
+            state.last_used.map(|t| time::format_iso(&t)).as_deref(),
             Some("2026-01-03T11:41:18.755Z")
         );
         assert_eq!(state.last_error.unwrap().message, "boom");

@@ -11,7 +11,7 @@ use crate::pool::{ModelCooldown, PersistedState};
 
 /// Epoch ms of an optional time (0: none).
 pub(crate) fn ms(t: &Option<SystemTime>) -> u64 {
-    t.as_ref().map_or(0, super::time::epoch_ms)
+    t.as_ref().map_or(0, crate::time::millis)
 }
 
 /// States that keep an account out of rotation until a deadline (or, suspended, until a reset).
@@ -47,14 +47,14 @@ fn healthy_since(stored: &mut PersistedState, at: u64) {
     stored.state = HealthState::Healthy;
     stored.reason = None;
     stored.until = None;
-    stored.since = (at != 0).then(|| super::time::from_epoch_ms(at));
+    stored.since = (at != 0).then(|| crate::time::from_millis(at));
     stored.consecutive_failures = 0;
     stored.ejection_level = 0;
 }
 
 /// Merges `write` into `stored` (the store's record of the account), as of `now`.
 pub(crate) fn merge(stored: &mut PersistedState, write: &AccountWrite, now: SystemTime) {
-    let now_ms = super::time::epoch_ms(&now);
+    let now_ms = crate::time::millis(&now);
     let incoming = &write.state;
     // Resets: the newest wins.
     let reset = ms(&stored.reset_at).max(ms(&incoming.reset_at));
@@ -139,7 +139,7 @@ mod tests {
     use std::time::Duration;
 
     fn at(ms: u64) -> Option<SystemTime> {
-        Some(super::super::time::from_epoch_ms(ms))
+        Some(crate::time::from_millis(ms))
     }
 
     fn write(state: PersistedState) -> AccountWrite {
@@ -167,7 +167,7 @@ mod tests {
 
     #[test]
     fn later_deadline_wins_and_healthy_never_ends_a_cooldown() {
-        let now = super::super::time::from_epoch_ms(1_000);
+        let now = crate::time::from_millis(1_000);
         let mut stored = cooldown(HealthState::RateLimited, 900, 5_000);
         merge(
             &mut stored,
@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn a_newer_reset_ends_older_cooldowns_only() {
-        let now = super::super::time::from_epoch_ms(1_000);
+        let now = crate::time::from_millis(1_000);
         let mut stored = cooldown(HealthState::Suspended, 900, 0);
         stored.until = None;
         let reset = PersistedState {
@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_successful_probe_ends_the_cooldowns_begun_before_it() {
-        let now = super::super::time::from_epoch_ms(1_000);
+        let now = crate::time::from_millis(1_000);
         let mut stored = cooldown(HealthState::Suspended, 900, 0);
         stored.until = None;
         merge(
@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn operator_enable_newest_wins_and_counters_add() {
-        let now = super::super::time::from_epoch_ms(1_000);
+        let now = crate::time::from_millis(1_000);
         let mut stored = PersistedState::default();
         let mut w = write(PersistedState {
             enabled: Some(false),

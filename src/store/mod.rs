@@ -93,7 +93,6 @@ mod merge;
 mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-mod time;
 mod writer;
 
 pub use self::error::{StoreError, StoreErrorKind};

@@ -13,10 +13,11 @@ use super::codec::{
     counters_from_array, counters_to_array, model_cooldowns_from_json, model_cooldowns_to_json,
     parse_state, CounterArray, COUNTER_NAMES,
 };
-use super::{time, AccountWrite, CounterTotals, Store, StoreError, StoreErrorKind, StoredAccount};
+use super::{AccountWrite, CounterTotals, Store, StoreError, StoreErrorKind, StoredAccount};
 use crate::account::AccountId;
 use crate::health::{HealthState, LastError, OutcomeClass};
 use crate::pool::PersistedState;
+use crate::time;
 
 /// Every this many polls, all accounts are re-read (in case a notification was missed).
 const FULL_SYNC_EVERY: u64 = 25;
@@ -300,8 +301,8 @@ async fn subscribe_forever(
 fn state_of(h: &HashMap<String, String>) -> PersistedState {
     let int = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok());
     let text = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
-    let when = |k: &str| int(k).map(time::from_epoch_ms);
-    let event = |k: &str| int(k).filter(|&v| v > 0).map(time::from_epoch_ms);
+    let when = |k: &str| int(k).map(time::from_millis);
+    let event = |k: &str| int(k).filter(|&v| v > 0).map(time::from_millis);
     let counters: CounterArray = std::array::from_fn(|i| int(COUNTER_NAMES[i]).unwrap_or(0));
     let last_error = match (when("last_error_ms"), text("last_error_message")) {
         (Some(at), Some(message)) => Some(LastError {
@@ -341,7 +342,7 @@ fn state_of(h: &HashMap<String, String>) -> PersistedState {
 fn fields_of(s: &PersistedState) -> Vec<(&'static str, String)> {
     let ms = |t: &Option<SystemTime>| {
         t.as_ref()
-            .map(|t| time::epoch_ms(t).to_string())
+            .map(|t| time::millis(t).to_string())
             .unwrap_or_default()
     };
     let mut fields = vec![
@@ -367,7 +368,7 @@ fn fields_of(s: &PersistedState) -> Vec<(&'static str, String)> {
         ("enabled_at_ms", ms(&s.enabled_at)),
     ];
     if let Some(e) = &s.last_error {
-        fields.push(("last_error_ms", time::epoch_ms(&e.at).to_string()));
+        fields.push(("last_error_ms", time::millis(&e.at).to_string()));
         fields.push(("last_error_class", e.class.as_str().to_owned()));
         fields.push(("last_error_message", e.message.clone()));
     }
@@ -431,7 +432,7 @@ impl Store for RedisStore {
             let hashes: Vec<HashMap<String, String>> =
                 self.timed(read.query_async(&mut conn)).await?;
             let now = SystemTime::now();
-            let now_ms = time::epoch_ms(&now);
+            let now_ms = time::millis(&now);
             let mut cas = redis::pipe();
             let mut merged = Vec::with_capacity(todo.len());
             for (w, hash) in todo.iter().zip(&hashes) {

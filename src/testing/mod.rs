@@ -3,7 +3,7 @@
 //! ```
 //! # #[cfg(feature = "kiro")]
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use tower_account_pool::kiro::{KiroCredential, KiroOptions};
+//! use tower_account_pool::kiro::{KiroCredential, KiroOptions, KiroPoolExt};
 //! use tower_account_pool::testing::KiroMock;
 //! use tower_account_pool::{Account, HealthState, Pool};
 //!

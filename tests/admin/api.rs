@@ -880,11 +880,11 @@ async fn health_agrees_with_select_in_every_state() {
     for &(name, setup) in cases {
         let pool = Pool::builder()
             .account(Account::new("solo", BearerToken::new(BEARER_A)).max_in_flight(1))
-            .health(HealthPolicy {
-                max_errors: 1,
-                panic_threshold: 0,
-                ..HealthPolicy::default()
-            })
+            .health(
+                HealthPolicy::default()
+                    .with_max_errors(1)
+                    .with_panic_threshold(0),
+            )
             .build()
             .unwrap();
         let app = app(&pool);
@@ -928,13 +928,13 @@ async fn check_health(app: &Router, pool: &Pool, case: &str) {
 async fn half_open_reads_unavailable_while_its_probe_runs() {
     let pool = Pool::builder()
         .account(Account::new("solo", BearerToken::new(BEARER_A)))
-        .health(HealthPolicy {
-            max_errors: 1,
-            panic_threshold: 0,
-            ejection_base: Duration::from_millis(1),
-            ejection_max: Duration::from_millis(1),
-            ..HealthPolicy::default()
-        })
+        .health(
+            HealthPolicy::default()
+                .with_max_errors(1)
+                .with_panic_threshold(0)
+                .with_ejection_base(Duration::from_millis(1))
+                .with_ejection_max(Duration::from_millis(1)),
+        )
         .build()
         .unwrap();
     let app = app(&pool);

@@ -28,10 +28,7 @@ fn the_generated_config_of_the_older_system_maps_onto_the_pool() {
     let policy = config.health_policy(HealthPolicy::default());
     assert_eq!(policy.max_errors, 5);
     assert_eq!(
-        HealthPolicy {
-            max_errors: 3,
-            ..policy.clone()
-        },
+        policy.clone().with_max_errors(3),
         HealthPolicy::default(),
         "only max_errors changes"
     );

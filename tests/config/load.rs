@@ -10,7 +10,7 @@ use http::HeaderMap;
 use proptest::prelude::*;
 use support::capture_logs;
 use tower_account_pool::config::{
-    ConfigError, CredentialSpec, PoolFile, PoolShape, TokenFileResolver,
+    ConfigError, CredentialSpec, PoolBuilderExt, PoolFile, PoolShape, TokenFileResolver,
 };
 use tower_account_pool::{HealthState, OutcomeClass, Pool, SelectRequest};
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::capture_logs;
-use tower_account_pool::config::{ConfigError, FileWatcher, TokenFileResolver};
+use tower_account_pool::config::{
+    ConfigError, FileWatcher, PoolBuilderExt, PoolExt, TokenFileResolver,
+};
 use tower_account_pool::{AccountId, HealthState, Outcome, Pool, SelectRequest, SyncReport};
 
 fn write(path: &Path, text: &str) {

@@ -8,7 +8,7 @@ use crate::support;
 use std::path::{Path, PathBuf};
 
 use pool_source::PoolSource;
-use tower_account_pool::config::PoolFile;
+use tower_account_pool::config::{PoolBuilderExt, PoolFile};
 use tower_account_pool::kiro::{KiroOptions, KiroResolver};
 use tower_account_pool::{HealthState, Pool};
 

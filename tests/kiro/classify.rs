@@ -10,6 +10,7 @@ use tower_account_pool::credential::{Credential, RefreshMode};
 use tower_account_pool::kiro::eventstream::{Decoder, Message};
 use tower_account_pool::kiro::{
     self, classify_frame, classify_response, classify_stream_start, KiroCredential, KiroOptions,
+    KiroPoolExt,
 };
 use tower_account_pool::testing::{KiroMock, RefreshRule, Reply};
 use tower_account_pool::{Account, HealthState, Outcome, Pool, RateLimitScope, SelectRequest};

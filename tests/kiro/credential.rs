@@ -11,7 +11,9 @@ use http::HeaderMap;
 use crate::support::CapturedLogs;
 use serde_json::{json, Value};
 use tower_account_pool::credential::{Credential, CredentialError, RefreshMode};
-use tower_account_pool::kiro::{self, AuthMethod, KiroCredential, KiroError, KiroOptions};
+use tower_account_pool::kiro::{
+    self, AuthMethod, KiroCredential, KiroError, KiroOptions, KiroPoolExt,
+};
 use tower_account_pool::testing::{KiroMock, RefreshRule};
 use tower_account_pool::{Account, HealthState, Pool};
 

@@ -10,7 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceExt};
 use tower_account_pool::kiro::eventstream::decode_all;
-use tower_account_pool::kiro::{KiroClassifier, KiroCredential, KiroOptions};
+use tower_account_pool::kiro::{KiroClassifier, KiroCredential, KiroOptions, KiroPoolExt};
 use tower_account_pool::layer::{AccountPoolLayer, ReplayBody, SelectedAccount};
 use tower_account_pool::testing::{KiroMock, RefreshRule, Reply};
 use tower_account_pool::{Account, HealthState, Pool, Strategy};

@@ -552,10 +552,10 @@ async fn backoff_sleeps_a_jittered_doubling_delay_between_attempts() {
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::status(500)]);
     upstream.script("tok-b", [Reply::status(500)]);
-    let layer = AccountPoolLayer::new(pool).backoff(Backoff {
-        base: Duration::from_secs(2),
-        max: Duration::from_secs(60),
-    });
+    let layer = AccountPoolLayer::new(pool).backoff(Backoff::new(
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    ));
     let started = tokio::time::Instant::now();
     let response = send(layer, &upstream).await;
     assert_eq!(response.status(), StatusCode::OK);

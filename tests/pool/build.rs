@@ -72,18 +72,14 @@ fn an_empty_id_is_rejected() {
 
 #[test]
 fn an_inconsistent_policy_is_rejected() {
-    let err = build_error(builder(1).health(HealthPolicy {
-        max_errors: 0,
-        ..HealthPolicy::default()
-    }));
+    let err = build_error(builder(1).health(HealthPolicy::default().with_max_errors(0)));
     assert_eq!(
         err.to_string(),
         "health policy: max_errors must be at least 1"
     );
-    let err = build_error(builder(1).health(HealthPolicy {
-        ejection_base: Duration::from_secs(600),
-        ..HealthPolicy::default()
-    }));
+    let err = build_error(
+        builder(1).health(HealthPolicy::default().with_ejection_base(Duration::from_secs(600))),
+    );
     assert_eq!(
         err.to_string(),
         "health policy: ejection_base must be non-zero and at most ejection_max"

@@ -552,10 +552,7 @@ async fn the_last_available_account_is_never_ejected_for_transient_errors() {
 #[tokio::test(start_paused = true)]
 async fn the_panic_threshold_is_configurable() {
     let pool = builder(3)
-        .health(HealthPolicy {
-            panic_threshold: 2,
-            ..HealthPolicy::default()
-        })
+        .health(HealthPolicy::default().with_panic_threshold(2))
         .build()
         .unwrap();
     for _ in 0..3 {
@@ -572,10 +569,7 @@ async fn the_panic_threshold_is_configurable() {
     );
 
     let pool = builder(2)
-        .health(HealthPolicy {
-            panic_threshold: 0,
-            ..HealthPolicy::default()
-        })
+        .health(HealthPolicy::default().with_panic_threshold(0))
         .build()
         .unwrap();
     for id in ["a0", "a1"] {

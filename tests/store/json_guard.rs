@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::CapturedLogs;
-use tower_account_pool::config::FileWatcher;
+use tower_account_pool::config::{FileWatcher, PoolBuilderExt};
 use tower_account_pool::store::{JsonFileStore, StoreHandle, WriterConfig};
 use tower_account_pool::{Outcome, Pool, SelectRequest};
 

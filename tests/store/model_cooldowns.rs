@@ -43,12 +43,7 @@ fn rate_limit_a_on_one_model(pool: &Pool) {
 /// Rate-limits account `a` on `model` for an hour through a real lease.
 fn rate_limit_a_on(pool: &Pool, model: &str) {
     loop {
-        let lease = pool
-            .select(&SelectRequest {
-                model: Some(model),
-                ..SelectRequest::default()
-            })
-            .unwrap();
+        let lease = pool.select(&SelectRequest::for_model(model)).unwrap();
         if lease.id().as_str() == "a" {
             lease.report(Outcome::RateLimited {
                 retry_after: Some(Duration::from_secs(3600)),
@@ -79,12 +74,7 @@ fn cooling_models(pool: &Pool) -> Vec<String> {
 fn reached(pool: &Pool, model: &str) -> Vec<String> {
     let mut ids: Vec<String> = (0..20)
         .map(|_| {
-            let lease = pool
-                .select(&SelectRequest {
-                    model: Some(model),
-                    ..SelectRequest::default()
-                })
-                .unwrap();
+            let lease = pool.select(&SelectRequest::for_model(model)).unwrap();
             let id = lease.id().as_str().to_owned();
             lease.report(Outcome::Success);
             id

@@ -11,6 +11,7 @@ use support::{pool, rate_limited_for};
 
 use rusqlite::Connection;
 use serde_json::{json, Value};
+use tower_account_pool::config::PoolBuilderExt;
 use tower_account_pool::store::{JsonFileStore, SqliteStore, Store, StoreHandle};
 use tower_account_pool::{HealthState, Outcome, Pool, SelectRequest};
 

@@ -89,16 +89,14 @@ impl<S: Store + Clone> Store for Flaky<S> {
 }
 
 fn policy() -> HealthPolicy {
-    HealthPolicy {
-        rate_limit_base: Duration::from_secs(600),
-        rate_limit_max: Duration::from_secs(7200),
-        quota_base: Duration::from_secs(3600),
-        ejection_base: Duration::from_secs(600),
-        ejection_max: Duration::from_secs(3600),
-        jitter: 0.0,
-        panic_threshold: 0,
-        ..HealthPolicy::default()
-    }
+    HealthPolicy::default()
+        .with_rate_limit_base(Duration::from_secs(600))
+        .with_rate_limit_max(Duration::from_secs(7200))
+        .with_quota_base(Duration::from_secs(3600))
+        .with_ejection_base(Duration::from_secs(600))
+        .with_ejection_max(Duration::from_secs(3600))
+        .with_jitter(0.0)
+        .with_panic_threshold(0)
 }
 
 fn new_pool() -> Pool {

@@ -1,8 +1,6 @@
 //! A pool built from a pool file: accounts opened by a credential resolver, runtime state
 //! seeded from the state fields, and the warnings a file's shape calls for.
 
-use std::path::Path;
-
 use super::entry::INLINE_CREDENTIALS;
 use super::{quote_keys, PoolFile, PoolShape};
 use crate::account::Account;
@@ -56,7 +54,7 @@ impl PoolFile {
                 source,
             })?;
         for (entry, (_, unavailable)) in self.entries.iter().zip(&opened) {
-            pool.seed_from_entry(entry, unavailable.as_deref());
+            crate::config::seed_from_entry(&pool, entry, unavailable.as_deref());
         }
         Ok(pool)
     }
@@ -98,16 +96,5 @@ impl PoolFile {
                 );
             }
         }
-    }
-}
-
-impl PoolBuilder {
-    /// Builds the pool from a pool file (any of the three shapes), with this builder's
-    /// strategy, health policy and TTL. Credential files are opened by a [`TokenFileResolver`],
-    /// relative paths against the file's folder; use [`PoolFile::build_with`] for another
-    /// resolver. Accounts added
-    /// to the builder before stay, ahead of the file's.
-    pub fn build_from_file(self, path: impl AsRef<Path>) -> Result<Pool, ConfigError> {
-        PoolFile::load(path)?.build(self)
     }
 }

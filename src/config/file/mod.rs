@@ -194,7 +194,7 @@ impl PoolFile {
 
     /// The folder the file is in: relative credential paths in it are resolved against it
     /// (by [`accounts`](Self::accounts), [`build`](Self::build) and
-    /// [`build_from_file`](crate::pool::PoolBuilder::build_from_file); give it to other resolvers, e.g.
+    /// [`build_from_file`](crate::config::PoolBuilderExt::build_from_file); give it to other resolvers, e.g.
     /// [`TokenFileResolver::base_dir`](crate::config::TokenFileResolver::base_dir) or `KiroResolver::base_dir`).
     pub fn dir(&self) -> PathBuf {
         match self.path.parent() {

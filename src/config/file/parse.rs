@@ -12,8 +12,8 @@ use super::entry::{
 use super::DEFAULT_API_KEY_HEADER;
 use crate::account::{AccountId, AccountSettings};
 use crate::config::error::{describe, ConfigError};
-use crate::config::time::parse_timestamp;
 use crate::credential::{ApiKey, BearerToken};
+use crate::time::parse as parse_timestamp;
 
 /// Reads the fields of one account object, naming the index and field in errors.
 struct Fields<'a> {

@@ -5,9 +5,9 @@ use serde_json::{Map, Value};
 
 use super::parse::parse_entry;
 use super::{PoolFile, ACCOUNTS_KEY};
-use crate::config::time::format_timestamp;
 use crate::health::HealthState;
 use crate::pool::PoolSnapshot;
+use crate::time::format_iso;
 
 impl PoolFile {
     /// The whole file in the current shape: `{"accounts": [...]}` first, then the other
@@ -70,13 +70,10 @@ impl PoolFile {
             );
             raw.insert("usageCount".into(), Value::from(account.counters.successes));
             if let Some(used) = account.last_used {
-                raw.insert("lastUsed".into(), Value::from(format_timestamp(used)));
+                raw.insert("lastUsed".into(), Value::from(format_iso(&used)));
             }
             if let Some(error) = &account.last_error {
-                raw.insert(
-                    "lastErrorTime".into(),
-                    Value::from(format_timestamp(error.at)),
-                );
+                raw.insert("lastErrorTime".into(), Value::from(format_iso(&error.at)));
                 raw.insert(
                     "lastErrorMessage".into(),
                     Value::from(error.message.clone()),

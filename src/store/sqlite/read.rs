@@ -14,7 +14,8 @@ use crate::store::codec::{
     counters_from_array, model_cooldowns_from_json, parse_state, CounterArray, COUNTERS,
     COUNTER_NAMES,
 };
-use crate::store::{time, StoredAccount};
+use crate::store::StoredAccount;
+use crate::time;
 
 fn class_from_str(s: &str) -> Option<OutcomeClass> {
     OutcomeClass::ALL.iter().copied().find(|c| c.as_str() == s)
@@ -47,13 +48,13 @@ impl Db {
         let ms = |i: usize| -> rusqlite::Result<Option<SystemTime>> {
             Ok(row
                 .get::<_, Option<i64>>(at + i)?
-                .map(|v| time::from_epoch_ms(v.max(0) as u64)))
+                .map(|v| time::from_millis(v.max(0) as u64)))
         };
         let event = |i: usize| -> rusqlite::Result<Option<SystemTime>> {
             Ok(row
                 .get::<_, Option<i64>>(at + i)?
                 .filter(|&v| v > 0)
-                .map(|v| time::from_epoch_ms(v as u64)))
+                .map(|v| time::from_millis(v as u64)))
         };
         let last_error = match (
             ms(6)?,

@@ -7,7 +7,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use super::{to_i64, Db};
 use crate::store::codec::COUNTER_NAMES;
-use crate::store::time;
+use crate::time;
 
 /// The `provider_type` this crate writes into a schema v1 database.
 pub const V1_PROVIDER_TYPE: &str = "claude-kiro-oauth";
@@ -157,7 +157,7 @@ pub(super) fn adopt_disabled_columns(conn: &Connection, table: &str) -> rusqlite
         ),
         [],
     )?;
-    let now_ms = to_i64(time::epoch_ms(&SystemTime::now()));
+    let now_ms = to_i64(time::millis(&SystemTime::now()));
     conn.execute(
         &format!(
             "UPDATE {STATE_TABLE} SET enabled = CASE WHEN {column} = 0 THEN 1 ELSE 0 END,

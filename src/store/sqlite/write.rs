@@ -11,7 +11,8 @@ use crate::health::HealthState;
 use crate::store::codec::{
     counters_from_array, counters_to_array, model_cooldowns_to_json, COUNTERS, COUNTER_NAMES,
 };
-use crate::store::{merge, time, AccountWrite, CounterTotals, CredentialConfig};
+use crate::store::{merge, AccountWrite, CounterTotals, CredentialConfig};
+use crate::time;
 
 /// Writes an account's settings into the older system's `config` JSON, in its field names.
 fn write_settings(
@@ -66,7 +67,7 @@ impl Db {
         let schema = self.schema;
         let table = self.table();
         let now = SystemTime::now();
-        let now_ms = to_i64(time::epoch_ms(&now));
+        let now_ms = to_i64(time::millis(&now));
         let has_check_model = column_exists(&self.conn, table, "check_model_name")?;
         let tx = self
             .conn
@@ -110,8 +111,8 @@ impl Db {
             let mut s = previous.unwrap_or_default();
             merge::merge(&mut s, write, now);
             let total = counters_to_array(&s.counters);
-            let event = |t: &Option<SystemTime>| t.as_ref().map(|t| to_i64(time::epoch_ms(t)));
-            let last_error_ms = s.last_error.as_ref().map(|e| to_i64(time::epoch_ms(&e.at)));
+            let event = |t: &Option<SystemTime>| t.as_ref().map(|t| to_i64(time::millis(t)));
+            let last_error_ms = s.last_error.as_ref().map(|e| to_i64(time::millis(&e.at)));
             let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![
                 Box::new(id.to_owned()),
                 Box::new(s.state.as_str()),
@@ -145,9 +146,9 @@ impl Db {
             let last_used = s
                 .last_used
                 .filter(|_| write.delta.requests > 0)
-                .map(|t| time::to_sqlite(&t));
+                .map(|t| time::format_sqlite(&t));
             let error_fields = write.state_changed || write.delta.errors() > 0;
-            let last_error_time = s.last_error.as_ref().map(|e| time::to_sqlite(&e.at));
+            let last_error_time = s.last_error.as_ref().map(|e| time::format_sqlite(&e.at));
             let last_error_message = s.last_error.as_ref().map(|e| e.message.clone());
             let disabled = s.enabled.map(|e| i64::from(!e));
             let updated = tx
@@ -193,7 +194,7 @@ impl Db {
                     disabled,
                     i64::from(s.consecutive_failures),
                     to_i64(total[1]),
-                    s.last_used.map(|t| time::to_sqlite(&t)),
+                    s.last_used.map(|t| time::format_sqlite(&t)),
                     last_error_time,
                     last_error_message,
                     write

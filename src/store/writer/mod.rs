@@ -13,7 +13,7 @@ use super::codec::counters_to_array;
 use super::{merge, Store, StoreError, StoredAccount};
 use crate::account::AccountId;
 use crate::health::{HealthState, OutcomeClass};
-use crate::pool::{PersistedState, Pool};
+use crate::pool::{PersistedState, Pool, StoreFailure};
 
 mod remote;
 mod task;
@@ -156,16 +156,16 @@ impl StoreHandle {
             stats: Arc::new(Mutex::new(WriterStats::default())),
             logged_error: None,
         };
-        let roster = pool.shared.roster.load_full();
+        let accounts = pool.accounts();
         let mut stored: HashMap<AccountId, StoredAccount> =
             loaded.into_iter().map(|a| (a.id.clone(), a)).collect();
-        for slot in roster.slots.iter() {
-            let Some(saved) = stored.remove(&slot.id) else {
+        for slot in &accounts {
+            let Some(saved) = stored.remove(slot.id()) else {
                 // Not in the store: written once in full, every change since it was built
                 // included.
                 let mut tracked = Tracked::observe(slot);
                 tracked.fresh = true;
-                writer.tracked.insert(slot.id.clone(), tracked);
+                writer.tracked.insert(slot.id().clone(), tracked);
                 continue;
             };
             // Restoring is not a change: what the store holds is applied here and not written
@@ -175,11 +175,11 @@ impl StoreHandle {
             let before = Tracked::observe(slot);
             // Requests counted here before the start (beyond what a pool file seeded) are
             // increments on the stored totals.
-            let restored = slot.runtime.lock_details().restored_outcomes;
+            let restored = slot.runtime().lock_details().restored_outcomes;
             let local_counts: Vec<u64> = OutcomeClass::ALL
                 .iter()
                 .map(|&class| {
-                    slot.runtime.outcomes[class as usize]
+                    slot.runtime().outcomes[class as usize]
                         .load(Ordering::Relaxed)
                         .saturating_sub(restored[class as usize])
                 })
@@ -201,9 +201,11 @@ impl StoreHandle {
                     },
                 );
             }
-            let slot = pool.slot(slot.id.as_str()).unwrap_or_else(|_| slot.clone());
+            let slot = pool
+                .account(slot.id().as_str())
+                .unwrap_or_else(|_| slot.clone());
             for (&class, local) in OutcomeClass::ALL.iter().zip(&local_counts) {
-                slot.runtime.outcomes[class as usize].store(
+                slot.runtime().outcomes[class as usize].store(
                     saved.state.counters.outcome(class).saturating_add(*local),
                     Ordering::Relaxed,
                 );
@@ -220,7 +222,7 @@ impl StoreHandle {
             }
             writer.tracked.insert(saved.id.clone(), tracked);
         }
-        drop(roster);
+        drop(accounts);
         let (commands, receiver) = mpsc::channel(16);
         let (stop, stopped) = oneshot::channel();
         let mut events = pool.subscribe();
@@ -241,26 +243,22 @@ impl StoreHandle {
         // `Pool::shutdown` flushes through a weak sender: the pool never keeps a writer alive.
         let flush_commands = commands.downgrade();
         let name = writer.store.name();
-        pool.shared
-            .flushers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Box::new(move || {
-                let commands = flush_commands.upgrade();
-                Box::pin(async move {
-                    let Some(commands) = commands else {
-                        return Ok(()); // stopped, after its final flush
-                    };
-                    let (reply, answer) = oneshot::channel();
-                    if commands.send(Command::Flush(reply)).await.is_err() {
-                        return Ok(());
-                    }
-                    answer
-                        .await
-                        .unwrap_or(Ok(()))
-                        .map_err(|e| format!("`{name}` could not write: {e}"))
-                })
-            }));
+        pool.add_flusher(Box::new(move || {
+            let commands = flush_commands.upgrade();
+            Box::pin(async move {
+                let Some(commands) = commands else {
+                    return Ok(()); // stopped, after its final flush
+                };
+                let (reply, answer) = oneshot::channel();
+                if commands.send(Command::Flush(reply)).await.is_err() {
+                    return Ok(());
+                }
+                answer
+                    .await
+                    .unwrap_or(Ok(()))
+                    .map_err(|e| StoreFailure::new(name, e))
+            })
+        }));
         let stats = writer.stats.clone();
         let task = tokio::spawn(writer.run(receiver, stopped));
         Ok(StoreHandle {

@@ -1,19 +1,23 @@
 //! Other processes' changes applied here, by the same rules the stores merge by.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use crate::health::{HealthState, NEVER};
-use crate::pool::{PersistedState, Pool, Slot};
-use crate::store::{merge, time};
+use crate::pool::{AccountHandle, PersistedState, Pool};
+use crate::store::merge;
+use crate::time;
 
 /// Whether this process holds an account-wide cooldown, or a model cooldown, with a later
 /// deadline than what the store holds (after [`join_remote`], so none of them is void).
-pub(super) fn missing_from(pool: &Pool, slot: &Slot, remote: &PersistedState) -> (bool, bool) {
+pub(super) fn missing_from(
+    pool: &Pool,
+    slot: &AccountHandle,
+    remote: &PersistedState,
+) -> (bool, bool) {
     use merge::{deadline, is_cooldown, ms, voided};
-    let shared = &pool.shared;
-    let rt = &slot.runtime;
-    let now = shared.clock.now_ms();
+    let health = pool.health();
+    let rt = &slot.runtime();
+    let now = health.clock.now_ms();
     let slack = 500;
     let remote_deadline = if voided(remote, ms(&remote.reset_at), ms(&remote.recovered_at)) {
         0
@@ -25,7 +29,7 @@ pub(super) fn missing_from(pool: &Pool, slot: &Slot, remote: &PersistedState) ->
         s if is_cooldown(s) => {
             let until = rt.until_ms.load(Ordering::Acquire);
             if until > now {
-                ms(&shared.clock.wall(until, now))
+                ms(&health.clock.wall(until, now))
             } else {
                 0
             }
@@ -40,7 +44,7 @@ pub(super) fn missing_from(pool: &Pool, slot: &Slot, remote: &PersistedState) ->
         .iter()
         .filter(|b| b.until_ms > now)
         .any(|b| {
-            let local = ms(&shared.clock.wall(b.until_ms, now));
+            let local = ms(&health.clock.wall(b.until_ms, now));
             let stored = remote
                 .model_cooldowns
                 .iter()
@@ -59,10 +63,10 @@ pub(super) fn missing_from(pool: &Pool, slot: &Slot, remote: &PersistedState) ->
 /// applies (credential states and a probe in flight stay local); model cooldowns merge by
 /// model, the later deadline winning; a newer operator enable or disable applies. Returns
 /// whether anything changed.
-pub(super) fn join_remote(pool: &Pool, slot: &Arc<Slot>, remote: &PersistedState) -> bool {
+pub(super) fn join_remote(pool: &Pool, slot: &AccountHandle, remote: &PersistedState) -> bool {
     use merge::{deadline, is_cooldown, ms, voided};
-    let shared = &pool.shared;
-    let rt = &slot.runtime;
+    let health = pool.health();
+    let rt = &slot.runtime();
     let mut changed = false;
     let remote_reset = ms(&remote.reset_at);
     let remote_recovered = ms(&remote.recovered_at);
@@ -92,8 +96,8 @@ pub(super) fn join_remote(pool: &Pool, slot: &Arc<Slot>, remote: &PersistedState
             rt.ejection_level.store(0, Ordering::Release);
             rt.rate_limit_level.store(0, Ordering::Release);
             rt.quota_level.store(0, Ordering::Release);
-            shared.transition_since(
-                slot,
+            health.transition_since(
+                slot.runtime(),
                 HealthState::Healthy,
                 0,
                 "reset by operator (in another process)".into(),
@@ -107,8 +111,8 @@ pub(super) fn join_remote(pool: &Pool, slot: &Arc<Slot>, remote: &PersistedState
         if is_cooldown(rt.state()) && since <= remote_recovered {
             rt.consecutive_failures.store(0, Ordering::Release);
             rt.ejection_level.store(0, Ordering::Release);
-            shared.transition_since(
-                slot,
+            health.transition_since(
+                slot.runtime(),
                 HealthState::Healthy,
                 0,
                 "probe succeeded (in another process)".into(),
@@ -118,19 +122,22 @@ pub(super) fn join_remote(pool: &Pool, slot: &Arc<Slot>, remote: &PersistedState
         }
     }
     // Model cooldowns set after the latest reset.
-    let now = shared.clock.now_ms();
+    let now = health.clock.now_ms();
     let models: Vec<_> = remote
         .model_cooldowns
         .iter()
         .filter(|c| reset_all == 0 || ms(&c.since) > reset_all)
         .cloned()
         .collect();
-    if shared.merge_model_cooldowns(slot, &models, now).is_some() {
+    if health
+        .merge_model_cooldowns(slot.runtime(), &models, now)
+        .is_some()
+    {
         changed = true;
     }
     // The account-wide cooldown with the later deadline.
     let local = rt.state();
-    let wall_now = time::epoch_ms(&std::time::SystemTime::now());
+    let wall_now = time::millis(&std::time::SystemTime::now());
     if is_cooldown(remote.state)
         && !voided(remote, reset_all, recovered_all)
         && deadline(remote) > wall_now
@@ -143,14 +150,14 @@ pub(super) fn join_remote(pool: &Pool, slot: &Arc<Slot>, remote: &PersistedState
         let local_deadline = match local {
             HealthState::Suspended => u64::MAX,
             HealthState::RateLimited | HealthState::QuotaExhausted | HealthState::Ejected => {
-                ms(&shared.clock.wall(local_until, now))
+                ms(&health.clock.wall(local_until, now))
             }
             _ => 0,
         };
         if deadline(remote) > local_deadline.saturating_add(500) {
             let until = match remote.until {
                 _ if remote.state == HealthState::Suspended => NEVER,
-                Some(at) => shared.clock.deadline(at, now),
+                Some(at) => health.clock.deadline(at, now),
                 None => now,
             };
             rt.ejection_level
@@ -159,7 +166,13 @@ pub(super) fn join_remote(pool: &Pool, slot: &Arc<Slot>, remote: &PersistedState
                 .reason
                 .clone()
                 .unwrap_or_else(|| format!("{} (set by another process)", remote.state));
-            shared.transition_since(slot, remote.state, until, reason, Some(ms(&remote.since)));
+            health.transition_since(
+                slot.runtime(),
+                remote.state,
+                until,
+                reason,
+                Some(ms(&remote.since)),
+            );
             changed = true;
         }
     }
@@ -167,16 +180,16 @@ pub(super) fn join_remote(pool: &Pool, slot: &Arc<Slot>, remote: &PersistedState
     if let (Some(enabled), at) = (remote.enabled, ms(&remote.enabled_at)) {
         if at > enabled_ms {
             rt.lock_details().enabled_ms = at;
-            if slot.settings.enabled != enabled {
-                let _ = pool.update_settings(slot.id.as_str(), |s| s.enabled = enabled);
+            if slot.settings().enabled != enabled {
+                let _ = pool.update_settings(slot.id().as_str(), |s| s.enabled = enabled);
                 let (from, to) = if enabled {
                     (HealthState::Disabled, rt.state())
                 } else {
                     (rt.state(), HealthState::Disabled)
                 };
                 let what = if enabled { "enabled" } else { "disabled" };
-                shared.emit(
-                    slot,
+                health.emit(
+                    slot.runtime(),
                     from,
                     to,
                     None,

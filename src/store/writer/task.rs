@@ -14,7 +14,7 @@ use super::remote::{join_remote, missing_from};
 use super::tracked::{read_counters, Tracked};
 use super::{Command, WriterConfig, WriterStats};
 use crate::account::AccountId;
-use crate::pool::{Counters, Pool, Slot};
+use crate::pool::{AccountHandle, Counters, Pool};
 use crate::store::codec::{counters_from_array, counters_to_array, CounterArray};
 use crate::store::{AccountWrite, CredentialConfig, Store, StoreError};
 
@@ -169,18 +169,17 @@ impl<S: Store> Writer<S> {
 
     /// Writes every account that changed since its last successful write.
     async fn flush(&mut self) -> Result<(), StoreError> {
-        let shared = self.pool.shared.clone();
-        let roster = shared.roster.load_full();
-        let now = shared.clock.now_ms();
+        let now = self.pool.health().clock.now_ms();
         let mut pending = Vec::new();
-        for slot in &roster.slots {
-            let tracked = self.tracked.entry(slot.id.clone()).or_insert_with(|| {
+        let accounts = self.pool.accounts();
+        for slot in &accounts {
+            let tracked = self.tracked.entry(slot.id().clone()).or_insert_with(|| {
                 // Added since the start: unknown to the store until written.
                 let mut t = Tracked::observe(slot);
                 t.fresh = true;
                 t
             });
-            let rt = &slot.runtime;
+            let rt = &slot.runtime();
             let generation = rt.generation.load(Ordering::Acquire);
             let failures = rt.consecutive_failures.load(Ordering::Acquire);
             let ejection_level = rt.ejection_level.load(Ordering::Acquire);
@@ -190,7 +189,7 @@ impl<S: Store> Writer<S> {
             let state_changed = tracked.state_changed(slot) || fresh;
             let models_changed = tracked.models_changed(slot) || fresh;
             let enabled_changed = tracked.enabled_ms != enabled_ms;
-            let settings_changed = tracked.settings != slot.settings || fresh;
+            let settings_changed = tracked.settings != *slot.settings() || fresh;
             let counters = read_counters(rt);
             if !state_changed
                 && !models_changed
@@ -202,22 +201,22 @@ impl<S: Store> Writer<S> {
             }
             let delta: CounterArray =
                 std::array::from_fn(|i| counters[i].saturating_sub(tracked.baseline[i]));
-            let mut state = shared.persisted(slot, now);
+            let mut state = self.pool.persisted(slot, now);
             state.counters = counters_from_array(&counters);
             pending.push(Pending {
                 write: AccountWrite {
-                    id: slot.id.clone(),
+                    id: slot.id().clone(),
                     state,
                     state_changed,
                     models_changed,
                     delta: counters_from_array(&delta),
-                    enabled: slot.settings.enabled,
+                    enabled: slot.settings().enabled,
                     enabled_changed,
-                    settings: settings_changed.then(|| slot.settings.clone()),
+                    settings: settings_changed.then(|| slot.settings().clone()),
                     // The credential of an account new to the store; an existing row keeps
                     // the one it names.
                     credential: fresh
-                        .then(|| CredentialConfig::of(&slot.credential))
+                        .then(|| CredentialConfig::of(slot.credential()))
                         .flatten(),
                 },
                 counters,
@@ -229,7 +228,8 @@ impl<S: Store> Writer<S> {
             });
         }
         // Accounts no longer in the pool: forgotten, so that one added again is new again.
-        self.tracked.retain(|id, _| roster.index.contains_key(id));
+        self.tracked
+            .retain(|id, _| accounts.iter().any(|a| a.id() == id));
         for chunk in pending.chunks(self.config.max_batch.max(1)) {
             let batch: Vec<AccountWrite> = chunk.iter().map(|p| p.write.clone()).collect();
             let totals = self.store.write(batch).await?;
@@ -248,7 +248,7 @@ impl<S: Store> Writer<S> {
                 }
             }
             for (id, totals) in totals {
-                if let Some(slot) = roster.get(id.as_str()) {
+                if let Some(slot) = accounts.iter().find(|a| *a.id() == id) {
                     self.fold(slot, &totals);
                 }
             }
@@ -261,8 +261,8 @@ impl<S: Store> Writer<S> {
 
     /// Adds other processes' increments (the store's totals minus what this process knows to
     /// be there) to the local counters.
-    fn fold(&mut self, slot: &Slot, totals: &Counters) {
-        let Some(tracked) = self.tracked.get_mut(&slot.id) else {
+    fn fold(&mut self, slot: &AccountHandle, totals: &Counters) {
+        let Some(tracked) = self.tracked.get_mut(slot.id()) else {
             return;
         };
         let totals = counters_to_array(totals);
@@ -270,7 +270,7 @@ impl<S: Store> Writer<S> {
             if total > *known {
                 // `requests` follows from the outcomes folded in beside it.
                 if i > 0 {
-                    slot.runtime.outcomes[i - 1].fetch_add(total - *known, Ordering::Relaxed);
+                    slot.runtime().outcomes[i - 1].fetch_add(total - *known, Ordering::Relaxed);
                 }
                 *known = total;
             }
@@ -279,17 +279,16 @@ impl<S: Store> Writer<S> {
 
     /// Applies other processes' changes.
     async fn sync(&mut self) -> Result<(), StoreError> {
-        let shared = self.pool.shared.clone();
-        let roster = shared.roster.load_full();
-        let ids = roster.slots.iter().map(|s| s.id.clone()).collect();
+        let accounts = self.pool.accounts();
+        let ids = accounts.iter().map(|a| a.id().clone()).collect();
         let changes = self.store.poll_changes(ids).await?;
         let mut applied = 0;
         for change in changes {
-            let Some(slot) = roster.get(change.id.as_str()).cloned() else {
+            let Some(slot) = accounts.iter().find(|a| *a.id() == change.id).cloned() else {
                 continue;
             };
             self.fold(&slot, &change.state.counters);
-            let Some(tracked) = self.tracked.get(&slot.id) else {
+            let Some(tracked) = self.tracked.get(slot.id()) else {
                 continue;
             };
             // A local change still to be written stays pending (and is merged when written).
@@ -297,9 +296,9 @@ impl<S: Store> Writer<S> {
             if join_remote(&self.pool, &slot, &change.state) {
                 applied += 1;
             }
-            let slot = self.pool.slot(slot.id.as_str()).unwrap_or(slot);
+            let slot = self.pool.account(slot.id().as_str()).unwrap_or(slot);
             let (state_missing, models_missing) = missing_from(&self.pool, &slot, &change.state);
-            if let Some(tracked) = self.tracked.get_mut(&slot.id) {
+            if let Some(tracked) = self.tracked.get_mut(slot.id()) {
                 if !pending {
                     tracked.resync(&slot);
                 }

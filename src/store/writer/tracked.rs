@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::health::Runtime;
-use crate::pool::Slot;
+use crate::pool::AccountHandle;
 use crate::store::codec::{CounterArray, COUNTERS};
 
 /// What the writer knows about one account: the values last written to (or learnt from) the
@@ -27,8 +27,8 @@ pub(super) struct Tracked {
 }
 
 impl Tracked {
-    pub(super) fn observe(slot: &Slot) -> Tracked {
-        let rt = &slot.runtime;
+    pub(super) fn observe(slot: &AccountHandle) -> Tracked {
+        let rt = &slot.runtime();
         Tracked {
             baseline: [0; COUNTERS],
             generation: rt.generation.load(Ordering::Acquire),
@@ -36,13 +36,13 @@ impl Tracked {
             ejection_level: rt.ejection_level.load(Ordering::Acquire),
             model_epoch: rt.model_epoch.load(Ordering::Acquire),
             enabled_ms: rt.lock_details().enabled_ms,
-            settings: slot.settings.clone(),
+            settings: slot.settings().clone(),
             fresh: false,
         }
     }
 
     /// Takes the account's current values as written (after applying what the store holds).
-    pub(super) fn resync(&mut self, slot: &Slot) {
+    pub(super) fn resync(&mut self, slot: &AccountHandle) {
         let baseline = self.baseline;
         let fresh = self.fresh;
         *self = Tracked::observe(slot);
@@ -50,30 +50,30 @@ impl Tracked {
         self.fresh = fresh;
     }
 
-    pub(super) fn state_changed(&self, slot: &Slot) -> bool {
-        let rt = &slot.runtime;
+    pub(super) fn state_changed(&self, slot: &AccountHandle) -> bool {
+        let rt = &slot.runtime();
         self.generation != rt.generation.load(Ordering::Acquire)
             || self.failures != rt.consecutive_failures.load(Ordering::Acquire)
             || self.ejection_level != rt.ejection_level.load(Ordering::Acquire)
     }
 
-    pub(super) fn models_changed(&self, slot: &Slot) -> bool {
-        self.model_epoch != slot.runtime.model_epoch.load(Ordering::Acquire)
+    pub(super) fn models_changed(&self, slot: &AccountHandle) -> bool {
+        self.model_epoch != slot.runtime().model_epoch.load(Ordering::Acquire)
     }
 
-    pub(super) fn enabled_changed(&self, slot: &Slot) -> bool {
-        self.enabled_ms != slot.runtime.lock_details().enabled_ms
+    pub(super) fn enabled_changed(&self, slot: &AccountHandle) -> bool {
+        self.enabled_ms != slot.runtime().lock_details().enabled_ms
     }
 
-    pub(super) fn pending(&self, slot: &Slot) -> bool {
+    pub(super) fn pending(&self, slot: &AccountHandle) -> bool {
         self.state_changed(slot) || self.models_changed(slot) || self.enabled_changed(slot)
     }
 }
 
 /// Whether an account holds a change made in this process (an event with a time: a cooldown,
 /// a reset, an operator's enable or disable), as opposed to state seeded from a file.
-pub(super) fn has_local_events(slot: &Slot) -> bool {
-    let rt = &slot.runtime;
+pub(super) fn has_local_events(slot: &AccountHandle) -> bool {
+    let rt = &slot.runtime();
     let details = rt.lock_details();
     let events = details.since_ms != 0
         || details.reset_ms != 0

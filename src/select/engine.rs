@@ -1,278 +1,243 @@
-//! Selection: strategies, the selection request, and the typed [`Exhausted`] error.
-//!
-//! One predicate decides whether an account may take a request — enabled, available now
-//! (cooldown passed, or a half-open probe permit free), model allowed, in-flight below its limit,
-//! not already tried by this request — and it is used everywhere: selection, the snapshot's
-//! `available` flag and, later, `/health`.
-//!
-//! ```
-//! use tower_account_pool::{Account, Pool, SelectRequest, Strategy};
-//! use tower_account_pool::credential::NoCredential;
-//!
-//! let pool = Pool::builder()
-//!     .accounts((0..3).map(|i| Account::new(format!("acct-{i}"), NoCredential)))
-//!     .strategy(Strategy::RoundRobin)
-//!     .build()
-//!     .unwrap();
-//!
-//! let mut seen = Vec::new();
-//! for _ in 0..3 {
-//!     let lease = pool.select(&SelectRequest::for_model("claude-sonnet-4-5")).unwrap();
-//!     seen.push(lease.id().to_string());
-//! }
-//! seen.sort();
-//! assert_eq!(seen, ["acct-0", "acct-1", "acct-2"]);
-//! ```
-//!
-//! # Cost
-//!
-//! Round-robin, fill-first and least-in-flight look at a constant number of accounts in the
-//! common case (when most accounts are available), take no pool-wide lock and allocate nothing.
-//! Least-recently-used, weighted and soonest-reset look at every account of the first tier with
-//! an available account: O(n), fine for hundreds of accounts. An [`Exhausted`] answer looks at every account
-//! once, to say why.
+//! The selection engine: the [`Selector`] owns the roster, the strategy and the pool-wide
+//! [`Health`] context, decides which account takes a request (the one eligibility predicate,
+//! the strategies, tier by tier) and answers the health machine's questions about the other
+//! accounts ([`Host`]).
 
-use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use arc_swap::ArcSwap;
 
-use crate::account::AccountId;
+use super::roster::{Gate, ModelRef, Models, Roster, Slot, Sticky};
+use super::{Exhausted, SelectRequest, Strategy, Unavailable};
+use crate::account::Account;
+use crate::health::{Health, HealthPolicy, HealthState, Host, ModelBlockKind, Runtime};
+use crate::time::{LazyNow, NEVER};
 
-/// How the pool chooses among the available accounts of a priority tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub enum Strategy {
-    /// Each account in turn; fair per model (every model has its own cursor). The default.
-    #[default]
-    RoundRobin,
-    /// The account whose last request started longest ago.
-    LeastRecentlyUsed,
-    /// The less busy of two accounts picked at random (power of two choices).
-    LeastInFlight,
-    /// Smooth weighted round-robin over the accounts' weights.
-    Weighted,
-    /// The first available account, in order, until it is unavailable (rolling-window quotas).
-    FillFirst,
-    /// The available account whose quota resets soonest (as probes reported it through
-    /// [`Pool::set_quota_reset`](crate::Pool::set_quota_reset)), so that quota about to be
-    /// renewed is spent before quota that must last; accounts with no known reset come last,
-    /// and ties go round-robin.
-    SoonestReset,
+/// The state selection shares across a pool's handles and leases.
+#[derive(Debug)]
+pub(crate) struct Selector {
+    pub(crate) roster: ArcSwap<Roster>,
+    pub(crate) strategy: Strategy,
+    pub(crate) health: Health,
+    pub(crate) models: Arc<Models>,
+    pub(crate) sticky: Sticky,
+    /// Use order for the least-recently-used strategy (touched by that strategy only).
+    pub(crate) use_tickets: AtomicU64,
 }
 
-/// What a request needs from the pool.
-///
-/// ```
-/// use tower_account_pool::{AccountId, SelectRequest};
-///
-/// let tried = [AccountId::new("acct-1")];
-/// let request = SelectRequest {
-///     model: Some("claude-sonnet-4-5"),
-///     affinity_key: Some("conversation-42"),
-///     exclude: &tried,
-/// };
-/// assert_eq!(request.model, Some("claude-sonnet-4-5"));
-/// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SelectRequest<'a> {
-    /// The model the request is for; accounts that do not serve it are skipped.
-    pub model: Option<&'a str>,
-    /// A sticky-session key: requests with the same key go to the same account while it is
-    /// available (for the pool's affinity TTL).
-    pub affinity_key: Option<&'a str>,
-    /// Accounts this request already tried.
-    pub exclude: &'a [AccountId],
+/// An account selection picked and acquired: what the pool wraps in a lease.
+pub(crate) struct Grant {
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) model: ModelRef,
+    pub(crate) probe: bool,
 }
 
-impl<'a> SelectRequest<'a> {
-    /// A request for `model`.
-    pub fn for_model(model: &'a str) -> Self {
-        SelectRequest {
-            model: Some(model),
-            ..SelectRequest::default()
-        }
-    }
-
-    /// Sets the affinity key.
-    pub fn with_affinity_key(mut self, key: &'a str) -> Self {
-        self.affinity_key = Some(key);
-        self
-    }
-
-    /// Sets the accounts to skip.
-    pub fn excluding(mut self, exclude: &'a [AccountId]) -> Self {
-        self.exclude = exclude;
-        self
-    }
-
-    pub(crate) fn excludes(&self, id: &AccountId) -> bool {
-        self.exclude.iter().any(|e| e == id)
-    }
-}
-
-macro_rules! unavailable_reasons {
-    ($($variant:ident => $name:literal, $doc:literal;)*) => {
-        /// Why an account could not take a request.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        pub enum Unavailable {
-            $(
-                #[doc = $doc]
-                $variant,
-            )*
-        }
-
-        impl Unavailable {
-            /// Every reason, in counter order.
-            pub const ALL: &'static [Unavailable] = &[$(Unavailable::$variant),*];
-
-            /// The reason as a short label.
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $(Unavailable::$variant => $name,)*
-                }
+impl Selector {
+    /// A selector over `accounts` (already validated).
+    pub(crate) fn new(
+        accounts: Vec<Account>,
+        strategy: Strategy,
+        policy: HealthPolicy,
+        affinity_ttl: Duration,
+    ) -> Arc<Selector> {
+        let models = Arc::new(Models::new());
+        Arc::new_cyclic(|weak| {
+            let slots = accounts
+                .into_iter()
+                .map(|a| {
+                    let runtime = Arc::new(Runtime::new(a.id.clone()));
+                    Slot::new(
+                        a.id,
+                        a.credential,
+                        a.settings,
+                        runtime,
+                        weak.clone(),
+                        models.clone(),
+                    )
+                })
+                .collect();
+            Selector {
+                roster: ArcSwap::from_pointee(Roster::new(slots)),
+                strategy,
+                health: Health::new(policy),
+                models,
+                sticky: Sticky::new(affinity_ttl),
+                use_tickets: AtomicU64::new(0),
             }
-        }
-    };
-}
+        })
+    }
 
-unavailable_reasons! {
-    Disabled => "disabled", "Disabled by an operator.";
-    Excluded => "already tried", "Already tried by this request.";
-    ModelNotAllowed => "model not allowed", "Its settings do not allow the model.";
-    ModelUnsupported => "model unsupported", "It reported that it does not serve the model.";
-    RateLimited => "rate limited", "Rate limited (on the account or on the model).";
-    QuotaExhausted => "quota exhausted", "Out of quota.";
-    AuthExpired => "refreshing credential", "Its credential is being refreshed.";
-    AuthInvalid => "credential invalid", "Its credential is invalid.";
-    Suspended => "suspended", "Suspended.";
-    Ejected => "ejected", "Ejected after transient failures.";
-    ProbeInFlight => "half-open probe in flight", "Half-open and its one probe is in flight.";
-    AtCapacity => "at in-flight limit", "At its in-flight limit.";
-}
-
-impl fmt::Display for Unavailable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    /// A slot for `account` in this pool, with `runtime` (kept from an account of the same
+    /// id) or a fresh one.
+    pub(crate) fn slot_for(
+        self: &Arc<Self>,
+        account: Account,
+        runtime: Option<Arc<Runtime>>,
+    ) -> Arc<Slot> {
+        let runtime = runtime.unwrap_or_else(|| Arc::new(Runtime::new(account.id.clone())));
+        Slot::new(
+            account.id,
+            account.credential,
+            account.settings,
+            runtime,
+            Arc::downgrade(self),
+            self.models.clone(),
+        )
     }
 }
 
-/// No account could take the request: why, per reason, and when the earliest one returns.
-///
-/// ```
-/// use tower_account_pool::{Account, Pool, SelectRequest, Unavailable};
-/// use tower_account_pool::credential::NoCredential;
-///
-/// let pool = Pool::builder()
-///     .account(Account::new("a", NoCredential).enabled(false))
-///     .build()
-///     .unwrap();
-/// let err = pool.select(&SelectRequest::default()).unwrap_err();
-/// assert_eq!(err.count(Unavailable::Disabled), 1);
-/// assert_eq!(err.retry_after(), None);
-/// assert_eq!(err.to_string(), "no account available (1 disabled)");
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Exhausted {
-    counts: [u32; Unavailable::ALL.len()],
-    retry_after: Option<Duration>,
-}
-
-impl Exhausted {
-    pub(crate) fn new() -> Self {
-        Exhausted {
-            counts: [0; Unavailable::ALL.len()],
-            retry_after: None,
-        }
+impl Host for Selector {
+    fn health(&self) -> &Health {
+        &self.health
     }
 
-    pub(crate) fn add(&mut self, reason: Unavailable, retry_after: Option<Duration>) {
-        self.counts[reason as usize] += 1;
-        if let Some(after) = retry_after {
-            self.retry_after = Some(self.retry_after.map_or(after, |r| r.min(after)));
-        }
-    }
-
-    /// How many accounts were unavailable for `reason`.
-    pub fn count(&self, reason: Unavailable) -> u32 {
-        self.counts[reason as usize]
-    }
-
-    /// Every reason with a non-zero count.
-    pub fn reasons(&self) -> impl Iterator<Item = (Unavailable, u32)> + '_ {
-        Unavailable::ALL
+    fn available_others(&self, rt: &Runtime, now_ms: u64) -> usize {
+        let roster = self.roster.load();
+        let now = self.health.clock.fixed(now_ms);
+        roster
+            .slots
             .iter()
-            .map(|&r| (r, self.count(r)))
-            .filter(|&(_, n)| n > 0)
+            .filter(|s| !std::ptr::eq(&*s.runtime, rt))
+            .filter(|s| Self::health_verdict(s, None, &now).is_ok())
+            .count()
     }
 
-    /// How many accounts the pool looked at.
-    pub fn total(&self) -> u32 {
-        self.counts.iter().sum()
-    }
-
-    /// When the earliest timed block ends (a cooldown, an ejection, a quota reset), if any
-    /// account will come back by itself.
-    pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
-    }
-
-    /// True when every candidate is rate limited or out of quota: the pool is saturated rather
-    /// than broken (a gateway answers 429, else 503). Candidates are the accounts that could
-    /// serve the request: not already tried, not disabled, serving its model.
-    pub fn is_rate_limited(&self) -> bool {
-        let limited =
-            self.count(Unavailable::RateLimited) + self.count(Unavailable::QuotaExhausted);
-        let not_candidates = self.count(Unavailable::Excluded)
-            + self.count(Unavailable::Disabled)
-            + self.count(Unavailable::ModelNotAllowed)
-            + self.count(Unavailable::ModelUnsupported);
-        limited > 0 && limited == self.total() - not_candidates
+    fn is_member(&self, rt: &Runtime) -> bool {
+        self.roster
+            .load()
+            .get(rt.id.as_str())
+            .is_some_and(|s| std::ptr::eq(&*s.runtime, rt))
     }
 }
 
-impl fmt::Debug for Exhausted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut map = f.debug_map();
-        for (reason, n) in self.reasons() {
-            map.entry(&reason, &n);
-        }
-        map.entry(&"retry_after", &self.retry_after);
-        map.finish()
+impl Selector {
+    /// The one eligibility predicate, minus per-request parts (exclusion, in-flight limit):
+    /// `Ok(probe)` when the account may be used now, else why not and until when.
+    ///
+    /// The clock is read only when a deadline has to be compared: a healthy account with no
+    /// model cooldown needs none.
+    pub(crate) fn health_verdict(
+        slot: &Slot,
+        model: Option<&str>,
+        now: &LazyNow<'_>,
+    ) -> Result<bool, (Unavailable, u64)> {
+        Self::gate_verdict(
+            slot.settings.enabled,
+            slot.settings.restricts_models(),
+            &slot.runtime,
+            slot,
+            model,
+            now,
+        )
     }
-}
 
-impl fmt::Display for Exhausted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("no account available")?;
-        if self.total() == 0 {
-            return f.write_str(" (the pool has no accounts)");
+    /// [`health_verdict`](Self::health_verdict) from a roster's [`Gate`]: the slot is read
+    /// only when the account restricts models.
+    #[inline]
+    pub(crate) fn gate_verdict(
+        enabled: bool,
+        model_rules: bool,
+        rt: &Runtime,
+        slot: &Slot,
+        model: Option<&str>,
+        now: &LazyNow<'_>,
+    ) -> Result<bool, (Unavailable, u64)> {
+        if !enabled {
+            return Err((Unavailable::Disabled, 0));
         }
-        f.write_str(" (")?;
-        for (i, (reason, n)) in self.reasons().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
+        if model_rules && !slot.settings.allows_model(model) {
+            return Err((Unavailable::ModelNotAllowed, 0));
+        }
+        let until = rt.until_ms.load(Ordering::Acquire);
+        let probe = match rt.state() {
+            HealthState::Healthy => false,
+            HealthState::RateLimited if until <= now.get() => false,
+            HealthState::QuotaExhausted if until <= now.get() => false,
+            HealthState::Ejected if until <= now.get() => true,
+            HealthState::RateLimited => return Err((Unavailable::RateLimited, until)),
+            HealthState::QuotaExhausted => return Err((Unavailable::QuotaExhausted, until)),
+            HealthState::Ejected => return Err((Unavailable::Ejected, until)),
+            HealthState::AuthExpired => return Err((Unavailable::AuthExpired, 0)),
+            HealthState::AuthInvalid => return Err((Unavailable::AuthInvalid, 0)),
+            HealthState::Suspended => return Err((Unavailable::Suspended, 0)),
+            HealthState::HalfOpen => return Err((Unavailable::ProbeInFlight, 0)),
+            HealthState::Disabled | HealthState::ModelUnsupported => {
+                return Err((Unavailable::Disabled, 0))
             }
-            write!(f, "{n} {reason}")?;
+        };
+        let model = model.filter(|_| rt.model_blocks_until.load(Ordering::Acquire) != 0);
+        if let Some(model) = model {
+            if let Some((kind, until)) = rt.model_block(model, now.get()) {
+                let reason = match kind {
+                    ModelBlockKind::RateLimited => Unavailable::RateLimited,
+                    ModelBlockKind::Unsupported => Unavailable::ModelUnsupported,
+                };
+                return Err((reason, until));
+            }
         }
-        f.write_str(")")?;
-        if let Some(after) = self.retry_after {
-            write!(f, "; the earliest returns in {:.1}s", after.as_secs_f64())?;
+        Ok(probe)
+    }
+
+    /// Takes an in-flight slot (and the probe permit, for a half-open account).
+    pub(crate) fn try_acquire(
+        &self,
+        gate: &Gate,
+        probe: bool,
+        now: &LazyNow<'_>,
+    ) -> Result<(), Unavailable> {
+        let rt = &*gate.runtime;
+        let before = rt.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= gate.max_in_flight {
+            rt.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Unavailable::AtCapacity);
+        }
+        if probe {
+            let _details = rt.lock_details();
+            let still_due = rt.state() == HealthState::Ejected
+                && rt.until_ms.load(Ordering::Acquire) <= now.get();
+            if !still_due {
+                drop(_details);
+                rt.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Err(Unavailable::ProbeInFlight);
+            }
+            rt.state
+                .store(HealthState::HalfOpen as u8, Ordering::Release);
+            rt.generation.fetch_add(1, Ordering::AcqRel);
+            drop(_details);
+            self.health.emit(
+                rt,
+                HealthState::Ejected,
+                HealthState::HalfOpen,
+                None,
+                "ejection over; one probe request admitted".into(),
+                None,
+            );
+        } else {
+            // The state may have changed since the verdict: re-check after taking the slot.
+            let state = rt.state();
+            let until = rt.until_ms.load(Ordering::Acquire);
+            let usable = match state {
+                HealthState::Healthy => true,
+                HealthState::RateLimited | HealthState::QuotaExhausted => until <= now.get(),
+                _ => false,
+            };
+            if !usable {
+                rt.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Err(Unavailable::Ejected);
+            }
+        }
+        rt.last_used_ms
+            .store(self.health.clock.wall_ms_coarse(), Ordering::Relaxed);
+        if self.strategy == Strategy::LeastRecentlyUsed {
+            let ticket = self.use_tickets.fetch_add(1, Ordering::Relaxed) + 1;
+            rt.use_ticket.store(ticket, Ordering::Relaxed);
         }
         Ok(())
     }
 }
-
-impl std::error::Error for Exhausted {}
-
-// ===== selection =====
-
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-
-use crate::pool::{Gate, Grant, LazyNow, ModelRef, Roster, Shared, Slot};
 
 /// One priority tier of the roster: its slots and, index for index, their [`Gate`]s.
 #[derive(Clone, Copy)]
@@ -282,7 +247,7 @@ struct Tier<'s> {
 }
 
 impl<'s> Tier<'s> {
-    fn of(roster: &'s Roster, range: std::ops::Range<usize>) -> Tier<'s> {
+    fn of(roster: &'s Roster, range: Range<usize>) -> Tier<'s> {
         Tier {
             slots: &roster.slots[range.clone()],
             gates: &roster.gates[range],
@@ -298,11 +263,11 @@ impl<'s> Tier<'s> {
 /// request is its half-open probe.
 type Pick = (usize, bool);
 
-impl Shared {
+impl Selector {
     /// Chooses an account: the sticky pin first, then the strategy, tier by tier.
     pub(crate) fn select(&self, request: &SelectRequest<'_>) -> Result<Grant, Exhausted> {
         let roster = self.roster.load();
-        let now = &self.clock.lazy();
+        let now = &self.health.clock.lazy();
         let model = self.models.key(request.model);
         let pin = request.affinity_key.map(|key| self.sticky.hash(key));
 
@@ -388,7 +353,7 @@ impl Shared {
                 Some(probe)
             }
             Err((reason, until)) => {
-                let timed = until != 0 && until != crate::health::NEVER;
+                let timed = until != 0 && until != NEVER;
                 let after = timed
                     .then(|| until.checked_sub(now.get()))
                     .flatten()
@@ -408,7 +373,7 @@ impl Shared {
         now: &LazyNow<'_>,
         exhausted: &mut Exhausted,
     ) -> bool {
-        match self.try_acquire(&tier.slots[i], &tier.gates[i], probe, now) {
+        match self.try_acquire(&tier.gates[i], probe, now) {
             Ok(()) => true,
             Err(reason) => {
                 exhausted.add(reason, None);
@@ -551,7 +516,7 @@ impl Shared {
         let cursor = self.models.cursor(model);
         let start = cursor.load(Ordering::Relaxed) as usize;
         // A reset that has passed says nothing about the next one: unknown, like none.
-        let wall_now = self.clock.wall_ms_coarse();
+        let wall_now = self.health.clock.wall_ms_coarse();
         let (i, probe) = self.smallest(
             tier,
             model,
