@@ -300,7 +300,7 @@ async fn start_gateway(
     cooling: usize,
 ) -> Result<(tower_account_pool::Pool, proxy::Gateway), BoxError> {
     use tower_account_pool::credential::BearerToken;
-    use tower_account_pool::{Account, AccountPoolLayer, Outcome, Pool, RateLimitScope};
+    use tower_account_pool::{health::RateLimitScope, Account, AccountPoolLayer, Outcome, Pool};
 
     let pool = Pool::builder()
         .accounts((0..accounts).map(|i| {

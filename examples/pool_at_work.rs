@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use tower_account_pool::credential::BearerToken;
-use tower_account_pool::{Account, HealthPolicy, Outcome, Pool, SelectRequest};
+use tower_account_pool::{health::HealthPolicy, Account, Outcome, Pool, SelectRequest};
 
 /// How each simulated account answers its n-th request.
 fn upstream(account: &str, n: u64) -> Outcome {

@@ -109,7 +109,7 @@ impl From<String> for AccountId {
 /// hands them out); new settings start from [`Default`] and the `with_*` setters:
 ///
 /// ```
-/// use tower_account_pool::AccountSettings;
+/// use tower_account_pool::account::AccountSettings;
 ///
 /// let settings = AccountSettings::default().with_weight(3).with_priority(1);
 /// assert_eq!((settings.weight, settings.priority, settings.enabled), (3, 1, true));

@@ -33,29 +33,38 @@
 //!
 //! ## Modules
 //!
-//! Imports point one way: `time`, `account`, `credential` → [`health`] → [`select`] →
-//! [`pool`] → everything that uses a pool.
+//! One concern per module; imports point one way: `time`, [`account`], [`credential`] →
+//! [`health`] → [`select`] → [`pool`] → [`classify`] → [`layer`] → [`store`], [`config`],
+//! `kiro`, `admin`.
 //!
-//! - [`health`]: [`Outcome`]s, the [`HealthPolicy`], the shared [`Backoff`](health::Backoff)
-//!   and the state machine (in `health/machine.rs`) that moves accounts between states.
+//! - [`account`]: [`Account`]s, their settings and the [`SelectedAccount`](account::SelectedAccount)
+//!   a request was sent with.
+//! - [`credential`]: the [`Credential`](credential::Credential) trait, bearer tokens and API keys.
+//! - [`health`]: [`Outcome`]s, the [`HealthPolicy`](health::HealthPolicy), the shared
+//!   [`Backoff`](health::Backoff) and the state machine that moves accounts between states.
 //! - [`select`]: [`Strategy`], [`SelectRequest`], the typed [`Exhausted`] error, and the roster
 //!   the strategies run over.
-//! - [`pool`]: the [`Pool`], its builder, [`Lease`]s, [`PoolSnapshot`]s, state-change events,
-//!   errors, and the [`AccountHandle`](pool::AccountHandle) hook that stores, configuration
-//!   sources and provider modules use.
-//! - [`account`]: [`Account`]s and their settings.
-//! - [`credential`]: the [`Credential`](credential::Credential) trait, bearer tokens and API keys.
-//! - [`config`]: pool files in three shapes, migration, hot reload, the older system's `config.json`.
-//! - `admin` (feature `admin`): the admin API, metrics, health endpoint and dashboard.
+//! - [`pool`]: the [`Pool`], its builder, [`Lease`](pool::Lease)s,
+//!   [`PoolSnapshot`](pool::PoolSnapshot)s, errors, and the
+//!   [`AccountHandle`](pool::AccountHandle) hook that stores, configuration sources and
+//!   provider modules use.
+//! - [`classify`]: the [`Classifier`](classify::Classifier) trait and its per-request maker, the
+//!   HTTP and gRPC classifiers, `Retry-After` parsing.
+//! - [`layer`]: [`AccountPoolLayer`], the tower middleware that selects, injects, classifies,
+//!   reports and retries on another account; its typed [`Rejection`](layer::Rejection)s.
 //! - [`store`]: persistence of runtime state (memory, the JSON pool file, SQLite, Redis) by a
 //!   background writer.
-//! - [`layer`]: [`AccountPoolLayer`], the tower middleware that
-//!   selects, injects, classifies, reports and retries on another account.
-//! - [`classify`]: the [`Classifier`](classify::Classifier) trait, the HTTP and gRPC
-//!   classifiers, `Retry-After` parsing.
-//! - `kiro` (feature `kiro`): Kiro OAuth credentials, the Kiro classifier, the usage probe and the
-//!   AWS event-stream codec.
-//! - `testing` (feature `test-util`): in-process mock upstreams such as `KiroMock`.
+//! - [`config`]: pool files in three shapes, migration, hot reload, the older system's
+//!   `config.json` and SQLite database.
+//! - `kiro` (feature `kiro`): Kiro OAuth credentials, the Kiro classifier, the usage probe, the
+//!   AWS event-stream codec and the Anthropic Messages API front (`kiro::anthropic`).
+//! - `admin` (feature `admin`): the admin API, metrics, health endpoint and dashboard.
+//! - `testing` (feature `test-util`): in-process mock upstreams such as `KiroMock`, and
+//!   `MockCredential`.
+//!
+//! The crate root re-exports only what nearly every user names: [`Pool`], [`Account`],
+//! [`AccountId`], [`Outcome`], [`HealthState`], [`SelectRequest`], [`Strategy`], [`Exhausted`]
+//! and [`AccountPoolLayer`]; everything else is imported from its module.
 //!
 //! ## Cargo features
 //!
@@ -91,13 +100,20 @@ pub mod store;
 pub mod testing;
 mod time;
 
-pub use account::{Account, AccountId, AccountSettings};
-pub use health::{
-    HealthPolicy, HealthState, LastError, ModelBlockKind, Outcome, OutcomeClass, RateLimitScope,
-};
-pub use layer::{AccountPoolLayer, AccountPoolService, SelectedAccount};
-pub use pool::{
-    AccountSnapshot, BuildError, Counters, Lease, ModelCooldown, PersistedState, Pool, PoolBuilder,
-    PoolError, PoolSnapshot, PoolStats, StateChange, SyncReport,
-};
-pub use select::{Exhausted, SelectRequest, Strategy, Unavailable};
+pub use account::{Account, AccountId};
+pub use health::{HealthState, Outcome};
+pub use layer::AccountPoolLayer;
+pub use pool::Pool;
+pub use select::{Exhausted, SelectRequest, Strategy};
+
+/// The README's Rust examples, compiled and run as doctests (with every feature, as CI builds).
+#[cfg(all(
+    doctest,
+    feature = "admin",
+    feature = "kiro",
+    feature = "sqlite",
+    feature = "redis",
+    feature = "test-util"
+))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

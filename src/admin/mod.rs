@@ -38,7 +38,7 @@
 //! | `POST /accounts/{id}/refresh` | refresh the credential now |
 //! | `POST /accounts/{id}/probe` | run the configured [`Prober`] and report its outcome to the pool |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /events` | server-sent events: `state` (a [`StateChange`](crate::StateChange)), `lagged`; they end at [`EventsCloser::close`] (call it before a graceful shutdown) |
+//! | `GET /events` | server-sent events: `state` (a [`StateChange`](crate::pool::StateChange)), `lagged`; they end at [`EventsCloser::close`] (call it before a graceful shutdown) |
 //!
 //! Errors are `{"error":{"type","message"}}` with status 400, 401, 404, 405, 409, 413, 501, 502
 //! or 504.

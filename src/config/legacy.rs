@@ -31,7 +31,7 @@ pub const DEFAULT_REQUEST_BASE_DELAY: Duration = Duration::from_millis(1000);
 /// ```
 /// use std::time::Duration;
 /// use tower_account_pool::config::LegacyConfig;
-/// use tower_account_pool::HealthPolicy;
+/// use tower_account_pool::health::HealthPolicy;
 ///
 /// let config = LegacyConfig::parse(
 ///     "configs/config.json",

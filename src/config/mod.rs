@@ -47,7 +47,7 @@
 //! | `KIRO_OAUTH_CREDS_BASE64` | string | inline credentials: base64 of a token file's JSON object, opened by [`CredentialResolver::open_inline`]; wins over this account's `KIRO_OAUTH_CREDS_FILE_PATH` (with a warning), never applies to other accounts |
 //! | `bearerToken` | string | an inline bearer token |
 //! | `apiKey`, `headerName` | string, string | an inline API key and its header (default `x-api-key`) |
-//! | `isDisabled` | boolean | `true`: never selected ([`AccountSettings::enabled`](crate::AccountSettings::enabled) `false`) |
+//! | `isDisabled` | boolean | `true`: never selected ([`AccountSettings::enabled`](crate::account::AccountSettings::enabled) `false`) |
 //! | `weight` | integer ≥ 1 | share for the weighted strategy (default 1) |
 //! | `priority` | integer | priority tier, 0 first (default 0) |
 //! | `maxInFlight` | integer ≥ 1 | concurrent requests at most (default unlimited) |
@@ -65,7 +65,7 @@
 //! and `apiKey` may be set; with none, requests go out without a credential. A credential file that is missing, unreadable or
 //! invalid never fails the pool: that account starts `AuthInvalid` with the reason (naming the
 //! file, never a token), and the file is read again every
-//! [`HealthPolicy::auth_invalid_retry`](crate::HealthPolicy::auth_invalid_retry).
+//! [`HealthPolicy::auth_invalid_retry`](crate::health::HealthPolicy::auth_invalid_retry).
 //!
 //! # Errors
 //!
@@ -86,7 +86,7 @@
 //!
 //! # The older system's SQLite database
 //!
-//! [`SqlitePool`] (feature `sqlite`) reads the accounts of the older system's database (schema
+//! `SqlitePool` (feature `sqlite`) reads the accounts of the older system's database (schema
 //! v2 `accounts` or v1 `providers`): each row's `config` JSON, with the row's columns winning
 //! over it (`is_disabled`, `not_supported_models`, `check_model_name`, the state columns).
 //!

@@ -1,6 +1,6 @@
 //! Account health: outcomes, the health policy and the state machine they drive.
 //!
-//! Every request ends in one [`Outcome`], reported through its [`Lease`](crate::Lease). The pool
+//! Every request ends in one [`Outcome`], reported through its [`Lease`](crate::pool::Lease). The pool
 //! turns outcomes into account states following a [`HealthPolicy`]:
 //!
 //! | outcome | effect (defaults) |
@@ -21,7 +21,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_account_pool::{Account, HealthPolicy, Outcome, Pool, SelectRequest, HealthState};
+//! use tower_account_pool::{Account, health::HealthPolicy, Outcome, Pool, SelectRequest, HealthState};
 //! use tower_account_pool::credential::NoCredential;
 //!
 //! let pool = Pool::builder()

@@ -166,7 +166,7 @@ impl HealthPolicy {
 }
 
 /// Why a [`HealthPolicy`] is inconsistent (the source of
-/// [`BuildError::InvalidPolicy`](crate::BuildError::InvalidPolicy)).
+/// [`BuildError::InvalidPolicy`](crate::pool::BuildError::InvalidPolicy)).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {

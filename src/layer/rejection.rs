@@ -47,7 +47,7 @@ use super::body::ResponseBody;
 use crate::select::Exhausted;
 
 /// Why the layer answered a request itself instead of handing out an upstream answer. Always
-/// in the extensions of such a response (with the [`SelectedAccount`](crate::SelectedAccount)
+/// in the extensions of such a response (with the [`SelectedAccount`](crate::layer::SelectedAccount)
 /// when an account was involved; exhaustion also leaves the bare [`Exhausted`] there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

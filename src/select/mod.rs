@@ -180,7 +180,7 @@ impl fmt::Display for Unavailable {
 /// No account could take the request: why, per reason, and when the earliest one returns.
 ///
 /// ```
-/// use tower_account_pool::{Account, Pool, SelectRequest, Unavailable};
+/// use tower_account_pool::{Account, Pool, SelectRequest, select::Unavailable};
 /// use tower_account_pool::credential::NoCredential;
 ///
 /// let pool = Pool::builder()

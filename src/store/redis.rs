@@ -93,7 +93,7 @@ impl RedisConfig {
 /// Keys (with `P` the [prefix](RedisConfig::prefix)):
 ///
 /// - `P:account:<id>`: a hash per account: `state`, `reason`, `until_ms`, `since_ms`,
-///   `ejection_level`, `model_cooldowns` (JSON, as in [`PersistedState`](crate::PersistedState)),
+///   `ejection_level`, `model_cooldowns` (JSON, as in [`PersistedState`](crate::pool::PersistedState)),
 ///   `consecutive_failures`, `reset_ms`, `recovered_ms`, `enabled`, `enabled_at_ms`,
 ///   `last_used_ms`, `last_error_*`, the counters, and a version `ver`. A write reads the hash,
 ///   merges (see the [merge rules](super#writes-merge-never-overwrite), counters as

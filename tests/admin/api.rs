@@ -12,7 +12,8 @@ use serde_json::Value;
 use tower_account_pool::admin::{self, AdminConfig, AdminConfigError, SelectionLatency};
 use tower_account_pool::credential::{ApiKey, BearerToken};
 use tower_account_pool::{
-    Account, HealthPolicy, HealthState, Outcome, Pool, RateLimitScope, SelectRequest,
+    health::HealthPolicy, health::RateLimitScope, Account, HealthState, Outcome, Pool,
+    SelectRequest,
 };
 
 use admin_support::*;
@@ -829,7 +830,7 @@ async fn metrics_in_prometheus_text() {
 /// `/health` agrees with `select` whatever state the pool is in.
 #[tokio::test(start_paused = true)]
 async fn health_agrees_with_select_in_every_state() {
-    type Setup = fn(&Pool) -> Option<tower_account_pool::Lease>;
+    type Setup = fn(&Pool) -> Option<tower_account_pool::pool::Lease>;
     let cases: &[(&str, Setup)] = &[
         ("healthy", |_| None),
         ("rate limited", |p| {

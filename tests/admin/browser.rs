@@ -23,7 +23,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tower_account_pool::admin::{self, AdminConfig};
 use tower_account_pool::credential::BearerToken;
-use tower_account_pool::{Account, HealthState, Outcome, Pool, RateLimitScope, SelectRequest};
+use tower_account_pool::{
+    health::RateLimitScope, Account, HealthState, Outcome, Pool, SelectRequest,
+};
 
 use admin_support::ADMIN_TOKEN;
 

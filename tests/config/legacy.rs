@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use tower_account_pool::config::LegacyConfig;
-use tower_account_pool::{HealthPolicy, Pool};
+use tower_account_pool::{health::HealthPolicy, Pool};
 
 #[test]
 fn the_generated_config_of_the_older_system_maps_onto_the_pool() {

@@ -12,7 +12,7 @@ use support::capture_logs;
 use tower_account_pool::config::{
     ConfigError, CredentialSpec, PoolBuilderExt, PoolFile, PoolShape, TokenFileResolver,
 };
-use tower_account_pool::{HealthState, OutcomeClass, Pool, SelectRequest};
+use tower_account_pool::{health::OutcomeClass, HealthState, Pool, SelectRequest};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config")

@@ -11,7 +11,7 @@ use support::capture_logs;
 use tower_account_pool::config::{
     ConfigError, FileWatcher, PoolBuilderExt, PoolExt, TokenFileResolver,
 };
-use tower_account_pool::{AccountId, HealthState, Outcome, Pool, SelectRequest, SyncReport};
+use tower_account_pool::{pool::SyncReport, AccountId, HealthState, Outcome, Pool, SelectRequest};
 
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
@@ -45,7 +45,7 @@ fn add_runtime_state(pool: &Pool) {
     only("a").report(Outcome::Transient);
     only("b").report(Outcome::RateLimited {
         retry_after: Some(Duration::from_secs(600)),
-        scope: tower_account_pool::RateLimitScope::Account,
+        scope: tower_account_pool::health::RateLimitScope::Account,
     });
 }
 

@@ -13,7 +13,9 @@ use tower_account_pool::kiro::{
     KiroPoolExt,
 };
 use tower_account_pool::testing::{KiroMock, RefreshRule, Reply};
-use tower_account_pool::{Account, HealthState, Outcome, Pool, RateLimitScope, SelectRequest};
+use tower_account_pool::{
+    health::RateLimitScope, Account, HealthState, Outcome, Pool, SelectRequest,
+};
 
 /// A chat body the mock's strict validation accepts.
 const CHAT_BODY: &str = r#"{"conversationState":{"chatTriggerType":"MANUAL","currentMessage":{"userInputMessage":{"content":"Hello","modelId":"claude-sonnet-4.5","origin":"AI_EDITOR"}}}}"#;

@@ -7,10 +7,11 @@ use std::time::Duration;
 use support::{accounts, builder};
 use tower_account_pool::credential::{ApiKey, BearerToken, NoCredential};
 use tower_account_pool::{
-    Account, BuildError, HealthPolicy, HealthState, Outcome, Pool, PoolError, SelectRequest,
+    health::HealthPolicy, pool::BuildError, pool::PoolError, Account, HealthState, Outcome, Pool,
+    SelectRequest,
 };
 
-fn build_error(builder: tower_account_pool::PoolBuilder) -> BuildError {
+fn build_error(builder: tower_account_pool::pool::PoolBuilder) -> BuildError {
     builder.build().expect_err("the pool must be rejected")
 }
 

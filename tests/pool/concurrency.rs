@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tower_account_pool::credential::NoCredential;
 use tower_account_pool::{
-    Account, AccountId, HealthState, Outcome, OutcomeClass, Pool, SelectRequest, Strategy,
-    Unavailable,
+    health::OutcomeClass, select::Unavailable, Account, AccountId, HealthState, Outcome, Pool,
+    SelectRequest, Strategy,
 };
 
 const THREADS: usize = 8;

@@ -13,13 +13,13 @@ use tower_account_pool::credential::{CredentialError, RefreshMode};
 #[cfg(feature = "test-util")]
 use tower_account_pool::testing::MockCredential;
 use tower_account_pool::{
-    Account, AccountId, HealthPolicy, HealthState, Outcome, Pool, RateLimitScope, SelectRequest,
-    Unavailable,
+    health::HealthPolicy, health::RateLimitScope, select::Unavailable, Account, AccountId,
+    HealthState, Outcome, Pool, SelectRequest,
 };
 
 const MODEL: &str = "claude-sonnet-4-5";
 
-fn one(pool: &Pool, id: &str) -> tower_account_pool::Lease {
+fn one(pool: &Pool, id: &str) -> tower_account_pool::pool::Lease {
     let others: Vec<AccountId> = pool.ids().into_iter().filter(|i| *i != id).collect();
     pool.select(&SelectRequest::for_model(MODEL).excluding(&others))
         .unwrap_or_else(|e| panic!("{id} should be selectable: {e}"))
@@ -653,7 +653,7 @@ async fn restore_state_round_trips_through_persisted_state() {
         .map(|a| (a.id.clone(), a.persisted()))
         .collect();
     let json = serde_json::to_string(&saved).unwrap();
-    let loaded: Vec<(AccountId, tower_account_pool::PersistedState)> =
+    let loaded: Vec<(AccountId, tower_account_pool::pool::PersistedState)> =
         serde_json::from_str(&json).unwrap();
 
     let fresh = builder(2).build().unwrap();

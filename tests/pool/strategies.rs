@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use support::{builder, picks, tally};
 use tower_account_pool::credential::NoCredential;
-use tower_account_pool::{Account, AccountId, Outcome, Pool, SelectRequest, Strategy, Unavailable};
+use tower_account_pool::{
+    select::Unavailable, Account, AccountId, Outcome, Pool, SelectRequest, Strategy,
+};
 
 #[test]
 fn round_robin_visits_every_account_in_turn() {
@@ -242,7 +244,7 @@ fn soonest_reset_spends_the_quota_renewed_first() {
     );
     assert!(matches!(
         pool.set_quota_reset("nope", None),
-        Err(tower_account_pool::PoolError::UnknownAccount(_))
+        Err(tower_account_pool::pool::PoolError::UnknownAccount(_))
     ));
 }
 

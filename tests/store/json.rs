@@ -10,7 +10,8 @@ use support::pool;
 use serde_json::{json, Value};
 use tower_account_pool::store::{AccountWrite, JsonFileStore, Store, StoreHandle, WriterConfig};
 use tower_account_pool::{
-    AccountId, Counters, HealthState, Outcome, PersistedState, Pool, RateLimitScope, SelectRequest,
+    health::RateLimitScope, pool::Counters, pool::PersistedState, AccountId, HealthState, Outcome,
+    Pool, SelectRequest,
 };
 
 const CHILD_ENV: &str = "TAP_JSON_CRASH_CHILD_FILE";

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use tower_account_pool::credential::NoCredential;
 use tower_account_pool::store::{JsonFileStore, Store, StoreHandle};
 use tower_account_pool::{
-    Account, ModelBlockKind, ModelCooldown, Outcome, PersistedState, Pool, RateLimitScope,
-    SelectRequest,
+    health::ModelBlockKind, health::RateLimitScope, pool::ModelCooldown, pool::PersistedState,
+    Account, Outcome, Pool, SelectRequest,
 };
 
 const LIMITED: &str = "claude-opus-4";

@@ -37,8 +37,8 @@ use tower_account_pool::store::{
     StoredAccount, WriterConfig,
 };
 use tower_account_pool::{
-    Account, AccountId, AccountSnapshot, HealthPolicy, HealthState, Outcome, OutcomeClass, Pool,
-    RateLimitScope, SelectRequest,
+    health::HealthPolicy, health::OutcomeClass, health::RateLimitScope, pool::AccountSnapshot,
+    Account, AccountId, HealthState, Outcome, Pool, SelectRequest,
 };
 
 const REPLICAS: usize = 3;

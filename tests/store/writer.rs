@@ -12,7 +12,8 @@ use tower_account_pool::store::{
     StoredAccount, WriterConfig,
 };
 use tower_account_pool::{
-    Account, HealthState, Outcome, PersistedState, Pool, RateLimitScope, SelectRequest,
+    health::RateLimitScope, pool::PersistedState, Account, HealthState, Outcome, Pool,
+    SelectRequest,
 };
 
 /// A store that records every write and can be made to fail or to hang.

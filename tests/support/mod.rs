@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use tower_account_pool::credential::NoCredential;
-use tower_account_pool::{Account, Pool, PoolBuilder, SelectRequest};
+use tower_account_pool::{pool::PoolBuilder, Account, Pool, SelectRequest};
 
 /// Accounts `a0`, `a1`, ... with no credential.
 pub fn accounts(n: usize) -> Vec<Account> {
@@ -144,7 +144,7 @@ pub fn pool(ids: &[&str]) -> Pool {
 pub fn rate_limited_for(secs: u64) -> tower_account_pool::Outcome {
     tower_account_pool::Outcome::RateLimited {
         retry_after: Some(std::time::Duration::from_secs(secs)),
-        scope: tower_account_pool::RateLimitScope::Account,
+        scope: tower_account_pool::health::RateLimitScope::Account,
     }
 }
 

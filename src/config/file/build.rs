@@ -34,7 +34,7 @@ impl PoolFile {
     /// Builds a pool from this file. State fields seed each account's runtime state
     /// ([`FileState::persisted`](super::FileState::persisted)); an account whose credential
     /// file cannot be used starts `AuthInvalid` with the reason, and its file is read again every
-    /// [`HealthPolicy::auth_invalid_retry`](crate::HealthPolicy::auth_invalid_retry).
+    /// [`HealthPolicy::auth_invalid_retry`](crate::health::HealthPolicy::auth_invalid_retry).
     pub fn build_with(
         &self,
         builder: PoolBuilder,
