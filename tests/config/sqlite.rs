@@ -17,7 +17,7 @@ use tower_account_pool::{Account, HealthState, Outcome, Pool, SelectRequest};
 fn v2() -> String {
     format!(
         "{}{}",
-        support::OLDER_V2_ACCOUNTS,
+        support::OLDER_V2_SCHEMA,
         "INSERT INTO accounts (uuid, config, is_disabled, not_supported_models, usage_count) VALUES
   ('a', '{\"uuid\":\"a\",\"bearerToken\":\"token-a\",\"weight\":2}', 0, NULL, 7),
   ('b', '{\"uuid\":\"b\",\"bearerToken\":\"token-b\",\"isDisabled\":false}', 1, NULL, 0),
@@ -26,14 +26,12 @@ fn v2() -> String {
     )
 }
 
-const V1: &str = "
-CREATE TABLE providers (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE NOT NULL, provider_type TEXT NOT NULL,
-  config TEXT NOT NULL, is_healthy INTEGER DEFAULT 1, is_disabled INTEGER DEFAULT 0,
-  error_count INTEGER DEFAULT 0, usage_count INTEGER DEFAULT 0, last_used TEXT,
-  last_error_time TEXT, last_error_message TEXT, last_health_check_time TEXT,
-  last_health_check_model TEXT, cached_email TEXT, cached_user_id TEXT, not_supported_models TEXT,
-  created_at TEXT DEFAULT (datetime('now')), updated_at TEXT DEFAULT (datetime('now')));
+/// An older v1 database with two Kiro accounts and one of another provider.
+fn v1() -> String {
+    format!("{}{V1_ROWS}", support::OLDER_V1_SCHEMA)
+}
+
+const V1_ROWS: &str = "
 INSERT INTO providers (uuid, provider_type, config, is_healthy, is_disabled, last_error_message) VALUES
   ('k1', 'claude-kiro-oauth', '{\"uuid\":\"k1\",\"bearerToken\":\"token-1\"}', 1, 0, NULL),
   ('k2', 'claude-kiro-oauth', '{\"uuid\":\"k2\",\"bearerToken\":\"token-2\"}', 0, 0, '403 suspended'),
@@ -95,7 +93,7 @@ async fn columns_win_over_the_config_json_and_the_store_keeps_state_in_the_same_
 async fn a_v1_database_is_read_without_being_changed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provider_pool.db");
-    create(&path, V1);
+    create(&path, &v1());
     let before = std::fs::read(&path).unwrap();
     let source = SqlitePool::load(&path).unwrap();
     assert_eq!(

@@ -64,7 +64,7 @@ fn sqlite_source_loads_kiro_accounts_with_paths_relative_to_the_database() {
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(&format!(
         "{}{}",
-        support::OLDER_V2_ACCOUNTS,
+        support::OLDER_V2_SCHEMA,
         r#"
          INSERT INTO accounts (uuid, config, is_disabled) VALUES
            ('k1', '{"uuid":"k1","KIRO_OAUTH_CREDS_FILE_PATH":"tokens/k1.json"}', 0),

@@ -15,30 +15,12 @@ use tower_account_pool::{Account, AccountId, HealthState, Outcome, Pool, SelectR
 
 const CHILD_ENV: &str = "TAP_SQLITE_CHILD";
 
-/// Schema v1 of the older gateway (`src/sqlite-db.js@ec0199f`), with its indexes.
-const V1: &str = "
-CREATE TABLE providers (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE NOT NULL, provider_type TEXT NOT NULL,
-  config TEXT NOT NULL, is_healthy INTEGER DEFAULT 1, is_disabled INTEGER DEFAULT 0,
-  error_count INTEGER DEFAULT 0, usage_count INTEGER DEFAULT 0, last_used TEXT,
-  last_error_time TEXT, last_error_message TEXT, last_health_check_time TEXT,
-  last_health_check_model TEXT, cached_email TEXT, cached_user_id TEXT, not_supported_models TEXT,
-  created_at TEXT DEFAULT (datetime('now')), updated_at TEXT DEFAULT (datetime('now')));
-CREATE TABLE usage_cache (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, provider_uuid TEXT NOT NULL, provider_type TEXT NOT NULL,
-  usage_data TEXT NOT NULL, cached_at TEXT DEFAULT (datetime('now')), expires_at TEXT NOT NULL,
-  UNIQUE(provider_uuid, provider_type));
-CREATE TABLE health_check_history (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, provider_uuid TEXT NOT NULL, provider_type TEXT NOT NULL,
-  is_healthy INTEGER NOT NULL, check_model TEXT, error_message TEXT,
-  check_time TEXT DEFAULT (datetime('now')));
-CREATE INDEX idx_providers_type ON providers(provider_type);
-CREATE INDEX idx_providers_healthy ON providers(is_healthy, is_disabled);
-CREATE INDEX idx_usage_cache_expires ON usage_cache(expires_at);
-CREATE INDEX idx_health_history_uuid ON health_check_history(provider_uuid);
-CREATE INDEX idx_providers_type_health ON providers(provider_type, is_healthy, is_disabled);
-CREATE INDEX idx_usage_cache_type_expires ON usage_cache(provider_type, expires_at);
-CREATE INDEX idx_health_history_time ON health_check_history(check_time);
+/// Schema v1 of the older gateway with its rows.
+fn v1() -> String {
+    format!("{}{V1_ROWS}", support::OLDER_V1_SCHEMA)
+}
+
+const V1_ROWS: &str = "
 INSERT INTO providers (uuid, provider_type, config, is_healthy, error_count, usage_count, last_used,
   last_error_time, last_error_message, cached_email, not_supported_models) VALUES
   ('a', 'claude-kiro-oauth', '{\"uuid\":\"a\",\"KIRO_OAUTH_CREDS_FILE_PATH\":\"configs/kiro/a.json\"}', 1, 0, 12,
@@ -53,27 +35,12 @@ INSERT INTO health_check_history (provider_uuid, provider_type, is_healthy, chec
   ('a', 'claude-kiro-oauth', 1, 'claude-haiku-4-5', NULL, datetime('now', '-30 days'));
 ";
 
-/// Schema v2 of the older gateway (`src/services/storage/sqlite-db.js@7b4d79c`).
-const V2: &str = "
-CREATE TABLE accounts (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE NOT NULL, config TEXT NOT NULL,
-  is_healthy INTEGER DEFAULT 1, is_disabled INTEGER DEFAULT 0, error_count INTEGER DEFAULT 0,
-  usage_count INTEGER DEFAULT 0, last_used TEXT, last_error_time TEXT, last_error_message TEXT,
-  last_health_check_time TEXT, last_health_check_model TEXT, cached_email TEXT, cached_user_id TEXT,
-  not_supported_models TEXT, created_at TEXT DEFAULT (datetime('now')),
-  updated_at TEXT DEFAULT (datetime('now')));
-CREATE TABLE usage_cache (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, account_uuid TEXT NOT NULL, usage_data TEXT NOT NULL,
-  cached_at TEXT DEFAULT (datetime('now')), expires_at TEXT NOT NULL, UNIQUE(account_uuid));
-CREATE TABLE health_check_history (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, account_uuid TEXT NOT NULL, is_healthy INTEGER NOT NULL,
-  check_model TEXT, error_message TEXT, check_time TEXT DEFAULT (datetime('now')));
-CREATE INDEX idx_accounts_uuid ON accounts(uuid);
-CREATE INDEX idx_accounts_healthy ON accounts(is_healthy, is_disabled);
-CREATE INDEX idx_usage_cache_expires ON usage_cache(expires_at);
-CREATE INDEX idx_health_history_uuid ON health_check_history(account_uuid);
-CREATE INDEX idx_health_history_time ON health_check_history(check_time);
-PRAGMA user_version = 2;
+/// Schema v2 of the older gateway with its rows.
+fn v2() -> String {
+    format!("{}{V2_ROWS}", support::OLDER_V2_SCHEMA)
+}
+
+const V2_ROWS: &str = "
 INSERT INTO accounts (uuid, config, is_healthy, error_count, usage_count, last_used,
   last_error_time, last_error_message) VALUES
   ('a', '{\"uuid\":\"a\"}', 1, 0, 12, '2026-01-03 11:41:18', NULL, NULL),
@@ -199,7 +166,7 @@ fn check_reported(path: &Path, table: &str, pool: &Pool) {
 async fn a_v2_database_keeps_its_schema_and_is_read_and_written() {
     let dir = temp_dir("v2");
     let path = dir.join("provider_pool.db");
-    create(&path, V2);
+    create(&path, &v2());
     let before = schema_of(&path);
     let pool = select_and_report(&path, &["a", "b", "c"]).await;
     check_reported(&path, "accounts", &pool);
@@ -231,7 +198,7 @@ async fn a_new_database_gets_the_older_schema_v2_exactly() {
     let store = SqliteStore::open(&ours).unwrap();
     assert_eq!(store.schema(), SchemaVersion::V2);
     drop(store);
-    create(&theirs, V2.split("INSERT INTO").next().unwrap());
+    create(&theirs, support::OLDER_V2_SCHEMA);
     assert_eq!(schema_of(&ours), schema_of(&theirs));
     assert_eq!(user_version(&ours), 2);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -241,7 +208,7 @@ async fn a_new_database_gets_the_older_schema_v2_exactly() {
 async fn a_v1_database_is_used_in_place_without_changing_its_tables() {
     let dir = temp_dir("v1");
     let path = dir.join("provider_pool.db");
-    create(&path, V1);
+    create(&path, &v1());
     let before = schema_of(&path);
     let configs = |path: &Path| -> Vec<(String, String)> {
         let conn = Connection::open(path).unwrap();
@@ -304,7 +271,7 @@ fn count(path: &Path, sql: &str) -> i64 {
 async fn v1_to_v2_keeps_every_row_and_leaves_a_backup_that_opens() {
     let dir = temp_dir("migrate");
     let path = dir.join("provider_pool.db");
-    create(&path, V1);
+    create(&path, &v1());
     // Write through the store so recent changes sit in the WAL when the backup is taken.
     let pool = pool(&["a", "b", "c"]);
     let store = SqliteStore::open(&path).unwrap();
@@ -381,7 +348,7 @@ async fn v1_to_v2_keeps_every_row_and_leaves_a_backup_that_opens() {
     );
     assert_eq!(user_version(&path), 2);
     let fresh = dir.join("fresh.db");
-    create(&fresh, V2.split("INSERT INTO").next().unwrap());
+    create(&fresh, support::OLDER_V2_SCHEMA);
     assert_eq!(schema_of(&path), schema_of(&fresh));
 
     // Our state survived, and the store goes on writing to the new table.
@@ -418,7 +385,7 @@ async fn v1_to_v2_keeps_every_row_and_leaves_a_backup_that_opens() {
 async fn v1_with_several_provider_types_is_not_migrated() {
     let dir = temp_dir("mixed");
     let path = dir.join("provider_pool.db");
-    create(&path, V1);
+    create(&path, &v1());
     Connection::open(&path)
         .unwrap()
         .execute(
@@ -456,7 +423,7 @@ async fn v1_with_several_provider_types_is_not_migrated() {
 async fn old_history_is_pruned() {
     let dir = temp_dir("prune");
     let path = dir.join("provider_pool.db");
-    create(&path, V2);
+    create(&path, &v2());
     let pool = pool(&["a", "b", "c"]);
     let store = SqliteStore::open(&path).unwrap();
     // Maintenance runs when the writer starts, then on its interval.
@@ -678,7 +645,7 @@ async fn an_account_added_at_runtime_does_not_overwrite_shared_state() {
 fn the_migrate_example_moves_v1_to_v2_after_a_backup() {
     let dir = temp_dir("migrate-example");
     let path = dir.join("provider_pool.db");
-    create(&path, V1);
+    create(&path, &v1());
     let rows_before = count(&path, "SELECT count(*) FROM providers");
     let run = |args: &[&str]| {
         // Same features as the test build, so only the example itself is compiled.

@@ -148,9 +148,36 @@ pub fn rate_limited_for(secs: u64) -> tower_account_pool::Outcome {
     }
 }
 
-/// The older system's schema v2 `accounts` table (`PRAGMA user_version = 2`), for tests that
-/// make an older database and insert their own rows.
-pub const OLDER_V2_ACCOUNTS: &str = "
+/// The older gateway's schema v1 (`src/sqlite-db.js@ec0199f`): its three tables and indexes,
+/// no rows. The one copy the tests share, written from the older system's source.
+pub const OLDER_V1_SCHEMA: &str = "
+CREATE TABLE providers (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE NOT NULL, provider_type TEXT NOT NULL,
+  config TEXT NOT NULL, is_healthy INTEGER DEFAULT 1, is_disabled INTEGER DEFAULT 0,
+  error_count INTEGER DEFAULT 0, usage_count INTEGER DEFAULT 0, last_used TEXT,
+  last_error_time TEXT, last_error_message TEXT, last_health_check_time TEXT,
+  last_health_check_model TEXT, cached_email TEXT, cached_user_id TEXT, not_supported_models TEXT,
+  created_at TEXT DEFAULT (datetime('now')), updated_at TEXT DEFAULT (datetime('now')));
+CREATE TABLE usage_cache (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, provider_uuid TEXT NOT NULL, provider_type TEXT NOT NULL,
+  usage_data TEXT NOT NULL, cached_at TEXT DEFAULT (datetime('now')), expires_at TEXT NOT NULL,
+  UNIQUE(provider_uuid, provider_type));
+CREATE TABLE health_check_history (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, provider_uuid TEXT NOT NULL, provider_type TEXT NOT NULL,
+  is_healthy INTEGER NOT NULL, check_model TEXT, error_message TEXT,
+  check_time TEXT DEFAULT (datetime('now')));
+CREATE INDEX idx_providers_type ON providers(provider_type);
+CREATE INDEX idx_providers_healthy ON providers(is_healthy, is_disabled);
+CREATE INDEX idx_usage_cache_expires ON usage_cache(expires_at);
+CREATE INDEX idx_health_history_uuid ON health_check_history(provider_uuid);
+CREATE INDEX idx_providers_type_health ON providers(provider_type, is_healthy, is_disabled);
+CREATE INDEX idx_usage_cache_type_expires ON usage_cache(provider_type, expires_at);
+CREATE INDEX idx_health_history_time ON health_check_history(check_time);
+";
+
+/// The older gateway's schema v2 (`src/services/storage/sqlite-db.js@7b4d79c`): its three
+/// tables and indexes and `PRAGMA user_version = 2`, no rows.
+pub const OLDER_V2_SCHEMA: &str = "
 CREATE TABLE accounts (
   id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE NOT NULL, config TEXT NOT NULL,
   is_healthy INTEGER DEFAULT 1, is_disabled INTEGER DEFAULT 0, error_count INTEGER DEFAULT 0,
@@ -158,6 +185,17 @@ CREATE TABLE accounts (
   last_health_check_time TEXT, last_health_check_model TEXT, cached_email TEXT, cached_user_id TEXT,
   not_supported_models TEXT, created_at TEXT DEFAULT (datetime('now')),
   updated_at TEXT DEFAULT (datetime('now')));
+CREATE TABLE usage_cache (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, account_uuid TEXT NOT NULL, usage_data TEXT NOT NULL,
+  cached_at TEXT DEFAULT (datetime('now')), expires_at TEXT NOT NULL, UNIQUE(account_uuid));
+CREATE TABLE health_check_history (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, account_uuid TEXT NOT NULL, is_healthy INTEGER NOT NULL,
+  check_model TEXT, error_message TEXT, check_time TEXT DEFAULT (datetime('now')));
+CREATE INDEX idx_accounts_uuid ON accounts(uuid);
+CREATE INDEX idx_accounts_healthy ON accounts(is_healthy, is_disabled);
+CREATE INDEX idx_usage_cache_expires ON usage_cache(expires_at);
+CREATE INDEX idx_health_history_uuid ON health_check_history(account_uuid);
+CREATE INDEX idx_health_history_time ON health_check_history(check_time);
 PRAGMA user_version = 2;
 ";
 
