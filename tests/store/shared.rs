@@ -331,10 +331,14 @@ fn a_v1_database_is_untouched_until_the_migrations_backup_exists() {
     let path = dir.join("provider_pool.db");
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
-        &format!(
-            "{}INSERT INTO providers (uuid, provider_type, config) VALUES ('a', 'claude-kiro-oauth', '{{}}');",
-            support::OLDER_V1_SCHEMA
-        ),
+        "CREATE TABLE providers (
+          id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE NOT NULL, provider_type TEXT NOT NULL,
+          config TEXT NOT NULL, is_healthy INTEGER DEFAULT 1, is_disabled INTEGER DEFAULT 0,
+          error_count INTEGER DEFAULT 0, usage_count INTEGER DEFAULT 0, last_used TEXT,
+          last_error_time TEXT, last_error_message TEXT, last_health_check_time TEXT,
+          last_health_check_model TEXT, cached_email TEXT, cached_user_id TEXT, not_supported_models TEXT,
+          created_at TEXT DEFAULT (datetime('now')), updated_at TEXT DEFAULT (datetime('now')));
+         INSERT INTO providers (uuid, provider_type, config) VALUES ('a', 'claude-kiro-oauth', '{}');",
     )
     .unwrap();
     drop(conn);
