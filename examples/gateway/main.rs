@@ -300,7 +300,7 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         layer = layer.classifier(KiroClassifier::default());
         proxy::kiro_startup(&pool, Duration::from_secs(60), Duration::from_secs(600)).await
     } else {
-        Vec::new()
+        proxy::KiroTasks::default()
     };
     let mut options = ProxyOptions::new(upstream.clone().unwrap_or_default());
     if api == "anthropic" {
@@ -350,9 +350,7 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     proxy::shutdown_signal().await;
     println!("Shutting down: requests in flight finish, then the store is flushed.");
     gateway.shutdown().await?;
-    for task in tasks {
-        task.abort();
-    }
+    drop(tasks); // the Kiro refresher and prober stop
     if let Some(store) = store {
         store.shutdown().await?;
     }

@@ -838,12 +838,12 @@ pub async fn shutdown_signal() {
 
 /// Kiro accounts at start: one refresh pass (expired tokens are renewed before the first
 /// request) and one usage probe per account, awaited; then the periodic refresher and prober,
-/// first run after their interval. Abort the returned tasks at shutdown.
+/// first run after their interval. They run until the returned [`KiroTasks`] is dropped.
 pub async fn kiro_startup(
     pool: &Pool,
     refresh_every: Duration,
     probe_every: Duration,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> KiroTasks {
     kiro::refresh_pass(pool).await;
     let mut probes = tokio::task::JoinSet::new();
     for account in pool.snapshot().accounts {
@@ -855,15 +855,31 @@ pub async fn kiro_startup(
         }
     }
     while probes.join_next().await.is_some() {}
+    // Each waits its interval, then holds the library's task, which stops when this one is
+    // aborted (the task is dropped with it).
     let later =
-        |pool: Pool, every: Duration, start: fn(&Pool, Duration) -> tokio::task::JoinHandle<()>| {
+        |pool: Pool, every: Duration, start: fn(&Pool, Duration) -> kiro::BackgroundTask| {
             tokio::spawn(async move {
                 tokio::time::sleep(every).await;
-                let _ = start(&pool, every).await;
+                let _task = start(&pool, every);
+                drop(pool); // the library's task ends by itself once the pool is dropped
+                std::future::pending::<()>().await;
             })
         };
-    vec![
+    KiroTasks(vec![
         later(pool.clone(), refresh_every, kiro::spawn_refresher),
         later(pool.clone(), probe_every, kiro::spawn_usage_prober),
-    ]
+    ])
+}
+
+/// The Kiro refresher and usage prober [`kiro_startup`] started; dropping this stops them.
+#[derive(Debug, Default)]
+pub struct KiroTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for KiroTasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
