@@ -18,6 +18,12 @@
 //! program again, `--child ROLE --upstream ADDR`) on CPU 1. `--soak N` then sends N more
 //! requests through (c) and prints resident memory every N/10 requests (the gateway child's
 //! when pinned).
+//!
+//! To profile one proxy by hand (`perf`, `strace`, `valgrind --tool=callgrind` on its process
+//! alone), start its pieces one by one: `--child upstream` serves the instant upstream and
+//! prints `listening ADDR`; `--child bare --upstream ADDR` or `--child gateway:1000 --upstream
+//! ADDR` serves a proxy in front of it the same way; `--target` loads it. Each child stops when
+//! its standard input closes.
 
 #[cfg(all(feature = "kiro", feature = "admin"))]
 #[path = "gateway/proxy.rs"]
@@ -86,8 +92,8 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
-    if args.child.is_some() != args.upstream.is_some() {
-        return Err("--child and --upstream go together".into());
+    if args.child.is_some_and(|role| role != ChildRole::Upstream) != args.upstream.is_some() {
+        return Err("--child (but --child upstream) and --upstream go together".into());
     }
     if args.target.is_none() && !args.compare && args.child.is_none() {
         return Err("give --target URL or --compare".into());
@@ -357,18 +363,22 @@ enum ChildRole {
     Gateway(usize),
     /// The bare proxy (`--child bare`).
     Bare,
+    /// Only the instant upstream (`--child upstream`, no `--upstream`): to profile a proxy by
+    /// hand, each process under its own `taskset`, `perf` or `strace`.
+    Upstream,
 }
 
 impl ChildRole {
     fn parse(text: &str) -> Result<ChildRole, String> {
         match text.split_once(':') {
             None if text == "bare" => Ok(ChildRole::Bare),
+            None if text == "upstream" => Ok(ChildRole::Upstream),
             Some(("gateway", n)) => n
                 .parse()
                 .map(ChildRole::Gateway)
                 .map_err(|_| format!("--child gateway:N: `{n}` is not a number")),
             _ => Err(format!(
-                "--child: `{text}` is neither `bare` nor `gateway:N`"
+                "--child: `{text}` is not `bare`, `gateway:N` or `upstream`"
             )),
         }
     }
@@ -378,6 +388,7 @@ impl ChildRole {
         match self {
             ChildRole::Gateway(n) => format!("gateway:{n}"),
             ChildRole::Bare => "bare".into(),
+            ChildRole::Upstream => "upstream".into(),
         }
     }
 }
@@ -390,6 +401,7 @@ async fn start_role(
 ) -> Result<(SocketAddr, Option<proxy::Gateway>), BoxError> {
     Ok(match role {
         ChildRole::Bare => (bare_proxy(upstream).await?, None),
+        ChildRole::Upstream => (instant_upstream().await?, None),
         ChildRole::Gateway(n) => {
             let (_pool, gateway) = start_gateway(&format!("http://{upstream}"), n, n / 2).await?;
             (gateway.addr(), Some(gateway))
@@ -399,9 +411,12 @@ async fn start_role(
 
 /// The child's side: serve the role, print `listening ADDR`, stop when stdin closes.
 #[cfg(all(feature = "kiro", feature = "admin"))]
-async fn serve_child(role: ChildRole, upstream: &str) -> Result<(), BoxError> {
+async fn serve_child(role: ChildRole, upstream: Option<&str>) -> Result<(), BoxError> {
     use tokio::io::AsyncReadExt as _;
-    let (addr, gateway) = start_role(role, upstream.parse()?).await?;
+    let (addr, gateway) = match upstream {
+        Some(upstream) => start_role(role, upstream.parse()?).await?,
+        None => (instant_upstream().await?, None),
+    };
     println!("listening {addr}");
     let mut sink = Vec::new();
     let _ = tokio::io::stdin().read_to_end(&mut sink).await;
@@ -586,7 +601,7 @@ async fn compare(_args: &Args) -> Result<(), BoxError> {
 }
 
 #[cfg(not(all(feature = "kiro", feature = "admin")))]
-async fn serve_child(_role: ChildRole, _upstream: &str) -> Result<(), BoxError> {
+async fn serve_child(_role: ChildRole, _upstream: Option<&str>) -> Result<(), BoxError> {
     Err("--child runs the gateway: build with --features kiro,admin".into())
 }
 
@@ -614,8 +629,8 @@ fn main() {
 }
 
 async fn run_main(args: Args) {
-    let result = if let (Some(role), Some(upstream)) = (args.child, args.upstream.as_deref()) {
-        serve_child(role, upstream).await
+    let result = if let Some(role) = args.child {
+        serve_child(role, args.upstream.as_deref()).await
     } else if args.compare {
         compare(&args).await
     } else {

@@ -47,7 +47,7 @@ pub struct Demo {
     pub mock: KiroMock,
     pub pool: Pool,
     store: StoreHandle,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: proxy::KiroTasks,
     pub admin_token: String,
     /// The client key the demo generated: clients send it as `x-api-key`.
     pub client_key: String,
@@ -303,9 +303,7 @@ impl Demo {
     /// store; returns how many accounts the store holds after that, read back from the file.
     pub async fn shutdown(self) -> Result<usize, BoxError> {
         self.gateway.shutdown().await?;
-        for task in &self.tasks {
-            task.abort();
-        }
+        drop(self.tasks); // the Kiro refresher and prober stop
         self.store.shutdown().await?;
         let stored = SqliteStore::open(&self.db_path)?.load().await?;
         Ok(stored.len())

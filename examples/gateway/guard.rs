@@ -217,6 +217,26 @@ impl UpstreamBase {
     }
 }
 
+impl UpstreamBase {
+    /// [`join`](Self::join) for a request's URI as the server parsed it: with no base path its
+    /// path and query are taken as they are (the same bytes `join` would parse again).
+    pub fn join_request(&self, request: &Uri) -> Result<Uri, TargetError> {
+        let target = match request.path_and_query() {
+            Some(target) if self.path.is_empty() && target.as_str().starts_with('/') => target,
+            other => return self.join(other.map_or("/", |p| p.as_str())),
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(target.clone());
+        let uri = Uri::from_parts(parts).map_err(|_| TargetError::Unparsable)?;
+        if uri.scheme() != Some(&self.scheme) || uri.authority() != Some(&self.authority) {
+            return Err(TargetError::Unparsable);
+        }
+        Ok(uri)
+    }
+}
+
 /// Why a request target cannot be forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetError {
@@ -359,13 +379,200 @@ pub fn is_admin_path(path: &str) -> bool {
 /// Checks a JSON body strictly: valid UTF-8 everywhere (serde_json does not check the bytes of
 /// strings it skips), then valid JSON. The error names the byte offset or line and column.
 pub fn check_json(body: &[u8]) -> Result<(), String> {
-    if let Err(e) = std::str::from_utf8(body) {
+    // ASCII (most bodies) is UTF-8, and a quicker test.
+    let utf8 = match body.is_ascii() {
+        true => Ok(()),
+        false => std::str::from_utf8(body).map(|_| ()),
+    };
+    if let Err(e) = utf8 {
         return Err(format!(
             "the request body is not valid UTF-8 at byte offset {}",
             e.valid_up_to()
         ));
     }
+    if plain_json(body) {
+        return Ok(());
+    }
     serde_json::from_slice::<serde::de::IgnoredAny>(body)
         .map(|_| ())
         .map_err(|e| format!("the request body is not valid JSON: {e}"))
+}
+
+/// Deepest nesting [`plain_json`] follows; deeper bodies go to serde_json (whose own limit
+/// is 128).
+const PLAIN_JSON_DEPTH: u32 = 64;
+
+/// Bytes that a JSON string holds as they are: not `"`, `\\` or a control character.
+static PLAIN_STRING_BYTE: [bool; 256] = {
+    let mut table = [true; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = false;
+        byte += 1;
+    }
+    table[b'"' as usize] = false;
+    table[b'\\' as usize] = false;
+    table
+};
+
+/// A quick pass over a body that is valid UTF-8: `true` when it is one JSON value (RFC 8259
+/// grammar, as serde_json reads it) nested at most [`PLAIN_JSON_DEPTH`] deep. It accepts
+/// nothing serde_json refuses; `false` only means "not sure", and serde_json then decides and
+/// names the error. A quarter of serde_json's cost on a typical request: the check runs on
+/// every request.
+fn plain_json(body: &[u8]) -> bool {
+    fn ws(b: &[u8], mut i: usize) -> usize {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(i) {
+            i += 1;
+        }
+        i
+    }
+    /// `b[i]` is `"`: the index after the closing quote.
+    fn string(b: &[u8], mut i: usize) -> Option<usize> {
+        i += 1;
+        loop {
+            // Plain string bytes in a tight loop; the match below sees only the others.
+            while b.get(i).is_some_and(|&c| PLAIN_STRING_BYTE[usize::from(c)]) {
+                i += 1;
+            }
+            match *b.get(i)? {
+                b'"' => return Some(i + 1),
+                b'\\' => match *b.get(i + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                    b'u' if b.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => i += 6,
+                    _ => return None,
+                },
+                0..=0x1f => return None,
+                _ => i += 1,
+            }
+        }
+    }
+    fn digits(b: &[u8], mut i: usize) -> usize {
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    }
+    /// `b[i]` starts a number: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn number(b: &[u8], mut i: usize) -> Option<usize> {
+        if b[i] == b'-' {
+            i += 1;
+        }
+        match *b.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => i = digits(b, i + 1),
+            _ => return None,
+        }
+        if b.get(i) == Some(&b'.') {
+            let end = digits(b, i + 1);
+            if end == i + 1 {
+                return None;
+            }
+            i = end;
+        }
+        if let Some(b'e' | b'E') = b.get(i) {
+            i += 1;
+            if let Some(b'+' | b'-') = b.get(i) {
+                i += 1;
+            }
+            let end = digits(b, i);
+            if end == i {
+                return None;
+            }
+            i = end;
+        }
+        // Digits right after the number (`01`, `1.5.2` ends at `.`) are refused by what
+        // follows: only whitespace, `,`, `]`, `}` or the end may.
+        Some(i)
+    }
+    fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+        (b.get(i..i + word.len())? == word).then_some(i + word.len())
+    }
+
+    let b = body;
+    // One bit per open container, 1 for an object.
+    let (mut objects, mut depth) = (0u64, 0u32);
+    let mut i = 0;
+    'value: loop {
+        i = ws(b, i);
+        let Some(&first) = b.get(i) else {
+            return false;
+        };
+        let parsed = match first {
+            b'{' | b'[' => {
+                if depth == PLAIN_JSON_DEPTH {
+                    return false;
+                }
+                let object = first == b'{';
+                objects = objects << 1 | u64::from(object);
+                depth += 1;
+                i = ws(b, i + 1);
+                match (b.get(i), object) {
+                    (Some(b'}'), true) | (Some(b']'), false) => {
+                        objects >>= 1;
+                        depth -= 1;
+                        Some(i + 1)
+                    }
+                    (Some(b'"'), true) => {
+                        let Some(end) = string(b, i) else {
+                            return false;
+                        };
+                        i = ws(b, end);
+                        if b.get(i) != Some(&b':') {
+                            return false;
+                        }
+                        i += 1;
+                        continue 'value;
+                    }
+                    (_, true) => return false,
+                    (_, false) => continue 'value,
+                }
+            }
+            b'"' => string(b, i),
+            b'-' | b'0'..=b'9' => number(b, i),
+            b't' => literal(b, i, b"true"),
+            b'f' => literal(b, i, b"false"),
+            b'n' => literal(b, i, b"null"),
+            _ => None,
+        };
+        let Some(end) = parsed else {
+            return false;
+        };
+        i = end;
+        // After a value: close containers, or a comma and the next member.
+        loop {
+            i = ws(b, i);
+            if depth == 0 {
+                return i == b.len();
+            }
+            let object = objects & 1 == 1;
+            match (b.get(i), object) {
+                (Some(b','), false) => {
+                    i += 1;
+                    continue 'value;
+                }
+                (Some(b','), true) => {
+                    i = ws(b, i + 1);
+                    if b.get(i) != Some(&b'"') {
+                        return false;
+                    }
+                    let Some(end) = string(b, i) else {
+                        return false;
+                    };
+                    i = ws(b, end);
+                    if b.get(i) != Some(&b':') {
+                        return false;
+                    }
+                    i += 1;
+                    continue 'value;
+                }
+                (Some(b'}'), true) | (Some(b']'), false) => {
+                    objects >>= 1;
+                    depth -= 1;
+                    i += 1;
+                }
+                _ => return false,
+            }
+        }
+    }
 }

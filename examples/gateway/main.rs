@@ -6,17 +6,19 @@
 //! flushed.
 //!
 //! ```sh
-//! # The demo: Claude-client requests to an in-process Kiro mock with accounts that misbehave.
+//! # The demo: Claude-client requests to an in-process Kiro mock with accounts that misbehave
+//! # (the mock is `testing::KiroMock`, hence `test-util`, which only the demo needs).
 //! cargo run --example gateway --features kiro,test-util,sqlite,admin
 //! cargo run --example gateway --features kiro,test-util,sqlite,admin -- --demo-serve
 //!
 //! # The real thing: Kiro token files in the pool file, each account's region endpoint.
 //! GATEWAY_API_KEY=$(openssl rand -hex 24) GATEWAY_ADMIN_TOKEN=$(openssl rand -hex 24) \
-//! cargo run --release --example gateway --features kiro,test-util,sqlite,admin -- \
+//! cargo run --release --example gateway --features kiro,sqlite,admin -- \
 //!     --pool configs/account_pool.json \
 //!     --store sqlite:configs/gateway.db --listen 127.0.0.1:8080
 //! ```
 
+#[cfg(feature = "test-util")]
 mod demo;
 mod pool_source;
 mod proxy;
@@ -174,6 +176,22 @@ async fn main() {
     }
 }
 
+/// The demo without its mock: this build has no `test-util`.
+#[cfg(not(feature = "test-util"))]
+async fn run_demo(args: Args) -> Result<(), BoxError> {
+    let asked = if args.demo_serve {
+        "--demo-serve"
+    } else {
+        "the demo (no --pool)"
+    };
+    Err(format!(
+        "{asked} runs an in-process Kiro mock, which this build lacks: build the example with \
+         --features kiro,test-util,sqlite,admin (the real mode, with --pool, needs no test-util)"
+    )
+    .into())
+}
+
+#[cfg(feature = "test-util")]
 async fn run_demo(args: Args) -> Result<(), BoxError> {
     let listen = args
         .listen
@@ -282,7 +300,7 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         layer = layer.classifier(KiroClassifier::default());
         proxy::kiro_startup(&pool, Duration::from_secs(60), Duration::from_secs(600)).await
     } else {
-        Vec::new()
+        proxy::KiroTasks::default()
     };
     let mut options = ProxyOptions::new(upstream.clone().unwrap_or_default());
     if api == "anthropic" {
@@ -332,9 +350,7 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     proxy::shutdown_signal().await;
     println!("Shutting down: requests in flight finish, then the store is flushed.");
     gateway.shutdown().await?;
-    for task in tasks {
-        task.abort();
-    }
+    drop(tasks); // the Kiro refresher and prober stop
     if let Some(store) = store {
         store.shutdown().await?;
     }

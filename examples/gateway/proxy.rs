@@ -110,9 +110,7 @@ where
 {
     type Response = http::Response<UpstreamBody>;
     type Error = UpstreamError;
-    type Future = std::pin::Pin<
-        Box<dyn Future<Output = Result<http::Response<UpstreamBody>, UpstreamError>> + Send>,
-    >;
+    type Future = UpstreamFuture;
 
     fn poll_ready(
         &mut self,
@@ -123,15 +121,10 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if request.uri().scheme_str() == Some("http") {
-            let call = self.http.request(request);
-            return Box::pin(async move {
-                call.await
-                    .map(|r| r.map(Either::Left))
-                    .map_err(UpstreamError::Http)
-            });
+            return UpstreamFuture::Http(self.http.request(request));
         }
         let https = self.https.clone();
-        Box::pin(async move {
+        UpstreamFuture::Https(Box::pin(async move {
             let request = reqwest::Request::try_from(request.map(reqwest::Body::wrap))
                 .map_err(|e| UpstreamError::Https(e.without_url()))?;
             let response = https
@@ -139,7 +132,35 @@ where
                 .await
                 .map_err(|e| UpstreamError::Https(e.without_url()))?;
             Ok(http::Response::from(response).map(Either::Right))
-        })
+        }))
+    }
+}
+
+/// [`Upstream`]'s future: hyper-util's own (already boxed) for `http://`, reqwest's call for
+/// `https://`.
+pub enum UpstreamFuture {
+    Http(hyper_util::client::legacy::ResponseFuture),
+    Https(
+        std::pin::Pin<
+            Box<dyn Future<Output = Result<http::Response<UpstreamBody>, UpstreamError>> + Send>,
+        >,
+    ),
+}
+
+impl Future for UpstreamFuture {
+    type Output = Result<http::Response<UpstreamBody>, UpstreamError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            UpstreamFuture::Http(call) => std::pin::Pin::new(call)
+                .poll(cx)
+                .map_ok(|r| r.map(Either::Left))
+                .map_err(UpstreamError::Http),
+            UpstreamFuture::Https(call) => call.as_mut().poll(cx),
+        }
     }
 }
 
@@ -349,13 +370,11 @@ fn proxy_stack(
         .layer(TraceLayer::new_for_http())
         .layer(ValidateRequestHeaderLayer::custom(
             move |request: &mut Request| {
-                gate.check(request.method(), request.uri(), request.version())
-            },
-        ))
-        .layer(ValidateRequestHeaderLayer::custom(
-            move |request: &mut Request| match &keys {
-                Some(keys) => keys.check(request.headers()),
-                None => Ok(()),
+                gate.check(request.method(), request.uri(), request.version())?;
+                match &keys {
+                    Some(keys) => keys.check(request.headers()),
+                    None => Ok(()),
+                }
             },
         ))
         .map_response(move |response: Response<_>| {
@@ -461,11 +480,9 @@ pub async fn serve(
                     let call = app.clone().oneshot(request);
                     async move {
                         let response = call.await?;
-                        Ok::<_, std::convert::Infallible>(response.map(|body| {
-                            Body::new(Tracked {
-                                body,
-                                _guard: guard,
-                            })
+                        Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
+                            body,
+                            _guard: guard,
                         }))
                     }
                 })
@@ -618,7 +635,36 @@ fn is_json(headers: &http::HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("json"))
+        .is_some_and(|v| {
+            let v = v.as_bytes();
+            v.get(..16)
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"application/json"))
+                || v.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"))
+        })
+}
+
+/// Removes what must not be forwarded from a request's headers, in place: the
+/// [`dropped_request_header`]s and the headers the client named in `Connection`, which are
+/// hop-by-hop too (RFC 9110 §7.6.1).
+fn strip_request_headers(headers: &mut http::HeaderMap) {
+    // The two that every request has, by name; then one scan for the others, which are rare.
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    // Few headers, few to drop: scan again after each removal rather than collect the names.
+    while let Some(name) = headers
+        .keys()
+        .find(|name| dropped_request_header(name) || named.contains(name))
+        .cloned()
+    {
+        headers.remove(&name);
+    }
 }
 
 /// Reads a body (capped by the limit layer) within `timeout` in all: tower-http's body timeout
@@ -628,7 +674,7 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    match tokio::time::timeout(timeout, body.collect()).await {
+    match tokio::time::timeout(timeout, collect_data(body)).await {
         Err(_) => Err(error_response(
             StatusCode::REQUEST_TIMEOUT,
             "timeout_error",
@@ -649,8 +695,35 @@ where
                 ))
             }
         }
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Ok(data)) => Ok(data),
     }
+}
+
+/// A body's data as one `Bytes` (trailers ignored, as `Collected::to_bytes` does): the frame
+/// itself when there is one, as with most requests (no copy, no list), else the frames joined.
+async fn collect_data<B>(body: B) -> Result<Bytes, B::Error>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut data = Bytes::new();
+    let mut joined: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(chunk) = frame?.into_data() else {
+            continue;
+        };
+        if let Some(joined) = &mut joined {
+            joined.extend_from_slice(&chunk);
+        } else if data.is_empty() {
+            data = chunk;
+        } else {
+            let mut both = bytes::BytesMut::with_capacity(data.len() + chunk.len());
+            both.extend_from_slice(&data);
+            both.extend_from_slice(&chunk);
+            joined = Some(both);
+        }
+    }
+    Ok(joined.map_or(data, bytes::BytesMut::freeze))
 }
 
 fn too_large(cap: usize) -> Response {
@@ -667,10 +740,9 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let (parts, body) = request.into_parts();
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let (mut parts, body) = request.into_parts();
     let uri = match &proxy.inner {
-        Inner::Passthrough { upstream, .. } => match upstream.join(target) {
+        Inner::Passthrough { upstream, .. } => match upstream.join_request(&parts.uri) {
             Ok(uri) => uri,
             Err(e) => {
                 return error_response(
@@ -692,24 +764,13 @@ where
             return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", &message);
         }
     }
+    // A new request (HTTP/1.1, no extensions) with the client's method and headers, less those
+    // that must not be forwarded.
     let mut upstream = http::Request::new(Full::new(bytes));
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
-    // Headers the client named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
-    let hop_by_hop: Vec<String> = parts
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty())
-        .collect();
-    for (name, value) in &parts.headers {
-        if !dropped_request_header(name) && !hop_by_hop.iter().any(|h| h == name.as_str()) {
-            upstream.headers_mut().append(name.clone(), value.clone());
-        }
-    }
+    strip_request_headers(&mut parts.headers);
+    *upstream.headers_mut() = parts.headers;
     let result = match &proxy.inner {
         Inner::Passthrough { service, .. } => service
             .clone()
@@ -777,12 +838,12 @@ pub async fn shutdown_signal() {
 
 /// Kiro accounts at start: one refresh pass (expired tokens are renewed before the first
 /// request) and one usage probe per account, awaited; then the periodic refresher and prober,
-/// first run after their interval. Abort the returned tasks at shutdown.
+/// first run after their interval. They run until the returned [`KiroTasks`] is dropped.
 pub async fn kiro_startup(
     pool: &Pool,
     refresh_every: Duration,
     probe_every: Duration,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> KiroTasks {
     kiro::refresh_pass(pool).await;
     let mut probes = tokio::task::JoinSet::new();
     for account in pool.snapshot().accounts {
@@ -794,15 +855,31 @@ pub async fn kiro_startup(
         }
     }
     while probes.join_next().await.is_some() {}
+    // Each waits its interval, then holds the library's task, which stops when this one is
+    // aborted (the task is dropped with it).
     let later =
-        |pool: Pool, every: Duration, start: fn(&Pool, Duration) -> tokio::task::JoinHandle<()>| {
+        |pool: Pool, every: Duration, start: fn(&Pool, Duration) -> kiro::BackgroundTask| {
             tokio::spawn(async move {
                 tokio::time::sleep(every).await;
-                let _ = start(&pool, every).await;
+                let _task = start(&pool, every);
+                drop(pool); // the library's task ends by itself once the pool is dropped
+                std::future::pending::<()>().await;
             })
         };
-    vec![
+    KiroTasks(vec![
         later(pool.clone(), refresh_every, kiro::spawn_refresher),
         later(pool.clone(), probe_every, kiro::spawn_usage_prober),
-    ]
+    ])
+}
+
+/// The Kiro refresher and usage prober [`kiro_startup`] started; dropping this stops them.
+#[derive(Debug, Default)]
+pub struct KiroTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for KiroTasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }

@@ -18,9 +18,10 @@
 //! let pool = Pool::builder().account(Account::new("kiro-1", credential)).build()?;
 //! # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 //! # rt.block_on(async {
-//! // Refresh every Kiro account of the pool before it expires, used or not.
+//! // Refresh every Kiro account of the pool before it expires, used or not, for as long as
+//! // `refresher` is kept (dropping it stops the task).
 //! let refresher = kiro::spawn_refresher(&pool, Duration::from_secs(60));
-//! # refresher.abort();
+//! # drop(refresher);
 //! # });
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -31,7 +32,8 @@
 //! - [`classify_response`] / [`classify_stream_start`]: the Kiro classifier rows;
 //!   [`quota_reset_of`] gives them a pool credential's `nextDateReset`.
 //! - [`probe`] / [`KiroPoolExt::probe_kiro_account`]: the usage-limits probe, feeding quota state.
-//! - [`spawn_refresher`] / [`spawn_usage_prober`]: background tasks over every Kiro account.
+//! - [`spawn_refresher`] / [`spawn_usage_prober`]: background tasks over every Kiro account,
+//!   each running until its [`BackgroundTask`] is dropped.
 //! - [`eventstream`]: the AWS event-stream framing (CRC-checked decoder and encoder).
 //! - [`anthropic`]: the Anthropic Messages API over Kiro accounts ([`anthropic::AnthropicLayer`]
 //!   converts requests and answers; [`anthropic::KiroAttemptLayer`] sets the account's
@@ -115,11 +117,39 @@ pub async fn refresh_pass(pool: &Pool) {
     while tasks.join_next().await.is_some() {}
 }
 
-/// Refreshes every Kiro account of the pool (used or not) every `interval`, starting now. The
-/// task ends when the pool is dropped; abort the handle to stop it sooner.
-pub fn spawn_refresher(pool: &Pool, interval: Duration) -> JoinHandle<()> {
+/// A Kiro background task ([`spawn_refresher`], [`spawn_usage_prober`]), running until this
+/// value is dropped or [`abort`](Self::abort)ed, like [`FileWatch`](crate::config::FileWatch)
+/// and [`StoreHandle`](crate::store::StoreHandle): keep it for as long as the task should run.
+/// The task also ends by itself once its pool is dropped.
+#[must_use = "the task stops when this value is dropped: keep it for as long as the task should run"]
+#[derive(Debug)]
+pub struct BackgroundTask {
+    task: JoinHandle<()>,
+}
+
+impl BackgroundTask {
+    /// Stops the task now (a pass under way is cut short).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+
+    /// Whether the task has ended (aborted, or its pool dropped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl Drop for BackgroundTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Refreshes every Kiro account of the pool (used or not) every `interval`, starting now, until
+/// the returned [`BackgroundTask`] is dropped or the pool is.
+pub fn spawn_refresher(pool: &Pool, interval: Duration) -> BackgroundTask {
     let weak = pool.downgrade();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -127,15 +157,16 @@ pub fn spawn_refresher(pool: &Pool, interval: Duration) -> JoinHandle<()> {
             let Some(pool) = weak.upgrade() else { return };
             refresh_pass(&pool).await;
         }
-    })
+    });
+    BackgroundTask { task }
 }
 
 /// Probes every Kiro account's usage limits every `interval` (± 10 % jitter), starting now, and
-/// reports each result to the pool ([`KiroPoolExt::probe_kiro_account`]). The task ends when the pool
-/// is dropped.
-pub fn spawn_usage_prober(pool: &Pool, interval: Duration) -> JoinHandle<()> {
+/// reports each result to the pool ([`KiroPoolExt::probe_kiro_account`]), until the returned
+/// [`BackgroundTask`] is dropped or the pool is.
+pub fn spawn_usage_prober(pool: &Pool, interval: Duration) -> BackgroundTask {
     let weak = pool.downgrade();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let Some(pool) = weak.upgrade() else { return };
             let mut tasks = JoinSet::new();
@@ -153,7 +184,8 @@ pub fn spawn_usage_prober(pool: &Pool, interval: Duration) -> JoinHandle<()> {
             let jitter = 0.9 + fastrand::f64() * 0.2;
             tokio::time::sleep(interval.mul_f64(jitter)).await;
         }
-    })
+    });
+    BackgroundTask { task }
 }
 
 /// Opens the `KIRO_OAUTH_CREDS_FILE_PATH` of each pool-file account as a [`KiroCredential`],
