@@ -895,6 +895,39 @@ mod guard {
             }
         }
 
+        /// Near-JSON from JSON's own alphabet (so that valid and invalid bodies are both
+        /// common, unlike arbitrary bytes): the quick scan gives exactly serde_json's verdict
+        /// and message.
+        #[test]
+        fn the_json_check_agrees_with_serde_json_on_near_json(text in r#"[\[\]{}:, "0-9a-z\\.eE+\-]{0,48}"#) {
+            proptest::prop_assert_eq!(check_json(text.as_bytes()), super::reference_check(text.as_bytes()));
+        }
+
+        /// Valid documents with one byte replaced, inserted or removed: the same agreement.
+        #[test]
+        fn the_json_check_agrees_with_serde_json_on_mutated_documents(
+            which in 0usize..4,
+            at in 0usize..200,
+            byte in proptest::sample::select(b"{}[]:,\"\\0123456789.eE+-tfnul x\t\n".to_vec()),
+            edit in 0u8..3,
+        ) {
+            let documents = [
+                r#"{"model":"claude-sonnet-4-5","max_tokens":1024,"messages":[{"role":"user","content":"hi"}]}"#,
+                r#"{"a":[1,-2.5e3,true,false,null,{"b":"c\"d\u00e9"}],"e":{}}"#,
+                r#"[0,1.0,-0,1e-7,"\\",[],[[]],{"k":[{"x":null}]}]"#,
+                r#"{"stream":true,"system":[{"type":"text","text":"a\nb"}],"tools":[]}"#,
+            ];
+            let mut body = documents[which].as_bytes().to_vec();
+            let at = at % (body.len() + 1);
+            match edit {
+                0 if at < body.len() => body[at] = byte,
+                1 => body.insert(at, byte),
+                _ if at < body.len() => { body.remove(at); }
+                _ => body.push(byte),
+            }
+            proptest::prop_assert_eq!(check_json(&body), super::reference_check(&body));
+        }
+
         /// A JSON string with one byte replaced: invalid UTF-8 is named with its offset.
         #[test]
         fn bad_utf8_in_strings_is_found(text in "[a-z]{0,20}", at in 0usize..20, byte in 0x80u8..=0xff) {
@@ -907,6 +940,19 @@ mod guard {
             }
         }
     }
+}
+
+/// The JSON check as it was before its quick scan: UTF-8, then serde_json.
+fn reference_check(body: &[u8]) -> Result<(), String> {
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(format!(
+            "the request body is not valid UTF-8 at byte offset {}",
+            e.valid_up_to()
+        ));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(|_| ())
+        .map_err(|e| format!("the request body is not valid JSON: {e}"))
 }
 
 /// The gateway example's binary, which `cargo test` builds beside the test binaries.
