@@ -746,10 +746,13 @@ async fn pool_refresher_refreshes_unused_accounts_and_marks_dead_ones() {
         .build()
         .unwrap();
     let handle = kiro::spawn_refresher(&pool, Duration::from_secs(3600));
-    // The first pass runs at once; wait for its calls.
+    // The first pass runs at once; wait for its calls and for near's token file to be
+    // rewritten (the mock counts a call before the credential writes the answer back, and
+    // aborting the task earlier would cut the write short).
     for _ in 0..1000 {
         if mock.refresh_calls() >= 2
             && pool.snapshot().account("dead").unwrap().state == HealthState::AuthInvalid
+            && read(&near)["accessToken"] != SECRET_AT
         {
             break;
         }
