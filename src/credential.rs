@@ -47,6 +47,7 @@ pub enum RefreshMode {
 
 /// Why a credential could not be applied or refreshed. Never carries a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CredentialError {
     /// The credential cannot refresh itself (a static key).
     #[error("credential of kind `{0}` cannot be refreshed")]

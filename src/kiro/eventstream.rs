@@ -220,6 +220,7 @@ fn push_u16_prefixed(out: &mut Vec<u8>, bytes: &[u8], name: &str) -> Result<(), 
 
 /// A message that cannot be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EncodeError {
     /// A header name is empty or longer than 255 bytes.
     #[error("event-stream header name `{0}` must be 1 to 255 bytes")]
@@ -235,6 +236,7 @@ pub enum EncodeError {
 /// A frame that cannot be decoded. After any error but [`DecodeError::Truncated`] the stream is
 /// corrupt: framing cannot be recovered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The prelude CRC does not match.
     #[error(

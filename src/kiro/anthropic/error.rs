@@ -10,6 +10,7 @@ use http::StatusCode;
 
 /// The Anthropic error types this module answers with, each with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// 400: the request is malformed or cannot be served as sent.
     InvalidRequest,
