@@ -432,6 +432,20 @@ mod tests {
         }
     }
 
+    // From the admin view's former formatter.
+    #[test]
+    fn iso_known_dates() {
+        assert_eq!(format_iso(&UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_iso(&(UNIX_EPOCH + Duration::from_millis(951_782_400_123))),
+            "2000-02-29T00:00:00.123Z"
+        );
+        assert_eq!(
+            format_iso(&(UNIX_EPOCH + Duration::from_secs(1_795_687_558))),
+            "2026-11-26T10:05:58.000Z"
+        );
+    }
+
     #[test]
     fn first_of_next_month_wraps_the_year() {
         let t = parse("2025-12-15T10:00:00Z").unwrap();

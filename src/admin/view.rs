@@ -1,7 +1,5 @@
 //! What the admin API shows of accounts: the current shape and the older system's shape.
 
-use std::time::SystemTime;
-
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -156,8 +154,8 @@ fn legacy_account(a: &AccountSnapshot) -> Value {
         "isDisabled": is_disabled,
         "usageCount": a.counters.successes,
         "errorCount": error_count,
-        "lastUsed": a.last_used.map(iso8601),
-        "lastErrorTime": a.last_error.as_ref().map(|e| iso8601(e.at)),
+        "lastUsed": a.last_used.map(|t| crate::time::format_iso(&t)),
+        "lastErrorTime": a.last_error.as_ref().map(|e| crate::time::format_iso(&e.at)),
         "lastErrorMessage": a.last_error.as_ref().map(|e| e.message.clone()),
         "notSupportedModels": a.settings.not_supported_models,
         "checkModelName": a.settings.probe_model,
@@ -166,28 +164,4 @@ fn legacy_account(a: &AccountSnapshot) -> Value {
         "errorStatus": { "statusType": status_type, "message": a.reason },
         "poolType": pool_type,
     })
-}
-
-/// `2026-11-26T09:55:58.123Z` (the crate's one ISO 8601 formatter).
-pub(crate) fn iso8601(t: SystemTime) -> String {
-    crate::time::format_iso(&t)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn iso8601_known_dates() {
-        assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            iso8601(UNIX_EPOCH + Duration::from_millis(951_782_400_123)),
-            "2000-02-29T00:00:00.123Z"
-        );
-        assert_eq!(
-            iso8601(UNIX_EPOCH + Duration::from_secs(1_795_687_558)),
-            "2026-11-26T10:05:58.000Z"
-        );
-    }
 }
