@@ -22,11 +22,11 @@ use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use hyper_util::service::TowerToHyperService;
 use tower::{Layer, Service, ServiceExt};
 use tower_account_pool::admin::{self, AdminConfig};
+use tower_account_pool::kiro;
 use tower_account_pool::kiro::anthropic::{
     AnthropicConfig, AnthropicLayer, AnthropicService, KiroAttemptLayer, KiroAttemptService,
     KiroRequestBody, RequestedModel,
 };
-use tower_account_pool::kiro::{self, KiroPoolExt};
 use tower_account_pool::layer::{AccountPoolLayer, AccountPoolService, ReplayBody};
 use tower_account_pool::Pool;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -845,16 +845,7 @@ pub async fn kiro_startup(
     probe_every: Duration,
 ) -> KiroTasks {
     kiro::refresh_pass(pool).await;
-    let mut probes = tokio::task::JoinSet::new();
-    for account in pool.snapshot().accounts {
-        if account.credential.kind == kiro::KIND && account.settings.enabled {
-            let pool = pool.clone();
-            probes.spawn(async move {
-                let _ = pool.probe_kiro_account(account.id.as_str()).await;
-            });
-        }
-    }
-    while probes.join_next().await.is_some() {}
+    kiro::probe_pass(pool).await;
     // Each waits its interval, then holds the library's task, which stops when this one is
     // aborted (the task is dropped with it).
     let later =

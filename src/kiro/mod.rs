@@ -32,6 +32,7 @@
 //! - [`classify_response`] / [`classify_stream_start`]: the Kiro classifier rows;
 //!   [`quota_reset_of`] gives them a pool credential's `nextDateReset`.
 //! - [`probe`] / [`KiroPoolExt::probe_kiro_account`]: the usage-limits probe, feeding quota state.
+//! - [`refresh_pass`] / [`probe_pass`]: one pass of either over every Kiro account, awaited.
 //! - [`spawn_refresher`] / [`spawn_usage_prober`]: background tasks over every Kiro account,
 //!   each running until its [`BackgroundTask`] is dropped.
 //! - [`eventstream`]: the AWS event-stream framing (CRC-checked decoder and encoder).
@@ -117,6 +118,22 @@ pub async fn refresh_pass(pool: &Pool) {
     while tasks.join_next().await.is_some() {}
 }
 
+/// One usage-probe pass: [`KiroPoolExt::probe_kiro_account`] on every enabled Kiro account at
+/// once, each result reported to the pool (a failed probe is logged by the probe itself).
+pub async fn probe_pass(pool: &Pool) {
+    let mut tasks = JoinSet::new();
+    for account in kiro_accounts(pool) {
+        if !account.settings().enabled {
+            continue;
+        }
+        let pool = pool.clone();
+        tasks.spawn(async move {
+            let _ = pool.probe_kiro_account(account.id().as_str()).await;
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
 /// A Kiro background task ([`spawn_refresher`], [`spawn_usage_prober`]), running until this
 /// value is dropped or [`abort`](Self::abort)ed, like [`FileWatch`](crate::config::FileWatch)
 /// and [`StoreHandle`](crate::store::StoreHandle): keep it for as long as the task should run.
@@ -169,17 +186,7 @@ pub fn spawn_usage_prober(pool: &Pool, interval: Duration) -> BackgroundTask {
     let task = tokio::spawn(async move {
         loop {
             let Some(pool) = weak.upgrade() else { return };
-            let mut tasks = JoinSet::new();
-            for account in kiro_accounts(&pool) {
-                if !account.settings().enabled {
-                    continue;
-                }
-                let pool = pool.clone();
-                tasks.spawn(async move {
-                    let _ = pool.probe_kiro_account(account.id().as_str()).await;
-                });
-            }
-            while tasks.join_next().await.is_some() {}
+            probe_pass(&pool).await;
             drop(pool);
             let jitter = 0.9 + fastrand::f64() * 0.2;
             tokio::time::sleep(interval.mul_f64(jitter)).await;
