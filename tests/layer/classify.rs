@@ -9,25 +9,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body_util::Full;
-use layer_support::{json_request, Reply, Upstream};
+use layer_support::{fill_first_pool, json_request, Reply, Upstream};
 use tower::{Layer, ServiceExt};
 use tower_account_pool::classify::{Classifier, HeadVerdict, HttpClassifier};
-use tower_account_pool::credential::BearerToken;
 use tower_account_pool::layer::{AccountPoolLayer, SelectedAccount};
-use tower_account_pool::{Account, Outcome, Pool, Strategy};
+use tower_account_pool::Outcome;
 
 const MODEL: &str = "claude-sonnet-4-5";
-
-fn pool(ids: &[&str]) -> Pool {
-    Pool::builder()
-        .accounts(
-            ids.iter()
-                .map(|id| Account::new(*id, BearerToken::new(format!("tok-{id}")))),
-        )
-        .strategy(Strategy::FillFirst)
-        .build()
-        .unwrap()
-}
 
 /// Every answer a success, whatever its status.
 struct AllGood;
@@ -68,7 +56,7 @@ fn served_by<B>(response: &http::Response<B>) -> String {
 async fn a_classifier_made_per_request_sees_the_request_head() {
     let lenient: Arc<dyn Classifier> = Arc::new(AllGood);
     let strict: Arc<dyn Classifier> = Arc::new(HttpClassifier::new());
-    let layer = AccountPoolLayer::new(pool(&["a", "b"])).make_classifier(
+    let layer = AccountPoolLayer::new(fill_first_pool(&["a", "b"])).make_classifier(
         move |request: &http::request::Parts| {
             if request.headers.contains_key("x-lenient") {
                 lenient.clone()
@@ -117,7 +105,7 @@ impl Classifier for RefusedOnly {
 #[tokio::test]
 async fn inner_errors_are_classified_by_the_classifier() {
     // The default: an inner error is `Transient` and retried on another account.
-    let pool_a = pool(&["a", "b"]);
+    let pool_a = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::Reset]);
     let response = AccountPoolLayer::new(pool_a.clone())
@@ -132,7 +120,7 @@ async fn inner_errors_are_classified_by_the_classifier() {
     );
 
     // A classifier that calls a reset the request's: the client gets the error, no retry.
-    let pool_b = pool(&["a", "b"]);
+    let pool_b = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::Reset]);
     let error = AccountPoolLayer::new(pool_b.clone())
@@ -151,7 +139,7 @@ async fn inner_errors_are_classified_by_the_classifier() {
 
 #[tokio::test]
 async fn a_passed_answer_is_read_as_the_http_classifier_reads_it() {
-    let pool = pool(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     upstream.script(
         "tok-a",
@@ -175,7 +163,7 @@ async fn a_passed_answer_is_read_as_the_http_classifier_reads_it() {
 
 #[tokio::test]
 async fn map_outcome_sees_the_account_of_every_failure() {
-    let pool = pool(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::status(500)]);
     // On account `a`, a server error means the account is suspended.

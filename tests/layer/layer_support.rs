@@ -14,7 +14,9 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use tower::service_fn;
 use tower::util::BoxCloneService;
+use tower_account_pool::credential::BearerToken;
 use tower_account_pool::layer::{ReplayBody, SelectedAccount};
+use tower_account_pool::{Account, Pool, Strategy};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type UpBody = BoxBody<Bytes, BoxError>;
@@ -199,6 +201,19 @@ pub fn full(body: impl Into<Bytes>) -> UpBody {
     Full::new(body.into())
         .map_err(|e: Infallible| match e {})
         .boxed()
+}
+
+/// A pool of accounts `a`, `b`, ... with tokens `tok-a`, `tok-b`, ..., tried in that order
+/// (fill-first) so the scripts know who is asked first.
+pub fn fill_first_pool(ids: &[&str]) -> Pool {
+    Pool::builder()
+        .accounts(
+            ids.iter()
+                .map(|id| Account::new(*id, BearerToken::new(format!("tok-{id}")))),
+        )
+        .strategy(Strategy::FillFirst)
+        .build()
+        .unwrap()
 }
 
 pub fn json_request(model: &str) -> Request<Full<Bytes>> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body_util::Full;
-use layer_support::{body_text, json_request, Reply, Upstream};
+use layer_support::{body_text, fill_first_pool, json_request, Reply, Upstream};
 use tower::{Layer, ServiceExt};
 use tower_account_pool::credential::{
     BearerToken, Credential, CredentialError, MaskedCredential, RefreshMode,
@@ -22,19 +22,6 @@ use tower_account_pool::layer::{
 use tower_account_pool::{Account, Exhausted, HealthState, Outcome, Pool, SelectRequest, Strategy};
 
 const MODEL: &str = "claude-sonnet-4-5";
-
-/// A pool of accounts `a`, `b`, ... with tokens `tok-a`, `tok-b`, ..., tried in that order
-/// (fill-first) so the scripts know who is asked first.
-fn pool(ids: &[&str]) -> Pool {
-    Pool::builder()
-        .accounts(
-            ids.iter()
-                .map(|id| Account::new(*id, BearerToken::new(format!("tok-{id}")))),
-        )
-        .strategy(Strategy::FillFirst)
-        .build()
-        .unwrap()
-}
 
 async fn send(
     layer: AccountPoolLayer,
@@ -57,7 +44,7 @@ fn served_by<B>(response: &http::Response<B>) -> (String, u32) {
 
 #[tokio::test]
 async fn rate_limit_with_retry_after_fails_over_and_cools_down_the_model() {
-    let pool = pool(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     upstream.script(
         "tok-a",
@@ -92,7 +79,7 @@ async fn rate_limit_with_retry_after_fails_over_and_cools_down_the_model() {
 
 #[tokio::test]
 async fn rate_limit_without_retry_after_fails_over_with_the_pool_backoff() {
-    let pool = pool(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::status(429)]);
     let response = send(AccountPoolLayer::new(pool.clone()), &upstream).await;
@@ -110,7 +97,7 @@ async fn rate_limit_without_retry_after_fails_over_with_the_pool_backoff() {
 
 #[tokio::test]
 async fn server_errors_and_connection_resets_fail_over() {
-    let pool = pool(&["a", "b", "c"]);
+    let pool = fill_first_pool(&["a", "b", "c"]);
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::status(502)]);
     upstream.script("tok-b", [Reply::Reset]);
@@ -136,7 +123,7 @@ async fn server_errors_and_connection_resets_fail_over() {
 
 #[tokio::test]
 async fn client_errors_are_never_retried_and_the_client_sees_the_upstream_error() {
-    let pool = pool(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     let error = r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: field required"}}"#;
     upstream.script(
@@ -164,7 +151,7 @@ async fn client_errors_are_never_retried_and_the_client_sees_the_upstream_error(
 
 #[tokio::test]
 async fn attempts_stop_at_max_attempts_and_the_client_sees_the_last_upstream_error() {
-    let pool = pool(&["a", "b", "c", "d"]);
+    let pool = fill_first_pool(&["a", "b", "c", "d"]);
     let upstream = Upstream::new();
     for t in ["tok-a", "tok-b", "tok-c", "tok-d"] {
         upstream.script(t, [Reply::status(503)]);
@@ -178,7 +165,7 @@ async fn attempts_stop_at_max_attempts_and_the_client_sees_the_last_upstream_err
 
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::status(503)]);
-    let pool = self::pool(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let response = send(AccountPoolLayer::new(pool).max_attempts(1), &upstream).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(upstream.accounts_called(), ["a"]);
@@ -186,7 +173,7 @@ async fn attempts_stop_at_max_attempts_and_the_client_sees_the_last_upstream_err
 
 #[tokio::test]
 async fn an_empty_retry_budget_stops_retries() {
-    let pool = pool(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     upstream.script(
         "tok-a",
@@ -209,7 +196,7 @@ async fn an_empty_retry_budget_stops_retries() {
 
 #[tokio::test]
 async fn bodies_over_the_replay_cap_are_sent_once_and_never_retried() {
-    let pool = pool(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::status(503)]);
     let big = format!(r#"{{"model":"{MODEL}","pad":"{}"}}"#, "x".repeat(200));
@@ -388,7 +375,7 @@ async fn a_failed_refresh_marks_the_account_invalid_and_moves_on() {
     );
 
     // A static token cannot refresh: the account is invalid, the request moves on.
-    let pool = pool_static(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::status(401)]);
     let response = send(AccountPoolLayer::new(pool.clone()), &upstream).await;
@@ -399,13 +386,9 @@ async fn a_failed_refresh_marks_the_account_invalid_and_moves_on() {
     );
 }
 
-fn pool_static(ids: &[&str]) -> Pool {
-    pool(ids)
-}
-
 #[tokio::test]
 async fn forbidden_suspended_and_quota_fail_over_with_the_right_state() {
-    let pool = pool(&["a", "b", "c"]);
+    let pool = fill_first_pool(&["a", "b", "c"]);
     let upstream = Upstream::new();
     // A suspension is read from the error's code (its text may echo a client's request).
     upstream.script(
@@ -429,7 +412,7 @@ async fn forbidden_suspended_and_quota_fail_over_with_the_right_state() {
 #[tokio::test]
 async fn exhaustion_answers_429_or_503_with_retry_after_and_json() {
     // Every account rate limited: 429 with the earliest recovery.
-    let pool = pool(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     for (id, secs) in [("a", 40), ("b", 20)] {
         let lease = pool
             .select(&SelectRequest::for_model(MODEL).excluding(&[]))
@@ -479,7 +462,7 @@ async fn exhaustion_answers_429_or_503_with_retry_after_and_json() {
 
 #[tokio::test]
 async fn when_no_other_account_is_left_the_client_gets_the_last_upstream_answer() {
-    let pool = pool(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::status(429).header("retry-after", "5")]);
     upstream.script("tok-b", [Reply::status(429).header("retry-after", "7")]);
@@ -494,7 +477,7 @@ async fn when_no_other_account_is_left_the_client_gets_the_last_upstream_answer(
 
     // After an auth failure of the pool's credential, the client gets the layer's 503 instead
     // of the upstream's 401 (its request was fine).
-    let pool = pool_static(&["a"]);
+    let pool = fill_first_pool(&["a"]);
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::status(401)]);
     let response = send(AccountPoolLayer::new(pool), &upstream).await;
@@ -503,7 +486,7 @@ async fn when_no_other_account_is_left_the_client_gets_the_last_upstream_answer(
     assert_eq!(body["error"]["reasons"]["already tried"], 1);
 
     // The same when the request may not be retried at all (here: one attempt only).
-    let pool = pool_static(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::status(403)]);
     let response = send(AccountPoolLayer::new(pool).max_attempts(1), &upstream).await;
@@ -518,7 +501,7 @@ async fn when_no_other_account_is_left_the_client_gets_the_last_upstream_answer(
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_account_times_out_and_the_deadline_bounds_the_request() {
-    let pool = pool(&["a", "b", "c"]);
+    let pool = fill_first_pool(&["a", "b", "c"]);
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::status(200).slow(Duration::from_secs(60))]);
     let layer = AccountPoolLayer::new(pool.clone()).attempt_timeout(Duration::from_secs(5));
@@ -529,7 +512,7 @@ async fn a_slow_account_times_out_and_the_deadline_bounds_the_request() {
     assert_eq!(pool.snapshot().account("a").unwrap().counters.transient, 1);
 
     // Every account slow: the overall deadline answers 504.
-    let pool = self::pool(&["a", "b", "c"]);
+    let pool = fill_first_pool(&["a", "b", "c"]);
     let upstream = Upstream::new();
     for t in ["tok-a", "tok-b", "tok-c"] {
         upstream.script(t, [Reply::status(200).slow(Duration::from_secs(60))]);
@@ -548,7 +531,7 @@ async fn a_slow_account_times_out_and_the_deadline_bounds_the_request() {
 
 #[tokio::test(start_paused = true)]
 async fn backoff_sleeps_a_jittered_doubling_delay_between_attempts() {
-    let pool = pool(&["a", "b", "c"]);
+    let pool = fill_first_pool(&["a", "b", "c"]);
     let upstream = Upstream::new();
     upstream.script("tok-a", [Reply::status(500)]);
     upstream.script("tok-b", [Reply::status(500)]);
@@ -719,7 +702,7 @@ async fn a_credential_that_cannot_be_applied_is_invalid_and_nothing_is_sent_with
 
 #[tokio::test]
 async fn a_retry_after_http_date_sets_the_cooldown() {
-    let pool = pool(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     let at = std::time::SystemTime::now() + Duration::from_secs(120);
     upstream.script(
@@ -794,7 +777,7 @@ async fn an_unreachable_refresh_server_leaves_the_account_refreshing_not_invalid
 
 #[tokio::test]
 async fn an_error_body_longer_than_the_classifier_reads_reaches_the_client_whole() {
-    let pool = pool(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let upstream = Upstream::new();
     // 40 KiB of error: the classifier reads 16 KiB; the client gets every byte, in order.
     let long = format!(
@@ -841,7 +824,7 @@ impl tower::Service<http::Request<tower_account_pool::layer::ReplayBody<Full<Byt
 
 #[tokio::test]
 async fn an_inner_service_that_is_not_ready_penalises_no_account() {
-    let pool = pool(&["a", "b"]);
+    let pool = fill_first_pool(&["a", "b"]);
     let polls = Arc::new(AtomicU32::new(0));
     let service = AccountPoolLayer::new(pool.clone()).layer(ReadyOnce {
         polls: polls.clone(),
