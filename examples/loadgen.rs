@@ -10,7 +10,10 @@
 //!
 //! `--compare` measures (a) direct to an instant local upstream, (b) through the gateway with
 //! one account, (c) through the gateway with 1,000 accounts of which 500 are cooling down, at
-//! `--concurrency` (default 64), and prints a Markdown table. It also measures (p) a bare
+//! `--concurrency` (default 64), and prints a Markdown table. The `--requests` of each case are
+//! sent in `--rounds` rounds (default 3) in which the cases take turns, so that a machine whose
+//! speed drifts during the comparison moves every case alike; each case's figures are over all
+//! its rounds. It also measures (p) a bare
 //! proxy on the gateway's own server and client stack with no pool: the ceiling for any
 //! gateway built on hyper here, since every request then makes two HTTP exchanges instead of
 //! one on the same cores. With `--pinned` (Linux, needs `taskset`) this process, with the
@@ -55,6 +58,8 @@ struct Args {
     /// `--pinned`: load generator and upstream on CPU 0, each proxy in a child on CPU 1.
     pinned: bool,
     soak: usize,
+    /// `--rounds R`: each case measured in R rounds, the cases taking turns.
+    rounds: usize,
     /// Internal: this process is a `--pinned` comparison's child.
     child: Option<ChildRole>,
     /// Internal: the child's upstream address.
@@ -69,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
         compare: false,
         pinned: false,
         soak: 0,
+        rounds: 3,
         child: None,
         upstream: None,
     };
@@ -85,6 +91,7 @@ fn parse_args() -> Result<Args, String> {
             "--concurrency" => args.concurrency = number("--concurrency", value("--concurrency")?)?,
             "--requests" => args.requests = number("--requests", value("--requests")?)?,
             "--soak" => args.soak = number("--soak", value("--soak")?)?,
+            "--rounds" => args.rounds = number("--rounds", value("--rounds")?)?,
             "--compare" => args.compare = true,
             "--pinned" => args.pinned = true,
             "--child" => args.child = Some(ChildRole::parse(&value("--child")?)?),
@@ -101,8 +108,8 @@ fn parse_args() -> Result<Args, String> {
     if args.pinned && !args.compare {
         return Err("--pinned goes with --compare".into());
     }
-    if args.concurrency == 0 || args.requests == 0 {
-        return Err("--concurrency and --requests must be at least 1".into());
+    if args.concurrency == 0 || args.requests == 0 || args.rounds == 0 {
+        return Err("--concurrency, --requests and --rounds must be at least 1".into());
     }
     Ok(args)
 }
@@ -120,6 +127,28 @@ struct Report {
 }
 
 impl Report {
+    /// The rounds of one case as one report: all their requests over all their time.
+    fn merge(rounds: Vec<Report>) -> Report {
+        let mut all = Report {
+            requests: 0,
+            ok: 0,
+            non_2xx: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latencies: Vec::new(),
+        };
+        for round in rounds {
+            all.requests += round.requests;
+            all.ok += round.ok;
+            all.non_2xx += round.non_2xx;
+            all.errors += round.errors;
+            all.elapsed += round.elapsed;
+            all.latencies.extend(round.latencies);
+        }
+        all.latencies.sort_unstable();
+        all
+    }
+
     fn throughput(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -496,21 +525,18 @@ async fn compare(args: &Args) -> Result<(), BoxError> {
     let direct_url = format!("http://{upstream}/v1/messages");
     let (c, n) = (args.concurrency, args.requests);
     println!(
-        "concurrency {c}, {n} requests per case, {cpus} CPUs{}",
+        "concurrency {c}, {n} requests per case in {} rounds, {cpus} CPUs{}",
+        args.rounds,
         if args.pinned {
             "; pinned: load generator and upstream on CPU 0, proxies on CPU 1"
         } else {
             ""
         }
     );
-    // Each case: a warm-up (connections, allocator), then the measured run.
-    let measure = |url: String| async move {
-        run(&url, c, n / 10 + 1).await?;
-        run(&url, c, n).await
-    };
-    let direct = measure(direct_url).await?;
-    direct.print("(a) direct");
-    let mut proxied = Vec::new();
+    // Every proxy runs from the start; each case is warmed up (connections, allocator), then
+    // measured in `--rounds` rounds that take turns (a, p, b, c, a, p, …), so that a machine
+    // that slows down or speeds up during the comparison moves every case alike.
+    let mut cases = vec![("(a) direct".to_owned(), direct_url, None)];
     for (label, role) in [
         ("(p) bare proxy, no pool", ChildRole::Bare),
         ("(b) gateway, 1 account", ChildRole::Gateway(1)),
@@ -520,14 +546,39 @@ async fn compare(args: &Args) -> Result<(), BoxError> {
         ),
     ] {
         let proxy = Proxied::start(role, upstream, args.pinned).await?;
-        let report = measure(proxy.url.clone()).await?;
-        report.print(label);
-        if role == ChildRole::Gateway(1000) && args.soak > 0 {
-            soak(&proxy, c, args.soak).await?;
-        }
-        proxy.stop().await?;
-        proxied.push((label, report));
+        cases.push((label.to_owned(), proxy.url.clone(), Some(proxy)));
     }
+    let rounds = args.rounds;
+    let per_round = n.div_ceil(rounds);
+    for (_, url, _) in &cases {
+        run(url, c, n / 10 + 1).await?;
+    }
+    let mut reports: Vec<Vec<Report>> = vec![Vec::new(); cases.len()];
+    for round in 1..=rounds {
+        for ((label, url, _), reports) in cases.iter().zip(&mut reports) {
+            let report = run(url, c, per_round).await?;
+            report.print(&format!("round {round}/{rounds} {label}"));
+            reports.push(report);
+        }
+    }
+    let mut merged: Vec<(String, Report)> = cases
+        .iter()
+        .zip(reports)
+        .map(|((label, ..), reports)| (label.clone(), Report::merge(reports)))
+        .collect();
+    for (label, _, proxy) in cases {
+        if let Some(proxy) = proxy {
+            if label.starts_with("(c)") && args.soak > 0 {
+                soak(&proxy, c, args.soak).await?;
+            }
+            proxy.stop().await?;
+        }
+    }
+    let direct = merged.remove(0).1;
+    let proxied: Vec<(&str, Report)> = merged
+        .iter()
+        .map(|(label, report)| (label.as_str(), report.clone()))
+        .collect();
     let [(_, floor), _, (_, many)] = &proxied[..] else {
         unreachable!("three proxied cases")
     };
@@ -609,7 +660,7 @@ fn main() {
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
-            eprintln!("error: {message}\nusage: loadgen --target URL [--concurrency C] [--requests N]\n       loadgen --compare [--pinned] [--concurrency C] [--requests N] [--soak N]   (features kiro,admin)");
+            eprintln!("error: {message}\nusage: loadgen --target URL [--concurrency C] [--requests N]\n       loadgen --compare [--pinned] [--concurrency C] [--requests N] [--rounds R] [--soak N]   (features kiro,admin)");
             std::process::exit(2);
         }
     };

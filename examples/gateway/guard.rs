@@ -210,7 +210,10 @@ impl UpstreamBase {
             .map_err(|_| TargetError::Unparsable)?;
         // The parts were set one by one: a target cannot have moved them. Checked anyway, as
         // this is where a credential's destination is decided.
-        if uri.scheme() != Some(&self.scheme) || uri.authority() != Some(&self.authority) {
+        // Byte for byte (the authority was copied, so it cannot differ but by a bug).
+        if uri.scheme() != Some(&self.scheme)
+            || uri.authority().map(Authority::as_str) != Some(self.authority.as_str())
+        {
             return Err(TargetError::Unparsable);
         }
         Ok(uri)
@@ -230,7 +233,10 @@ impl UpstreamBase {
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(target.clone());
         let uri = Uri::from_parts(parts).map_err(|_| TargetError::Unparsable)?;
-        if uri.scheme() != Some(&self.scheme) || uri.authority() != Some(&self.authority) {
+        // Byte for byte (the authority was copied, so it cannot differ but by a bug).
+        if uri.scheme() != Some(&self.scheme)
+            || uri.authority().map(Authority::as_str) != Some(self.authority.as_str())
+        {
             return Err(TargetError::Unparsable);
         }
         Ok(uri)
@@ -352,10 +358,12 @@ impl RequestGate {
 /// Whether `path` names `/admin` or a path under it, however spelled: percent-escapes decoded,
 /// repeated slashes collapsed, any case (`//admin`, `/%61dmin/x`, `/ADMIN`).
 pub fn is_admin_path(path: &str) -> bool {
+    // The first 8 canonical bytes decide (`/admin/` is 7): a fixed buffer, no allocation.
     let bytes = path.as_bytes();
-    let mut canonical = Vec::with_capacity(bytes.len().min(16));
+    let mut canonical = [0u8; 8];
+    let mut len = 0;
     let mut i = 0;
-    while i < bytes.len() && canonical.len() < 8 {
+    while i < bytes.len() && len < canonical.len() {
         let mut byte = bytes[i];
         i += 1;
         if byte == b'%' {
@@ -368,11 +376,13 @@ pub fn is_admin_path(path: &str) -> bool {
                 i += 2;
             }
         }
-        if byte == b'/' && canonical.last() == Some(&b'/') {
+        if byte == b'/' && len > 0 && canonical[len - 1] == b'/' {
             continue;
         }
-        canonical.push(byte.to_ascii_lowercase());
+        canonical[len] = byte.to_ascii_lowercase();
+        len += 1;
     }
+    let canonical = &canonical[..len];
     canonical == b"/admin" || canonical.starts_with(b"/admin/")
 }
 

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -31,7 +30,6 @@ use tower_account_pool::layer::{AccountPoolLayer, AccountPoolService, ReplayBody
 use tower_account_pool::Pool;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
@@ -50,7 +48,15 @@ pub type UpstreamBody = Either<hyper::body::Incoming, reqwest::Body>;
 /// The inner service, the request's URI already pointing at the upstream: a hyper-util client
 /// for `http://` upstreams (the lighter path), reqwest (rustls) for `https://` ones. `B` is the
 /// request body the layers above hand it.
+///
+/// The clients sit behind one `Arc`: the pool's layer clones its inner service per request and
+/// keeps it in the request's state, where a pointer is cheaper to clone and to move than
+/// hyper-util's client (a few hundred bytes and several `Arc`s).
 pub struct Upstream<B> {
+    clients: Arc<Clients<B>>,
+}
+
+struct Clients<B> {
     http: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, B>,
     https: reqwest::Client,
 }
@@ -58,8 +64,7 @@ pub struct Upstream<B> {
 impl<B> Clone for Upstream<B> {
     fn clone(&self) -> Self {
         Upstream {
-            http: self.http.clone(),
-            https: self.https.clone(),
+            clients: self.clients.clone(),
         }
     }
 }
@@ -81,7 +86,9 @@ where
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
             .build()?;
-        Ok(Upstream { http, https })
+        Ok(Upstream {
+            clients: Arc::new(Clients { http, https }),
+        })
     }
 }
 
@@ -121,9 +128,9 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if request.uri().scheme_str() == Some("http") {
-            return UpstreamFuture::Http(self.http.request(request));
+            return UpstreamFuture::Http(self.clients.http.request(request));
         }
-        let https = self.https.clone();
+        let https = self.clients.https.clone();
         UpstreamFuture::Https(Box::pin(async move {
             let request = reqwest::Request::try_from(request.map(reqwest::Body::wrap))
                 .map_err(|e| UpstreamError::Https(e.without_url()))?;
@@ -244,6 +251,8 @@ struct Proxy {
     inner: Inner,
     body_cap: usize,
     body_timeout: Duration,
+    gate: RequestGate,
+    client_keys: Option<ClientKeys>,
 }
 
 /// A running gateway.
@@ -285,14 +294,22 @@ impl Gateway {
             inner,
             body_cap: options.body_cap,
             body_timeout: options.body_timeout,
+            gate: options.gate.clone(),
+            client_keys: options.client_keys.clone(),
         });
-        let mut app = axum::Router::new();
         let mut events = None;
-        if let Some(config) = options.admin.clone() {
+        // `/admin` is served by a router that holds the admin API, with the proxy stack as its
+        // fallback (as it always was); every other request goes straight to the proxy stack.
+        let admin = options.admin.clone().map(|config| {
             events = Some(config.events_closer());
-            app = app.nest("/admin", admin::router(pool, config));
-        }
-        let app = app.fallback_service(proxy_stack(proxy, &options));
+            axum::Router::new()
+                .nest("/admin", admin::router(pool, config))
+                .fallback_service(proxy_stack(proxy.clone(), &options))
+        });
+        let app = Front {
+            admin,
+            proxy: proxy_stack(proxy, &options),
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let limits = ServerLimits {
             header_read_timeout: options.header_read_timeout,
@@ -332,28 +349,32 @@ impl Gateway {
 }
 
 /// The proxy route as one `ServiceBuilder` stack, outermost first: panics become a 500,
-/// credentials are marked sensitive (never in traces), every request is traced, the method and
+/// credentials are marked sensitive ([`mark_sensitive`]), every request is traced, the method and
 /// request target are checked, then the client's key (from the headers, before any body byte
 /// is read), then the body is capped; [`forward`] reads it, checks it and sends it through the
-/// pool.
+/// pool. Generic over the request body: [`Front`] hands it hyper's own, the admin router's
+/// fallback axum's.
 #[allow(clippy::result_large_err)] // tower-http's `ValidateRequest` signature
-fn proxy_stack(
+fn proxy_stack<B>(
     proxy: Arc<Proxy>,
     options: &ProxyOptions,
 ) -> impl tower::Service<
-    Request,
-    Response = Response,
+    http::Request<B>,
+    Response = http::Response<ProxyBody>,
     Error = std::convert::Infallible,
-    Future = impl Future<Output = Result<Response, std::convert::Infallible>> + Send,
+    Future = impl Future<Output = Result<http::Response<ProxyBody>, std::convert::Infallible>> + Send,
 > + Clone
        + Send
        + Sync
-       + 'static {
-    let gate = options.gate.clone();
-    let keys = options.client_keys.clone();
+       + 'static
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let cap = options.body_cap;
+    // The stack is cloned for every request: its layers hold this one `Arc` between them.
+    let checks = proxy.clone();
     tower::ServiceBuilder::new()
-        .map_response(|response: Response<_>| response.map(Body::new))
         .layer(CatchPanicLayer::custom(|_panic| {
             error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -361,37 +382,128 @@ fn proxy_stack(
                 "the gateway failed on this request",
             )
         }))
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            header::PROXY_AUTHORIZATION,
-            header::COOKIE,
-            HeaderName::from_static("x-api-key"),
-        ]))
+        .map_request(mark_sensitive::<B>)
         .layer(TraceLayer::new_for_http())
         .layer(ValidateRequestHeaderLayer::custom(
-            move |request: &mut Request| {
-                gate.check(request.method(), request.uri(), request.version())?;
-                match &keys {
-                    Some(keys) => keys.check(request.headers()),
-                    None => Ok(()),
-                }
+            move |request: &mut http::Request<B>| {
+                let checked = checks
+                    .gate
+                    .check(request.method(), request.uri(), request.version())
+                    .and_then(|()| match &checks.client_keys {
+                        Some(keys) => keys.check(request.headers()),
+                        None => Ok(()),
+                    });
+                checked.map_err(|response| response.map(Either::Right))
             },
         ))
-        .map_response(move |response: Response<_>| {
-            // The limit layer's own 413 (a declared length over the cap) in the JSON shape.
-            let from_limit =
-                response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json(response.headers());
-            if from_limit {
-                too_large(cap)
-            } else {
-                response.map(Body::new)
-            }
-        })
+        .map_response(
+            move |response: http::Response<tower_http::limit::ResponseBody<Body>>| {
+                // The limit layer's own 413 (a declared length over the cap) in the JSON shape.
+                let from_limit = response.status() == StatusCode::PAYLOAD_TOO_LARGE
+                    && !is_json(response.headers());
+                if from_limit {
+                    too_large(cap).map(Either::Right)
+                } else {
+                    response.map(Either::Left)
+                }
+            },
+        )
         .layer(RequestBodyLimitLayer::new(cap))
         .service_fn(move |request| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(forward(proxy, request).await) }
+            // Boxed where it is made (one allocation): every layer above moves its future,
+            // and a pointer is cheaper to move than the forwarding state.
+            let forwarded = Box::pin(forward(proxy.clone(), request));
+            async move { Ok::<_, std::convert::Infallible>(forwarded.await) }
         })
+}
+
+/// Marks the client's credentials sensitive: `authorization`, `proxy-authorization`, `cookie`
+/// and `x-api-key` never show in traces or `Debug` output, and HTTP/2 never indexes them. One
+/// pass over the headers (tower-http's `SetSensitiveRequestHeaders` looks each name up with
+/// `HeaderMap::entry`, which also makes room for an insert: four lookups per request).
+fn mark_sensitive<B>(mut request: http::Request<B>) -> http::Request<B> {
+    for (name, value) in request.headers_mut().iter_mut() {
+        if *name == header::AUTHORIZATION
+            || *name == header::PROXY_AUTHORIZATION
+            || *name == header::COOKIE
+            || name.as_str() == "x-api-key"
+        {
+            value.set_sensitive(true);
+        }
+    }
+    request
+}
+
+/// The proxy stack's response body: tower-http's panic catcher boxes the body once.
+pub type ProxyBody = tower_http::body::UnsyncBoxBody<Bytes, BoxError>;
+
+/// The gateway's front door: `/admin` and the paths under it, as axum's router matches them, go
+/// to a router that holds the admin API (with the proxy stack as its fallback); every other
+/// request goes straight to the proxy stack, with no router, boxed service or boxed future on
+/// the way.
+#[derive(Clone)]
+pub struct Front<P> {
+    admin: Option<axum::Router>,
+    proxy: P,
+}
+
+impl<P, PB> Service<http::Request<hyper::body::Incoming>> for Front<P>
+where
+    P: Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<PB>,
+        Error = std::convert::Infallible,
+    >,
+{
+    type Response = http::Response<Either<PB, Body>>;
+    type Error = std::convert::Infallible;
+    type Future = FrontFuture<P::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // axum's router is always ready.
+        self.proxy.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let path = request.uri().path();
+        match &mut self.admin {
+            Some(router) if path == "/admin" || path.starts_with("/admin/") => FrontFuture::Admin {
+                inner: router.call(request),
+            },
+            _ => FrontFuture::Proxy {
+                inner: self.proxy.call(request),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Front`]'s future: the proxy stack's or the admin router's.
+    #[project = FrontFutureProj]
+    pub enum FrontFuture<F> {
+        Proxy { #[pin] inner: F },
+        Admin { #[pin] inner: axum::routing::future::RouteFuture<std::convert::Infallible> },
+    }
+}
+
+impl<F, PB> Future for FrontFuture<F>
+where
+    F: Future<Output = Result<http::Response<PB>, std::convert::Infallible>>,
+{
+    type Output = Result<http::Response<Either<PB, Body>>, std::convert::Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            FrontFutureProj::Proxy { inner } => inner.poll(cx).map_ok(|r| r.map(Either::Left)),
+            FrontFutureProj::Admin { inner } => inner.poll(cx).map_ok(|r| r.map(Either::Right)),
+        }
+    }
 }
 
 /// Connection limits of the server.
@@ -418,12 +530,24 @@ impl Default for ServerLimits {
 /// gracefully, whatever its protocol: HTTP/1's header timer does not cover HTTP/2, whose
 /// keep-alive pings only catch a peer that stopped answering, so an HTTP/2 client that answers
 /// pings and sends nothing would otherwise keep its connection slot for ever.
-pub async fn serve(
+pub async fn serve<A, B>(
     listener: tokio::net::TcpListener,
-    app: axum::Router,
+    app: A,
     limits: ServerLimits,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    A: Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    A::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let mut builder = ConnectionBuilder::new(TokioExecutor::new());
     builder
         .http1()
@@ -569,21 +693,21 @@ impl Drop for ActivityGuard {
 
 pin_project_lite::pin_project! {
     /// A response body that keeps its request counted as in flight until it ends.
-    struct Tracked {
+    struct Tracked<B> {
         #[pin]
-        body: Body,
+        body: B,
         _guard: ActivityGuard,
     }
 }
 
-impl http_body::Body for Tracked {
-    type Data = Bytes;
-    type Error = axum::Error;
+impl<B: http_body::Body> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
         self.project().body.poll_frame(cx)
     }
 
@@ -632,24 +756,31 @@ fn dropped_response_header(name: &HeaderName) -> bool {
 }
 
 fn is_json(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            let v = v.as_bytes();
-            v.get(..16)
-                .is_some_and(|v| v.eq_ignore_ascii_case(b"application/json"))
-                || v.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"))
-        })
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.get(..16)
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"application/json"))
+            || v.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"))
+    })
 }
 
 /// Removes what must not be forwarded from a request's headers, in place: the
 /// [`dropped_request_header`]s and the headers the client named in `Connection`, which are
-/// hop-by-hop too (RFC 9110 §7.6.1).
-fn strip_request_headers(headers: &mut http::HeaderMap) {
+/// hop-by-hop too (RFC 9110 §7.6.1). A `Content-Length` that is exactly `keep_length` (the
+/// body as read, forwarded unchanged) is kept, so the client does not format it again;
+/// any other is dropped and the client sets the length of what it sends.
+fn strip_request_headers(headers: &mut http::HeaderMap, keep_length: Option<usize>) {
     // The two that every request has, by name; then one scan for the others, which are rare.
     headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH);
+    let keep = keep_length.is_some_and(|len| {
+        let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+        let first = values.next();
+        values.next().is_none()
+            && first.is_some_and(|value| is_decimal(value.as_bytes(), len as u64))
+    });
+    if !keep {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -660,11 +791,24 @@ fn strip_request_headers(headers: &mut http::HeaderMap) {
     // Few headers, few to drop: scan again after each removal rather than collect the names.
     while let Some(name) = headers
         .keys()
-        .find(|name| dropped_request_header(name) || named.contains(name))
+        .find(|name| {
+            (dropped_request_header(name) && !(keep && *name == header::CONTENT_LENGTH))
+                || named.contains(name)
+        })
         .cloned()
     {
         headers.remove(&name);
     }
+}
+
+/// Whether `text` is `value` in plain decimal digits, as `Content-Length` writes it.
+fn is_decimal(text: &[u8], value: u64) -> bool {
+    !text.is_empty()
+        && text.len() <= 20
+        && text.iter().all(u8::is_ascii_digit)
+        && text.iter().try_fold(0u64, |n, d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        }) == Some(value)
 }
 
 /// Reads a body (capped by the limit layer) within `timeout` in all: tower-http's body timeout
@@ -766,10 +910,11 @@ where
     }
     // A new request (HTTP/1.1, no extensions) with the client's method and headers, less those
     // that must not be forwarded.
+    let passthrough = matches!(proxy.inner, Inner::Passthrough { .. });
+    strip_request_headers(&mut parts.headers, passthrough.then_some(bytes.len()));
     let mut upstream = http::Request::new(Full::new(bytes));
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
-    strip_request_headers(&mut parts.headers);
     *upstream.headers_mut() = parts.headers;
     let result = match &proxy.inner {
         Inner::Passthrough { service, .. } => service
@@ -800,7 +945,8 @@ where
                     .extensions
                     .insert(hyper::ext::ReasonPhrase::from_static(b"Overloaded"));
             }
-            // Streamed as it arrives: axum polls the layer's body frame by frame.
+            // Streamed as it arrives: hyper polls the layer's body frame by frame. Boxed once
+            // (`Body`): the response then moves through the layers above as a pointer.
             Response::from_parts(parts, body)
         }
         Err(e) => {

@@ -27,7 +27,9 @@ enum Held<B> {
     /// Buffered whole: sent as many times as needed.
     Replayable {
         data: Bytes,
-        trailers: Option<http::HeaderMap>,
+        // Boxed: rare (a request with trailers), and the loop's state keeps this for the
+        // whole request.
+        trailers: Option<Box<http::HeaderMap>>,
     },
     /// Larger than the replay cap: sent once.
     Once(Option<ReplayBody<B>>),
@@ -103,7 +105,13 @@ fn request_for<B>(
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
+    // With room for the credential's headers: a plain clone is exactly full, and the
+    // credential's insert would then grow it (a reallocation on every attempt).
+    let headers = request.headers_mut();
+    headers.reserve(parts.headers.len() + 2);
+    for (name, value) in &parts.headers {
+        headers.append(name.clone(), value.clone());
+    }
     *request.extensions_mut() = parts.extensions.clone();
     lease.credential().apply(request.headers_mut())?;
     request.extensions_mut().insert(SelectedAccount::new(
@@ -119,21 +127,21 @@ type Retried<RB, E> = (Answer<RB, E>, OutcomeClass, SelectedAccount);
 
 pin_project_lite::pin_project! {
     /// A future run until an optional deadline: one type (so one await point in the loop's
-    /// state machine) for both cases. With a deadline it is tokio's own [`tokio::time::Timeout`].
-    #[project = UntilProj]
-    enum Until<F> {
-        Timed { #[pin] inner: tokio::time::Timeout<F> },
-        Plain { #[pin] inner: F },
+    /// state machine) for both cases. The deadline's timer is boxed: it is there only when a
+    /// deadline is set, and inline it would make every await point of the loop that much
+    /// larger, deadline or not.
+    struct Until<F> {
+        #[pin]
+        inner: F,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
 impl<F: Future> Until<F> {
     fn new(until: Option<Instant>, future: F) -> Self {
-        match until {
-            Some(at) => Until::Timed {
-                inner: tokio::time::timeout_at(at, future),
-            },
-            None => Until::Plain { inner: future },
+        Until {
+            inner: future,
+            deadline: until.map(|at| Box::pin(tokio::time::sleep_until(at))),
         }
     }
 }
@@ -143,9 +151,17 @@ impl<F: Future> Future for Until<F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            UntilProj::Timed { inner } => inner.poll(cx).map(Result::ok),
-            UntilProj::Plain { inner } => inner.poll(cx).map(Some),
+        let this = self.project();
+        if let Poll::Ready(output) = this.inner.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        match this
+            .deadline
+            .as_mut()
+            .map(|deadline| deadline.as_mut().poll(cx))
+        {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
         }
     }
 }

@@ -27,13 +27,14 @@ pin_project! {
 pin_project! {
     #[project = ReplayProj]
     enum ReplayInner<B> {
-        Buffered { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        // Trailers boxed: rare, and a body is moved whole with every request.
+        Buffered { data: Option<Bytes>, trailers: Option<Box<HeaderMap>> },
         Streaming { prefix: Option<Bytes>, #[pin] rest: B },
     }
 }
 
 impl<B> ReplayBody<B> {
-    pub(crate) fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+    pub(crate) fn buffered(data: Bytes, trailers: Option<Box<HeaderMap>>) -> Self {
         ReplayBody {
             inner: ReplayInner::Buffered {
                 data: Some(data),
@@ -104,7 +105,7 @@ impl<B: Body<Data = Bytes>> Body for ReplayBody<B> {
                 if let Some(data) = data.take().filter(|d| !d.is_empty()) {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
             ReplayProj::Streaming { prefix, rest } => {
                 if let Some(prefix) = prefix.take() {
@@ -146,7 +147,8 @@ impl<B: Body<Data = Bytes>> Body for ReplayBody<B> {
 /// The first bytes of a body, read before deciding what to do with it.
 pub(crate) struct Prefix {
     pub(crate) data: Bytes,
-    pub(crate) trailers: Option<HeaderMap>,
+    /// Boxed: rare (gRPC's status), and a prefix is moved with the response it starts.
+    pub(crate) trailers: Option<Box<HeaderMap>>,
     /// The body ended within the prefix.
     pub(crate) ended: bool,
 }
@@ -206,7 +208,7 @@ where
                 }
                 Err(frame) => {
                     if let Ok(t) = frame.into_trailers() {
-                        trailers = Some(t);
+                        trailers = Some(Box::new(t));
                     }
                     ended = body.is_end_stream();
                 }
@@ -245,7 +247,7 @@ pin_project! {
     enum ResponseInner<B> {
         Upstream {
             prefix: Option<Bytes>,
-            trailers: Option<HeaderMap>,
+            trailers: Option<Box<HeaderMap>>,
             ended: bool,
             #[pin]
             body: B,
@@ -368,7 +370,7 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
                 if *ended {
                     let frame = trailers.take().map(|t| {
                         report_end(lease, classifier, Some(&t));
-                        Ok(Frame::trailers(t))
+                        Ok(Frame::trailers(*t))
                     });
                     return Poll::Ready(frame);
                 }
