@@ -561,6 +561,14 @@ async fn compare(args: &Args) -> Result<(), BoxError> {
             reports.push(report);
         }
     }
+    // (c)/(p) in each round: the rounds of one pair ran back to back, so their ratio is the
+    // least moved by the machine's drift; the median of them cross-checks the overall one.
+    let mut paired: Vec<f64> = reports[3]
+        .iter()
+        .zip(&reports[1])
+        .map(|(many, floor)| many.throughput() / floor.throughput())
+        .collect();
+    paired.sort_by(f64::total_cmp);
     let mut merged: Vec<(String, Report)> = cases
         .iter()
         .zip(reports)
@@ -602,6 +610,13 @@ async fn compare(args: &Args) -> Result<(), BoxError> {
         "\n(p)/(a) throughput: {:.0} % (what one proxy hop leaves on this machine); (c)/(p): {:.0} %",
         floor.throughput() / direct.throughput() * 100.0,
         many.throughput() / floor.throughput() * 100.0,
+    );
+    println!(
+        "(c)/(p) round by round: median {:.0} %, lowest {:.0} %, highest {:.0} % ({} rounds)",
+        paired[paired.len() / 2] * 100.0,
+        paired[0] * 100.0,
+        paired[paired.len() - 1] * 100.0,
+        paired.len(),
     );
     let ratio = many.throughput() / direct.throughput();
     let p99_gap = many.percentile(99.0).as_secs_f64() - direct.percentile(99.0).as_secs_f64();

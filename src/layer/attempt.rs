@@ -195,6 +195,27 @@ fn head_verdict<'c>(
     }
 }
 
+/// A successful upstream answer as the client's response: its body holds the account's lease
+/// until it ends.
+fn success<RB>(
+    head: http::response::Parts,
+    prefix: Prefix,
+    body: RB,
+    lease: Lease,
+    classifier: Arc<dyn Classifier>,
+    selected: SelectedAccount,
+) -> Response<ResponseBody<RB>>
+where
+    RB: Body<Data = Bytes>,
+{
+    let mut response = Response::from_parts(
+        head,
+        ResponseBody::upstream_after(prefix, body, Some(lease), Some(classifier)),
+    );
+    response.extensions_mut().insert(selected);
+    response
+}
+
 /// What the loop hands back when it stops on an upstream answer.
 fn hand_out<RB, E>(
     answer: Answer<RB, E>,
@@ -362,6 +383,18 @@ where
                 let (head, mut body) = response.into_parts();
                 let (decider, verdict) = head_verdict(&*classifier, &head);
                 let (limit, peek) = match verdict {
+                    // A success is handed out from here: the answer is not moved through the
+                    // loop's bookkeeping (its response head and body are a few hundred bytes).
+                    HeadVerdict::Final(Outcome::Success) => {
+                        return Ok(success(
+                            head,
+                            Prefix::empty(),
+                            body,
+                            lease,
+                            classifier,
+                            selected,
+                        ))
+                    }
                     HeadVerdict::Final(outcome) => {
                         break 'call (Answer::Response(head, Prefix::empty(), body), outcome)
                     }
@@ -392,6 +425,9 @@ where
                             &prefix.data,
                             prefix.ended,
                         );
+                        if outcome == Outcome::Success {
+                            return Ok(success(head, prefix, body, lease, classifier, selected));
+                        }
                         (Answer::Response(head, prefix, body), outcome)
                     }
                     // The body broke or stalled while we read it: the client could not use it
