@@ -343,23 +343,27 @@ impl fmt::Debug for Account {
 /// ```
 #[derive(Clone)]
 pub struct SelectedAccount {
-    id: AccountId,
+    // The pool's own record of the account, shared with the request's lease: a clone touches
+    // one reference count (already in cache from the lease's), not the id's and the
+    // credential's (two more cache lines of an account this core may not have seen for a while).
+    account: Arc<dyn AccountRecord>,
     attempt: u32,
-    credential: SharedCredential,
+}
+
+/// The pool's record of an account, as [`SelectedAccount`] reads it.
+pub(crate) trait AccountRecord: Send + Sync + 'static {
+    fn id(&self) -> &AccountId;
+    fn credential(&self) -> &SharedCredential;
 }
 
 impl SelectedAccount {
-    pub(crate) fn new(id: AccountId, attempt: u32, credential: SharedCredential) -> Self {
-        SelectedAccount {
-            id,
-            attempt,
-            credential,
-        }
+    pub(crate) fn new(account: Arc<dyn AccountRecord>, attempt: u32) -> Self {
+        SelectedAccount { account, attempt }
     }
 
     /// The account's id.
     pub fn id(&self) -> &AccountId {
-        &self.id
+        self.account.id()
     }
 
     /// Which upstream call of the request this is, from 1 (a retry on the same account after a
@@ -370,21 +374,21 @@ impl SelectedAccount {
 
     /// A read-only, non-secret credential field (for example a Kiro `profileArn`).
     pub fn field(&self, name: &str) -> Option<String> {
-        self.credential.field(name)
+        self.account.credential().field(name)
     }
 
     /// The credential's kind (`bearer`, `api-key`, ...).
     pub fn credential_kind(&self) -> &'static str {
-        self.credential.kind()
+        self.account.credential().kind()
     }
 }
 
 impl fmt::Debug for SelectedAccount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SelectedAccount")
-            .field("id", &self.id)
+            .field("id", self.id())
             .field("attempt", &self.attempt)
-            .field("credential", &self.credential.kind())
+            .field("credential", &self.credential_kind())
             .finish()
     }
 }

@@ -114,11 +114,7 @@ fn request_for<B>(
     }
     *request.extensions_mut() = parts.extensions.clone();
     lease.credential().apply(request.headers_mut())?;
-    request.extensions_mut().insert(SelectedAccount::new(
-        lease.id().clone(),
-        call,
-        lease.credential().clone(),
-    ));
+    request.extensions_mut().insert(lease.selected(call));
     Ok(request)
 }
 
@@ -341,8 +337,7 @@ where
         let mut refreshed = false;
         let (answer, outcome, selected) = loop {
             calls += 1;
-            let selected =
-                SelectedAccount::new(lease.id().clone(), calls, lease.credential().clone());
+            let selected = lease.selected(calls);
             let Some(body) = held.next() else {
                 // Not reached: a body that can be sent only once is never sent again.
                 return Ok(reject(on_rejection, Rejection::BodyAlreadySent));

@@ -22,6 +22,12 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The account as the layer hands it to services and callers, for the request's `attempt`th
+    /// upstream call.
+    pub(crate) fn selected(&self, attempt: u32) -> crate::account::SelectedAccount {
+        crate::account::SelectedAccount::new(self.slot.clone(), attempt)
+    }
+
     /// The account's id.
     pub fn id(&self) -> &AccountId {
         &self.slot.id

@@ -37,6 +37,16 @@ pub(crate) struct Slot {
     pub(crate) models: Arc<Models>,
 }
 
+impl crate::account::AccountRecord for Slot {
+    fn id(&self) -> &AccountId {
+        &self.id
+    }
+
+    fn credential(&self) -> &SharedCredential {
+        &self.credential
+    }
+}
+
 impl Slot {
     pub(crate) fn new(
         id: AccountId,
