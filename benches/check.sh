@@ -56,6 +56,7 @@ target("layer: pool/1000 - bare (the layer's own cost)", (layer - bare) / 1000, 
 target("layer: pool/1000 / p2c_buffer/1000", layer / balanced, 1, "x",
        f"{layer:.0f} / {balanced:.0f} ns")
 print("gateway: run `cargo run --release --example loadgen --features kiro,admin -- "
-      "--compare --pinned` and compare (c) with (p) (target (c) >= 0.9 x (p))")
+      "--compare --pinned --rounds 20`: it prints (c)/(p), overall and round by round "
+      "(target (c) >= 0.9 x (p))")
 sys.exit(1 if failed else 0)
 EOF
