@@ -202,15 +202,18 @@ impl UpstreamBase {
         let path_and_query: PathAndQuery = path_and_query
             .parse()
             .map_err(|_| TargetError::Unparsable)?;
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| TargetError::Unparsable)?;
-        // The parts were set one by one: a target cannot have moved them. Checked anyway, as
-        // this is where a credential's destination is decided.
-        // Byte for byte (the authority was copied, so it cannot differ but by a bug).
+        self.with_target(path_and_query)
+    }
+
+    /// The base's scheme and authority with `path_and_query`, checked to point at the base.
+    fn with_target(&self, path_and_query: PathAndQuery) -> Result<Uri, TargetError> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        let uri = Uri::from_parts(parts).map_err(|_| TargetError::Unparsable)?;
+        // The parts were set one by one: a target cannot have moved them. Checked anyway, byte
+        // for byte, as this is where a credential's destination is decided.
         if uri.scheme() != Some(&self.scheme)
             || uri.authority().map(Authority::as_str) != Some(self.authority.as_str())
         {
@@ -228,18 +231,7 @@ impl UpstreamBase {
             Some(target) if self.path.is_empty() && target.as_str().starts_with('/') => target,
             other => return self.join(other.map_or("/", |p| p.as_str())),
         };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(target.clone());
-        let uri = Uri::from_parts(parts).map_err(|_| TargetError::Unparsable)?;
-        // Byte for byte (the authority was copied, so it cannot differ but by a bug).
-        if uri.scheme() != Some(&self.scheme)
-            || uri.authority().map(Authority::as_str) != Some(self.authority.as_str())
-        {
-            return Err(TargetError::Unparsable);
-        }
-        Ok(uri)
+        self.with_target(target.clone())
     }
 }
 

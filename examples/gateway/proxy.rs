@@ -791,8 +791,9 @@ fn strip_request_headers(headers: &mut http::HeaderMap, keep_length: Option<usiz
     // Few headers, few to drop: scan again after each removal rather than collect the names.
     while let Some(name) = headers
         .keys()
+        // `Content-Length` is settled above: kept, or already removed.
         .find(|name| {
-            (dropped_request_header(name) && !(keep && *name == header::CONTENT_LENGTH))
+            (dropped_request_header(name) && *name != header::CONTENT_LENGTH)
                 || named.contains(name)
         })
         .cloned()
@@ -804,7 +805,6 @@ fn strip_request_headers(headers: &mut http::HeaderMap, keep_length: Option<usiz
 /// Whether `text` is `value` in plain decimal digits, as `Content-Length` writes it.
 fn is_decimal(text: &[u8], value: u64) -> bool {
     !text.is_empty()
-        && text.len() <= 20
         && text.iter().all(u8::is_ascii_digit)
         && text.iter().try_fold(0u64, |n, d| {
             n.checked_mul(10)?.checked_add(u64::from(d - b'0'))

@@ -191,22 +191,22 @@ fn head_verdict<'c>(
     }
 }
 
-/// A successful upstream answer as the client's response: its body holds the account's lease
-/// until it ends.
-fn success<RB>(
+/// An upstream answer as the client's response. A successful one's body holds the account's
+/// lease (and the classifier that reads its trailers) until it ends.
+fn upstream_response<RB>(
     head: http::response::Parts,
     prefix: Prefix,
     body: RB,
-    lease: Lease,
-    classifier: Arc<dyn Classifier>,
+    lease: Option<(Lease, Arc<dyn Classifier>)>,
     selected: SelectedAccount,
 ) -> Response<ResponseBody<RB>>
 where
     RB: Body<Data = Bytes>,
 {
+    let (lease, classifier) = lease.unzip();
     let mut response = Response::from_parts(
         head,
-        ResponseBody::upstream_after(prefix, body, Some(lease), Some(classifier)),
+        ResponseBody::upstream_after(prefix, body, lease, classifier),
     );
     response.extensions_mut().insert(selected);
     response
@@ -224,13 +224,7 @@ where
 {
     match answer {
         Answer::Response(parts, prefix, body) => {
-            let (lease, classifier) = lease.unzip();
-            let mut response = Response::from_parts(
-                parts,
-                ResponseBody::upstream_after(prefix, body, lease, classifier),
-            );
-            response.extensions_mut().insert(selected);
-            Ok(response)
+            Ok(upstream_response(parts, prefix, body, lease, selected))
         }
         Answer::Error(e) => Err(e),
         Answer::TimedOut | Answer::NotSent => {
@@ -381,12 +375,11 @@ where
                     // A success is handed out from here: the answer is not moved through the
                     // loop's bookkeeping (its response head and body are a few hundred bytes).
                     HeadVerdict::Final(Outcome::Success) => {
-                        return Ok(success(
+                        return Ok(upstream_response(
                             head,
                             Prefix::empty(),
                             body,
-                            lease,
-                            classifier,
+                            Some((lease, classifier)),
                             selected,
                         ))
                     }
@@ -421,7 +414,13 @@ where
                             prefix.ended,
                         );
                         if outcome == Outcome::Success {
-                            return Ok(success(head, prefix, body, lease, classifier, selected));
+                            return Ok(upstream_response(
+                                head,
+                                prefix,
+                                body,
+                                Some((lease, classifier)),
+                                selected,
+                            ));
                         }
                         (Answer::Response(head, prefix, body), outcome)
                     }
