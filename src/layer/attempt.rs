@@ -2,9 +2,8 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -95,6 +94,7 @@ enum Answer<RB, E> {
     NotSent,
 }
 
+#[inline(always)]
 fn request_for<B>(
     parts: &http::request::Parts,
     body: ReplayBody<B>,
@@ -121,56 +121,29 @@ fn request_for<B>(
 /// An upstream answer that was retried, kept in case no other account can take the request.
 type Retried<RB, E> = (Answer<RB, E>, OutcomeClass, SelectedAccount);
 
-pin_project_lite::pin_project! {
-    /// A future run until an optional deadline: one type (so one await point in the loop's
-    /// state machine) for both cases. The deadline's timer is boxed: it is there only when a
-    /// deadline is set, and inline it would make every await point of the loop that much
-    /// larger, deadline or not.
-    struct Until<F> {
-        #[pin]
-        inner: F,
-        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    }
-}
-
-impl<F: Future> Until<F> {
-    fn new(until: Option<Instant>, future: F) -> Self {
-        Until {
-            inner: future,
-            deadline: until.map(|at| Box::pin(tokio::time::sleep_until(at))),
-        }
-    }
-}
-
-impl<F: Future> Future for Until<F> {
-    /// `None` when the deadline passed first.
-    type Output = Option<F::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(output) = this.inner.poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        match this
-            .deadline
-            .as_mut()
-            .map(|deadline| deadline.as_mut().poll(cx))
-        {
-            Some(Poll::Ready(())) => Poll::Ready(None),
-            _ => Poll::Pending,
-        }
-    }
-}
-
-/// Awaits `$future` until `$until` (if any): `Some(output)`, or `None` on timeout. One await
-/// point whether or not there is a deadline, so what is live across it is stored once.
 /// Most bytes a peeking classifier may ask to hold back ([`Classifier::peek_more`]).
 const MAX_PEEK: usize = 64 * 1024;
 
+/// Awaits `$future` until `$until` (an `Option<Instant>`): `Some(output)`, or `None` when the
+/// deadline passed first. One await point whether or not there is a deadline, so what is live
+/// across it is stored once; the future is pinned where it is made (a wrapper future would be
+/// moved into place on every await), and the deadline's timer is boxed, there only when a
+/// deadline is set.
 macro_rules! until {
-    ($until:expr, $future:expr) => {
-        Until::new($until, $future).await
-    };
+    ($until:expr, $future:expr) => {{
+        let mut timer = $until.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        let mut future = std::pin::pin!($future);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(output) = future.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            match timer.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(None),
+                _ => Poll::Pending,
+            }
+        })
+        .await
+    }};
 }
 
 /// Reads an answer a classifier with none behind it passes on ([`HeadVerdict::Pass`]).
@@ -193,6 +166,7 @@ fn head_verdict<'c>(
 
 /// An upstream answer as the client's response. A successful one's body holds the account's
 /// lease (and the classifier that reads its trailers) until it ends.
+#[inline(always)]
 fn upstream_response<RB>(
     head: http::response::Parts,
     prefix: Prefix,
@@ -264,7 +238,7 @@ fn describe<RB, E>(answer: &Answer<RB, E>, outcome: Outcome) -> Cow<'static, str
 ///
 /// Its state machine is boxed once per request and moved whole, so it is kept small: every
 /// await point stores only what is live across it (values are scoped tightly, each deadline
-/// wrapper is one [`Until`] await, and the retry backoff is slept at the top of the next
+/// is one `until!` await, and the retry backoff is slept at the top of the next
 /// round, where the previous answer is gone).
 pub(crate) async fn run<S, B, RB>(
     config: Arc<Config>,

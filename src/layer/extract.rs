@@ -208,9 +208,13 @@ fn scan_keys(body: &[u8], key: &[u8], found: &mut Option<(usize, usize, bool)>) 
             if at!(i) == b'"' {
                 let (end, escaped) = or_cut!(string_end(body, i + 1));
                 *found = Some((i, end, escaped));
+                i = end + 1;
+            } else {
+                i = or_cut!(skip_value(body, i));
             }
+        } else {
+            i = or_cut!(skip_value(body, i));
         }
-        i = or_cut!(skip_value(body, i));
         i = skip_ws(body, i);
         match at!(i) {
             b',' => i += 1,
@@ -241,6 +245,7 @@ fn skip_ws(body: &[u8], mut i: usize) -> usize {
 
 /// The index of the closing quote of a string whose content starts at `i`, and whether it
 /// holds escapes.
+#[inline(always)]
 fn string_end(body: &[u8], mut i: usize) -> Option<(usize, bool)> {
     let mut escaped = false;
     loop {
