@@ -6,11 +6,16 @@
 //!   extensions, classification and the report.
 //! - `layer/p2c_buffer/{n}`: tower's `p2c::Balance` over `n` no-op services behind `Buffer`,
 //!   the tower-native way to share a balancer between callers.
+//!
+//! Run with `--requests N --service bare|pool` instead, the binary sends `N` of the same
+//! requests through `bare` or `pool/1000` and exits, without criterion: `benches/check.sh` runs
+//! it under callgrind to count the instructions of one request, a figure that, unlike time,
+//! does not move with the machine's load.
 
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, BenchmarkId, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::balance::p2c::Balance;
@@ -101,5 +106,49 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// `--requests N --service bare|pool`: the requests to count instructions over, if asked.
+fn count_mode() -> Option<(usize, String)> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| {
+        let at = args.iter().position(|a| a == flag)?;
+        args.get(at + 1).cloned()
+    };
+    let requests = value("--requests")?
+        .parse()
+        .expect("--requests takes a number");
+    Some((
+        requests,
+        value("--service").unwrap_or_else(|| "pool".into()),
+    ))
+}
+
+/// Sends `requests` requests through the bare service or the layer over 1,000 accounts.
+fn run_requests(requests: usize, service: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = body_1k();
+    let layered = AccountPoolLayer::new(pool(1000)).layer(service_fn(no_op));
+    let bare = service_fn(no_op::<Full<Bytes>>);
+    rt.block_on(async {
+        for _ in 0..requests {
+            match service {
+                "bare" => drop(bare.oneshot(request(&body)).await.unwrap()),
+                "pool" => drop(layered.clone().oneshot(request(&body)).await.unwrap()),
+                other => panic!("--service is bare or pool, not {other}"),
+            }
+        }
+    });
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Some((requests, service)) = count_mode() {
+        run_requests(requests, &service);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

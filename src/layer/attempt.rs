@@ -11,7 +11,7 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::body::{read_prefix, read_prefix_after, Prefix, ReplayBody, ResponseBody};
+use super::body::{read_prefix, Prefix, ReplayBody, ResponseBody};
 use super::rejection::{reject, OnRejection, Rejection};
 use super::Config;
 use crate::account::{AccountId, SelectedAccount};
@@ -64,7 +64,9 @@ where
     } else {
         cap.saturating_add(1)
     };
-    let prefix = read_prefix(&mut body, limit).await.map_err(drop)?;
+    let prefix = read_prefix(&mut body, limit, |_| None)
+        .await
+        .map_err(drop)?;
     if prefix.ended && prefix.data.len() <= cap {
         let data = prefix.data;
         return Ok((
@@ -240,247 +242,247 @@ fn describe<RB, E>(answer: &Answer<RB, E>, outcome: Outcome) -> Cow<'static, str
 /// await point stores only what is live across it (values are scoped tightly, each deadline
 /// is one `until!` await, and the retry backoff is slept at the top of the next
 /// round, where the previous answer is gone).
-pub(crate) async fn run<S, B, RB>(
+// An `async` block, not an `async fn`: an `async fn` keeps its arguments in the state machine
+// beside the copies its body works on.
+pub(crate) fn run<S, B, RB>(
     config: Arc<Config>,
     mut inner: S,
     parts: http::request::Parts,
     body: B,
-) -> Result<Response<ResponseBody<RB>>, S::Error>
+) -> impl Future<Output = Result<Response<ResponseBody<RB>>, S::Error>>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
     S::Error: 'static,
     B: Body<Data = Bytes> + Unpin,
     RB: Body<Data = Bytes> + Unpin,
 {
-    let deadline = config.deadline.map(|d| Instant::now() + d);
-    let on_rejection = config.on_rejection.as_ref();
-    let (mut held, bytes) = match until!(deadline, hold(body, config.replay_cap)) {
-        None => return Ok(reject(on_rejection, Rejection::BodyTimeout)),
-        Some(Err(())) => return Ok(reject(on_rejection, Rejection::BodyUnreadable)),
-        Some(Ok(read)) => read,
-    };
-    let model = config.model.extract(&parts, &bytes);
-    let affinity = config
-        .affinity
-        .as_ref()
-        .and_then(|a| a.extract(&parts, &bytes));
-    let classifier = config.classifier.for_request(&parts);
-    if let Some(budget) = &config.budget {
-        budget.deposit();
-    }
-
-    let mut tried: Vec<AccountId> = Vec::new();
-    // The last upstream answer that was retried, in case no other account can take the request.
-    // Boxed: it is only set on a retry, and keeps the request's state small.
-    let mut last: Option<Box<Retried<RB, S::Error>>> = None;
-    let mut calls = 0u32;
-    // The backoff before the next round, slept at its top.
-    let mut pause: Option<std::time::Duration> = None;
-    loop {
-        if let Some(delay) = pause.take() {
-            tokio::time::sleep(delay).await;
-        }
-        let selection = config.pool.select(&SelectRequest {
-            model: model.as_deref(),
-            affinity_key: affinity.as_deref(),
-            exclude: &tried,
-        });
-        let lease = match selection {
-            Ok(lease) => lease,
-            Err(exhausted) => {
-                tracing::debug!(%exhausted, tried = tried.len(), "no account for the request");
-                return match last.map(|last| *last) {
-                    Some((answer, class, selected))
-                        if !matches!(
-                            class,
-                            OutcomeClass::AuthExpired | OutcomeClass::AuthInvalid
-                        ) =>
-                    {
-                        hand_out(answer, None, selected, on_rejection)
-                    }
-                    _ => Ok(reject(on_rejection, Rejection::Exhausted(exhausted))),
-                };
-            }
+    async move {
+        let deadline = config.deadline.map(|d| Instant::now() + d);
+        let on_rejection = config.on_rejection.as_ref();
+        let (mut held, bytes) = match until!(deadline, hold(body, config.replay_cap)) {
+            None => return Ok(reject(on_rejection, Rejection::BodyTimeout)),
+            Some(Err(())) => return Ok(reject(on_rejection, Rejection::BodyUnreadable)),
+            Some(Ok(read)) => read,
         };
-        let mut refreshed = false;
-        let (answer, outcome, selected) = loop {
-            calls += 1;
-            let selected = lease.selected(calls);
-            let Some(body) = held.next() else {
-                // Not reached: a body that can be sent only once is never sent again.
-                return Ok(reject(on_rejection, Rejection::BodyAlreadySent));
-            };
-            // One call, and what the classifier asks to read; inline (not a nested future) so
-            // its state is not copied on every attempt. The request lives in this block only.
-            let (answer, outcome) = 'call: {
-                let request = match request_for(&parts, body, &lease, calls) {
-                    Ok(request) => request,
-                    Err(e) => {
-                        tracing::warn!(account = %lease.id(), error = %e, "credential could not be applied");
-                        break 'call (Answer::NotSent, Outcome::AuthInvalid);
-                    }
-                };
-                let until = match (deadline, config.attempt_timeout) {
-                    (Some(d), Some(t)) => Some(d.min(Instant::now() + t)),
-                    (d, t) => d.or_else(|| t.map(|t| Instant::now() + t)),
-                };
-                // The inner service not becoming ready is not the account's failure (it was
-                // never contacted), and another account would wait for the same service: no
-                // penalty, no retry.
-                match until!(until, std::future::poll_fn(|cx| inner.poll_ready(cx))) {
-                    None => break 'call (Answer::TimedOut, Outcome::Cancelled),
-                    Some(Err(e)) => break 'call (Answer::Error(e), Outcome::Cancelled),
-                    Some(Ok(())) => {}
-                }
-                let response = match until!(until, inner.call(request)) {
-                    None => break 'call (Answer::TimedOut, Outcome::Transient),
-                    Some(Err(e)) => {
-                        let outcome = match classifier.classify_error(&e) {
-                            Outcome::Success => Outcome::Cancelled,
-                            outcome => outcome,
-                        };
-                        break 'call (Answer::Error(e), outcome);
-                    }
-                    Some(Ok(response)) => response,
-                };
-                let (head, mut body) = response.into_parts();
-                let (decider, verdict) = head_verdict(&*classifier, &head);
-                let (limit, peek) = match verdict {
-                    // A success is handed out from here: the answer is not moved through the
-                    // loop's bookkeeping (its response head and body are a few hundred bytes).
-                    HeadVerdict::Final(Outcome::Success) => {
-                        return Ok(upstream_response(
-                            head,
-                            Prefix::empty(),
-                            body,
-                            Some((lease, classifier)),
-                            selected,
-                        ))
-                    }
-                    HeadVerdict::Final(outcome) => {
-                        break 'call (Answer::Response(head, Prefix::empty(), body), outcome)
-                    }
-                    HeadVerdict::ReadBody { limit } => (limit, false),
-                    HeadVerdict::Peek { bytes } => (bytes, true),
-                    // Not reached: `head_verdict` never passes.
-                    HeadVerdict::Pass => (0, false),
-                };
-                let read = async {
-                    let mut prefix = read_prefix(&mut body, limit).await?;
-                    // A peeking classifier may ask for more, e.g. the rest of a stream's first
-                    // frame, or the frame after a metadata-only one.
-                    while peek && !prefix.ended {
-                        match decider.peek_more(head.status, &head.headers, &prefix.data) {
-                            Some(more) if more > prefix.data.len() && more <= MAX_PEEK => {
-                                prefix = read_prefix_after(&mut body, prefix, more).await?;
-                            }
-                            _ => break,
+        let model = config.model.extract(&parts, &bytes);
+        let affinity = config
+            .affinity
+            .as_ref()
+            .and_then(|a| a.extract(&parts, &bytes));
+        let classifier = config.classifier.for_request(&parts);
+        if let Some(budget) = &config.budget {
+            budget.deposit();
+        }
+
+        let mut tried: Vec<AccountId> = Vec::new();
+        // The last upstream answer that was retried, in case no other account can take the request.
+        // Boxed: it is only set on a retry, and keeps the request's state small.
+        let mut last: Option<Box<Retried<RB, S::Error>>> = None;
+        let mut calls = 0u32;
+        // The backoff before the next round, slept at its top.
+        let mut pause: Option<std::time::Duration> = None;
+        loop {
+            if let Some(delay) = pause.take() {
+                tokio::time::sleep(delay).await;
+            }
+            let lease = match config.pool.select(&SelectRequest {
+                model: model.as_deref(),
+                affinity_key: affinity.as_deref(),
+                exclude: &tried,
+            }) {
+                Ok(lease) => lease,
+                Err(exhausted) => {
+                    tracing::debug!(%exhausted, tried = tried.len(), "no account for the request");
+                    return match last.map(|last| *last) {
+                        Some((answer, class, selected))
+                            if !matches!(
+                                class,
+                                OutcomeClass::AuthExpired | OutcomeClass::AuthInvalid
+                            ) =>
+                        {
+                            hand_out(answer, None, selected, on_rejection)
                         }
+                        _ => Ok(reject(on_rejection, Rejection::Exhausted(exhausted))),
+                    };
+                }
+            };
+            let mut refreshed = false;
+            let (answer, outcome, selected) = loop {
+                calls += 1;
+                let selected = lease.selected(calls);
+                // One call, and what the classifier asks to read; inline (not a nested future) so
+                // its state is not copied on every attempt. The request lives in this block only.
+                let (answer, outcome) = 'call: {
+                    let until = match (deadline, config.attempt_timeout) {
+                        (Some(d), Some(t)) => Some(d.min(Instant::now() + t)),
+                        (d, t) => d.or_else(|| t.map(|t| Instant::now() + t)),
+                    };
+                    // The inner service not becoming ready is not the account's failure (it was
+                    // never contacted), and another account would wait for the same service: no
+                    // penalty, no retry.
+                    match until!(until, std::future::poll_fn(|cx| inner.poll_ready(cx))) {
+                        None => break 'call (Answer::TimedOut, Outcome::Cancelled),
+                        Some(Err(e)) => break 'call (Answer::Error(e), Outcome::Cancelled),
+                        Some(Ok(())) => {}
                     }
-                    Ok::<_, RB::Error>(prefix)
-                };
-                match until!(until, read) {
-                    Some(Ok(prefix)) => {
-                        let outcome = decider.classify_body(
-                            head.status,
-                            &head.headers,
-                            &prefix.data,
-                            prefix.ended,
-                        );
-                        if outcome == Outcome::Success {
+                    // Made once the service is ready, so it is not held across that wait.
+                    let Some(body) = held.next() else {
+                        // Not reached: a body that can be sent only once is never sent again.
+                        return Ok(reject(on_rejection, Rejection::BodyAlreadySent));
+                    };
+                    let request = match request_for(&parts, body, &lease, calls) {
+                        Ok(request) => request,
+                        Err(e) => {
+                            tracing::warn!(account = %lease.id(), error = %e, "credential could not be applied");
+                            break 'call (Answer::NotSent, Outcome::AuthInvalid);
+                        }
+                    };
+                    let response = match until!(until, inner.call(request)) {
+                        None => break 'call (Answer::TimedOut, Outcome::Transient),
+                        Some(Err(e)) => {
+                            let outcome = match classifier.classify_error(&e) {
+                                Outcome::Success => Outcome::Cancelled,
+                                outcome => outcome,
+                            };
+                            break 'call (Answer::Error(e), outcome);
+                        }
+                        Some(Ok(response)) => response,
+                    };
+                    let (head, mut body) = response.into_parts();
+                    let (decider, verdict) = head_verdict(&*classifier, &head);
+                    let (limit, peek) = match verdict {
+                        // A success is handed out from here: the answer is not moved through the
+                        // loop's bookkeeping (its response head and body are a few hundred bytes).
+                        HeadVerdict::Final(Outcome::Success) => {
                             return Ok(upstream_response(
                                 head,
-                                prefix,
+                                Prefix::empty(),
                                 body,
                                 Some((lease, classifier)),
                                 selected,
-                            ));
+                            ))
                         }
-                        (Answer::Response(head, prefix, body), outcome)
-                    }
-                    // The body broke or stalled while we read it: the client could not use it
-                    // either.
-                    _ => (Answer::TimedOut, Outcome::Transient),
-                }
-            };
-            if outcome != Outcome::AuthExpired {
-                break (answer, outcome, selected);
-            }
-            if refreshed {
-                // Rejected again right after a refresh: the credential is not usable.
-                break (answer, Outcome::AuthInvalid, selected);
-            }
-            if !held.replayable() {
-                // Cannot send again: the pool refreshes the credential in the background.
-                break (answer, outcome, selected);
-            }
-            refreshed = true;
-            let refresh = lease.credential().refresh(RefreshMode::Forced);
-            match until!(deadline, refresh) {
-                Some(Ok(())) => {
-                    tracing::debug!(account = %lease.id(), "credential refreshed; sending again on the same account");
-                    config.pool.record_retry();
-                    drop(answer);
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(account = %lease.id(), error = %e, "forced credential refresh failed");
-                    // A refresh that could not reach its server says nothing about the
-                    // credential: the pool keeps refreshing it in the background (and retries
-                    // soon). Any other failure means the credential is invalid.
-                    let outcome = match e {
-                        crate::credential::CredentialError::Unavailable(_) => Outcome::AuthExpired,
-                        _ => Outcome::AuthInvalid,
+                        HeadVerdict::Final(outcome) => {
+                            break 'call (Answer::Response(head, Prefix::empty(), body), outcome)
+                        }
+                        HeadVerdict::ReadBody { limit } => (limit, false),
+                        HeadVerdict::Peek { bytes } => (bytes, true),
+                        // Not reached: `head_verdict` never passes.
+                        HeadVerdict::Pass => (0, false),
                     };
+                    // A peeking classifier may ask for more, e.g. the rest of a stream's first
+                    // frame, or the frame after a metadata-only one.
+                    let more = |held: &[u8]| {
+                        peek.then(|| decider.peek_more(head.status, &head.headers, held))
+                            .flatten()
+                            .filter(|&more| more <= MAX_PEEK)
+                    };
+                    let read = read_prefix(&mut body, limit, more);
+                    match until!(until, read) {
+                        Some(Ok(prefix)) => {
+                            let outcome = decider.classify_body(
+                                head.status,
+                                &head.headers,
+                                &prefix.data,
+                                prefix.ended,
+                            );
+                            if outcome == Outcome::Success {
+                                return Ok(upstream_response(
+                                    head,
+                                    prefix,
+                                    body,
+                                    Some((lease, classifier)),
+                                    selected,
+                                ));
+                            }
+                            (Answer::Response(head, prefix, body), outcome)
+                        }
+                        // The body broke or stalled while we read it: the client could not use it
+                        // either.
+                        _ => (Answer::TimedOut, Outcome::Transient),
+                    }
+                };
+                if outcome != Outcome::AuthExpired {
                     break (answer, outcome, selected);
                 }
-                None => break (Answer::TimedOut, Outcome::Transient, selected),
-            }
-        };
-
-        let outcome = match outcome {
-            Outcome::Success => outcome,
-            failed => classifier.refine(failed, &selected),
-        };
-        match outcome.class() {
-            OutcomeClass::Success => {
-                return hand_out(answer, Some((lease, classifier)), selected, on_rejection)
-            }
-            OutcomeClass::ClientError | OutcomeClass::Cancelled => {
-                lease.report(outcome);
-                return hand_out(answer, None, selected, on_rejection);
-            }
-            class => {
-                let message = describe(&answer, outcome);
-                let id = lease.id().clone();
-                lease.report_with_message(outcome, &message);
-                let timed_out = matches!(answer, Answer::TimedOut)
-                    && deadline.is_some_and(|d| Instant::now() >= d);
-                let retries = tried.len() as u32 + 1;
-                let delay = config.backoff.map(|b| b.delay(retries));
-                let in_time =
-                    deadline.is_none_or(|d| Instant::now() + delay.unwrap_or_default() < d);
-                let retry = !timed_out
-                    && retries < config.max_attempts
-                    && held.replayable()
-                    && in_time
-                    && config.budget.as_ref().is_none_or(|b| b.withdraw());
-                if !retry {
-                    tracing::debug!(account = %id, %message, "not retried");
-                    if matches!(class, OutcomeClass::AuthExpired | OutcomeClass::AuthInvalid) {
-                        // The upstream rejected the pool's credential, not the client's request:
-                        // its 401 or 403 would tell the client its own key is bad.
+                if refreshed {
+                    // Rejected again right after a refresh: the credential is not usable.
+                    break (answer, Outcome::AuthInvalid, selected);
+                }
+                if !held.replayable() {
+                    // Cannot send again: the pool refreshes the credential in the background.
+                    break (answer, outcome, selected);
+                }
+                refreshed = true;
+                let refresh = lease.credential().refresh(RefreshMode::Forced);
+                match until!(deadline, refresh) {
+                    Some(Ok(())) => {
+                        tracing::debug!(account = %lease.id(), "credential refreshed; sending again on the same account");
+                        config.pool.record_retry();
                         drop(answer);
-                        let mut response = reject(on_rejection, Rejection::CredentialRejected);
-                        response.extensions_mut().insert(selected);
-                        return Ok(response);
                     }
+                    Some(Err(e)) => {
+                        tracing::debug!(account = %lease.id(), error = %e, "forced credential refresh failed");
+                        // A refresh that could not reach its server says nothing about the
+                        // credential: the pool keeps refreshing it in the background (and retries
+                        // soon). Any other failure means the credential is invalid.
+                        let outcome = match e {
+                            crate::credential::CredentialError::Unavailable(_) => {
+                                Outcome::AuthExpired
+                            }
+                            _ => Outcome::AuthInvalid,
+                        };
+                        break (answer, outcome, selected);
+                    }
+                    None => break (Answer::TimedOut, Outcome::Transient, selected),
+                }
+            };
+
+            let outcome = match outcome {
+                Outcome::Success => outcome,
+                failed => classifier.refine(failed, &selected),
+            };
+            match outcome.class() {
+                OutcomeClass::Success => {
+                    return hand_out(answer, Some((lease, classifier)), selected, on_rejection)
+                }
+                OutcomeClass::ClientError | OutcomeClass::Cancelled => {
+                    lease.report(outcome);
                     return hand_out(answer, None, selected, on_rejection);
                 }
-                tracing::debug!(account = %id, %message, attempt = retries, "retrying on another account");
-                config.pool.record_retry();
-                tried.push(id);
-                last = Some(Box::new((answer, class, selected)));
-                pause = delay;
+                class => {
+                    let message = describe(&answer, outcome);
+                    let id = lease.id().clone();
+                    lease.report_with_message(outcome, &message);
+                    let timed_out = matches!(answer, Answer::TimedOut)
+                        && deadline.is_some_and(|d| Instant::now() >= d);
+                    let retries = tried.len() as u32 + 1;
+                    let delay = config.backoff.map(|b| b.delay(retries));
+                    let in_time =
+                        deadline.is_none_or(|d| Instant::now() + delay.unwrap_or_default() < d);
+                    let retry = !timed_out
+                        && retries < config.max_attempts
+                        && held.replayable()
+                        && in_time
+                        && config.budget.as_ref().is_none_or(|b| b.withdraw());
+                    if !retry {
+                        tracing::debug!(account = %id, %message, "not retried");
+                        if matches!(class, OutcomeClass::AuthExpired | OutcomeClass::AuthInvalid) {
+                            // The upstream rejected the pool's credential, not the client's request:
+                            // its 401 or 403 would tell the client its own key is bad.
+                            drop(answer);
+                            let mut response = reject(on_rejection, Rejection::CredentialRejected);
+                            response.extensions_mut().insert(selected);
+                            return Ok(response);
+                        }
+                        return hand_out(answer, None, selected, on_rejection);
+                    }
+                    tracing::debug!(account = %id, %message, attempt = retries, "retrying on another account");
+                    config.pool.record_retry();
+                    tried.push(id);
+                    last = Some(Box::new((answer, class, selected)));
+                    pause = delay;
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Request bodies the layer can replay, and response bodies that hold the account's lease.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -164,67 +165,81 @@ impl Prefix {
 }
 
 /// Reads frames of `body` until `limit` bytes are held or the body ends. Data is not copied
-/// when it arrives in one frame.
-pub(crate) async fn read_prefix<B>(body: &mut B, limit: usize) -> Result<Prefix, B::Error>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    read_prefix_after(body, Prefix::empty(), limit).await
-}
-
-/// Reads on after `start` (a prefix read before, of a body that did not end) until `limit`
-/// bytes are held in all.
-pub(crate) async fn read_prefix_after<B>(
-    body: &mut B,
-    start: Prefix,
+/// when it arrives in one frame. While the body goes on, `more` is shown the bytes held and may
+/// raise the limit (a peeking classifier asking for the rest of a frame); `None`, or a limit
+/// not above what is held, ends the read.
+///
+/// One future for the whole read, without nested ones: it lives in the attempt loop's state,
+/// which is allocated per request.
+pub(crate) fn read_prefix<'a, B, M>(
+    body: &'a mut B,
     limit: usize,
-) -> Result<Prefix, B::Error>
+    mut more: M,
+) -> impl Future<Output = Result<Prefix, B::Error>> + 'a
 where
     B: Body<Data = Bytes> + Unpin,
+    M: FnMut(&[u8]) -> Option<usize> + 'a,
 {
-    let mut held = start.data.len();
-    let mut first: Option<Bytes> = (held > 0).then_some(start.data);
-    let mut rest: Option<BytesMut> = None;
-    let mut trailers = start.trailers;
-    let mut ended = start.ended || body.is_end_stream();
-    while !ended && held < limit {
-        match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
-            None => ended = true,
-            Some(Err(e)) => return Err(e),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    held += data.len();
-                    match (&mut first, &mut rest) {
-                        (None, _) => first = Some(data),
-                        (Some(head), None) => {
-                            let mut buf = BytesMut::with_capacity(held.min(limit) + 64);
-                            buf.extend_from_slice(head);
-                            buf.extend_from_slice(&data);
-                            rest = Some(buf);
+    async move {
+        let mut limit = limit;
+        let mut held = 0;
+        let mut first: Option<Bytes> = None;
+        let mut rest: Option<BytesMut> = None;
+        let mut trailers = None;
+        let mut ended = body.is_end_stream();
+        loop {
+            while !ended && held < limit {
+                match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+                    None => ended = true,
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => {
+                            held += data.len();
+                            match (&mut first, &mut rest) {
+                                (None, _) => first = Some(data),
+                                (Some(head), None) => {
+                                    let mut buf = BytesMut::with_capacity(held.min(limit) + 64);
+                                    buf.extend_from_slice(head);
+                                    buf.extend_from_slice(&data);
+                                    rest = Some(buf);
+                                }
+                                (Some(_), Some(buf)) => buf.extend_from_slice(&data),
+                            }
+                            ended = body.is_end_stream();
                         }
-                        (Some(_), Some(buf)) => buf.extend_from_slice(&data),
-                    }
-                    ended = body.is_end_stream();
+                        Err(frame) => {
+                            if let Ok(t) = frame.into_trailers() {
+                                trailers = Some(Box::new(t));
+                            }
+                            ended = body.is_end_stream();
+                        }
+                    },
                 }
-                Err(frame) => {
-                    if let Ok(t) = frame.into_trailers() {
-                        trailers = Some(Box::new(t));
-                    }
-                    ended = body.is_end_stream();
-                }
-            },
+            }
+            if ended {
+                break;
+            }
+            let data: &[u8] = match (&first, &rest) {
+                (_, Some(buf)) => buf,
+                (Some(data), None) => data,
+                (None, None) => &[],
+            };
+            match more(data) {
+                Some(next) if next > held => limit = next,
+                _ => break,
+            }
         }
+        let data = match (first, rest) {
+            (_, Some(buf)) => buf.freeze(),
+            (Some(data), None) => data,
+            (None, None) => Bytes::new(),
+        };
+        Ok(Prefix {
+            data,
+            trailers,
+            ended,
+        })
     }
-    let data = match (first, rest) {
-        (_, Some(buf)) => buf.freeze(),
-        (Some(data), None) => data,
-        (None, None) => Bytes::new(),
-    };
-    Ok(Prefix {
-        data,
-        trailers,
-        ended,
-    })
 }
 
 pin_project! {
