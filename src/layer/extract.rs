@@ -264,6 +264,7 @@ fn string_end(body: &[u8], mut i: usize) -> Option<(usize, bool)> {
 /// bytes: those are searched a word (8 bytes) at a time, where a vectorised search would cost
 /// more to set up than to run; past [`WORD_SCAN`] bytes, long string content (most of a request
 /// body's bytes) is left to memchr's vectorised search.
+#[inline(always)]
 fn quote_or_backslash(text: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const HIGHS: u64 = ONES << 7;
