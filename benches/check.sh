@@ -44,12 +44,14 @@ from pathlib import Path
 
 root = Path("target/criterion")
 
-def mean(path):
-    """The mean estimate of a bench, in ns."""
+def measured(path):
+    """A bench's time per iteration in ns, as criterion prints it: the slope of its linear
+    fit (the mean, which one slow sample moves, where criterion made no fit)."""
     file = root / path / "new" / "estimates.json"
     if not file.exists():
         sys.exit(f"no result for {path}: run without --no-run first")
-    return json.loads(file.read_text())["mean"]["point_estimate"]
+    estimates = json.loads(file.read_text())
+    return (estimates.get("slope") or estimates["mean"])["point_estimate"]
 
 failed = False
 
@@ -60,9 +62,9 @@ def target(name, value, limit, unit, detail):
     shown = f"{value:8d}" if isinstance(value, int) else f"{value:8.2f}"
     print(f"{'ok  ' if ok else 'FAIL'}  {name:<52} {shown}{unit}  (target < {limit}{unit}; {detail})")
 
-rr10, rr10k = mean("select/round_robin/10"), mean("select/round_robin/10000")
-half, floor, p2c = (mean("select/round_robin_half_unhealthy/10000"),
-                    mean("select/floor/10000"), mean("select/tower_p2c/10000"))
+rr10, rr10k = measured("select/round_robin/10"), measured("select/round_robin/10000")
+half, floor, p2c = (measured("select/round_robin_half_unhealthy/10000"),
+                    measured("select/floor/10000"), measured("select/tower_p2c/10000"))
 target("select: round_robin/10000 / round_robin/10", rr10k / rr10, 1.5, "x",
        f"{rr10k:.0f} / {rr10:.0f} ns")
 target("select: half_unhealthy/10000 / floor/10000", half / floor, 10, "x",
@@ -70,8 +72,8 @@ target("select: half_unhealthy/10000 / floor/10000", half / floor, 10, "x",
 target("select: half_unhealthy/10000 / tower_p2c/10000", half / p2c, 0.5, "x",
        f"{half:.0f} / {p2c:.0f} ns")
 
-bare, layer, balanced = (mean("layer/bare"), mean("layer/pool/1000"),
-                         mean("layer/p2c_buffer/1000"))
+bare, layer, balanced = (measured("layer/bare"), measured("layer/pool/1000"),
+                         measured("layer/p2c_buffer/1000"))
 target("layer: pool/1000 - bare (the layer's own cost)", (layer - bare) / 1000, 1, " µs",
        f"{layer:.0f} - {bare:.0f} ns")
 target("layer: pool/1000 / p2c_buffer/1000", layer / balanced, 1, "x",
