@@ -171,6 +171,8 @@ impl Prefix {
 ///
 /// One future for the whole read, without nested ones: it lives in the attempt loop's state,
 /// which is allocated per request.
+// An `async` block, not an `async fn`: an `async fn` would keep its arguments twice.
+#[allow(clippy::manual_async_fn)]
 pub(crate) fn read_prefix<'a, B, M>(
     body: &'a mut B,
     limit: usize,
