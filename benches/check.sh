@@ -82,7 +82,7 @@ counted = Path("target/criterion/layer-instructions.txt")
 if counted.exists():
     per_request = dict(line.split() for line in counted.read_text().splitlines())
     bare_ir, pool_ir = int(per_request["bare"]), int(per_request["pool"])
-    target("layer: instructions per request, pool/1000 - bare", pool_ir - bare_ir, 8000, "",
+    target("layer: instructions per request, pool/1000 - bare", pool_ir - bare_ir, 7500, "",
            f"{pool_ir} - {bare_ir}; callgrind, a regression guard for this compiler")
 else:
     print("skip  layer: instructions per request (valgrind not found)")
