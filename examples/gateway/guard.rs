@@ -151,6 +151,9 @@ pub struct UpstreamBase {
     authority: Authority,
     /// The base path without its trailing `/` (empty for the root).
     path: String,
+    /// The `Host` header every forwarded request carries: the host, and the port unless it is
+    /// the scheme's default (as HTTP clients write it).
+    host: HeaderValue,
 }
 
 impl UpstreamBase {
@@ -182,11 +185,25 @@ impl UpstreamBase {
                 "upstream `{url}` must not hold a query or fragment"
             ));
         }
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_owned(),
+        };
+        let host = HeaderValue::try_from(host)
+            .map_err(|_| format!("upstream `{url}` has a host no header can hold"))?;
         Ok(UpstreamBase {
             scheme,
             authority,
             path: uri.path().trim_end_matches('/').to_owned(),
+            host,
         })
+    }
+
+    /// The `Host` header for the upstream, made once: set on each forwarded request so the
+    /// client does not format it per request.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
     }
 
     /// The upstream URL for an origin-form request target (`/path?query`): the base's scheme,

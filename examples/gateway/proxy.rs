@@ -722,7 +722,8 @@ impl<B: http_body::Body> http_body::Body for Tracked<B> {
 
 /// Connection-level headers a proxy must not forward (RFC 9110 §7.6.1), plus the client's own
 /// credentials (`authorization`, `x-api-key`: the pool injects the account's, and a client key
-/// never leaves the gateway) and `host` (the upstream's is set).
+/// never leaves the gateway) and `host` (the upstream's is set: [`UpstreamBase::host`] in
+/// pass-through mode, the client's for each Kiro endpoint in Anthropic mode).
 fn dropped_request_header(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -912,6 +913,10 @@ where
     // that must not be forwarded.
     let passthrough = matches!(proxy.inner, Inner::Passthrough { .. });
     strip_request_headers(&mut parts.headers, passthrough.then_some(bytes.len()));
+    if let Inner::Passthrough { upstream, .. } = &proxy.inner {
+        // The upstream's own `Host`, made once at start (the client would format it).
+        parts.headers.insert(header::HOST, upstream.host().clone());
+    }
     let mut upstream = http::Request::new(Full::new(bytes));
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;

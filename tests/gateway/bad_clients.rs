@@ -605,6 +605,7 @@ async fn clients_need_a_key_checked_before_the_body_and_never_forwarded() {
         .header("connection", "keep-alive, X-Secret")
         .header("x-secret", "hop")
         .header("x-kept", "end-to-end")
+        .header("host", "evil.example")
         .body(GOOD)
         .send()
         .await
@@ -615,6 +616,13 @@ async fn clients_need_a_key_checked_before_the_body_and_never_forwarded() {
         let (_, _, headers) = seen.last().unwrap();
         assert!(headers.get("x-secret").is_none(), "{headers:?}");
         assert_eq!(headers["x-kept"], "end-to-end");
+        // The upstream's own `Host`, once: the client's never goes through.
+        let hosts: Vec<_> = headers.get_all("host").iter().collect();
+        assert_eq!(hosts.len(), 1, "{headers:?}");
+        assert!(
+            hosts[0].to_str().unwrap().starts_with("127.0.0.1:"),
+            "{headers:?}"
+        );
     }
     // The client's key never left the gateway; the account's went instead.
     for (_, _, headers) in s.seen.lock().unwrap().iter() {
@@ -811,6 +819,21 @@ mod guard {
             based.join("/v1").unwrap().to_string(),
             "https://api.example:8443/base/v1"
         );
+    }
+
+    #[test]
+    fn the_upstream_host_header_names_the_port_unless_it_is_the_default() {
+        for (url, host) in [
+            ("http://127.0.0.1:8123", "127.0.0.1:8123"),
+            ("https://api.example:8443/base/", "api.example:8443"),
+            ("https://api.example:443", "api.example"),
+            ("https://api.example", "api.example"),
+            ("http://api.example:80/v1", "api.example"),
+            ("http://api.example:443", "api.example:443"),
+            ("http://[::1]:8080", "[::1]:8080"),
+        ] {
+            assert_eq!(UpstreamBase::parse(url).unwrap().host(), host, "{url}");
+        }
     }
 
     #[test]
