@@ -54,8 +54,10 @@ where
 
 /// The default model extractor: the top-level `"model"` string of a JSON body.
 ///
-/// It scans the body without building a document, stops at the field, and works on a prefix of
-/// a body too large to buffer as long as the field comes before the cut.
+/// It scans the body without building a document: the top-level keys to the end (a later
+/// duplicate `model` is the one the upstream's parser reads), with every value skipped by its
+/// structure alone. It works on a prefix of a body too large to buffer as long as the field
+/// comes before the cut.
 ///
 /// ```
 /// use tower_account_pool::layer::{JsonModel, RequestExtractor};

@@ -99,7 +99,7 @@
 //! can be sent again), the credential header, and the [`SelectedAccount`] inserted in the
 //! request and response extensions. Selection, the budget and the report take no lock. Bodies
 //! up to the replay cap are held as received (a single-frame body is not copied); the JSON
-//! `model` is found by a scan that stops at the field.
+//! `model` is found by a scan of the top-level keys that skips every value by its structure.
 
 mod attempt;
 mod body;
