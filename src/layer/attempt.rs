@@ -101,7 +101,7 @@ fn request_for<B>(
     parts: &http::request::Parts,
     body: ReplayBody<B>,
     lease: &Lease,
-    call: u32,
+    selected: &SelectedAccount,
 ) -> Result<Request<ReplayBody<B>>, crate::credential::CredentialError> {
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
@@ -116,7 +116,7 @@ fn request_for<B>(
     }
     *request.extensions_mut() = parts.extensions.clone();
     lease.credential().apply(request.headers_mut())?;
-    request.extensions_mut().insert(lease.selected(call));
+    request.extensions_mut().insert(selected.clone());
     Ok(request)
 }
 
@@ -209,11 +209,20 @@ where
             } else {
                 Rejection::CredentialNotApplied
             };
-            let mut response = reject(on_rejection, rejection);
-            response.extensions_mut().insert(selected);
-            Ok(response)
+            Ok(reject_after(on_rejection, rejection, selected))
         }
     }
+}
+
+/// The layer's own answer after an account was tried: the [`SelectedAccount`] goes with it.
+fn reject_after<RB>(
+    on_rejection: Option<&OnRejection>,
+    rejection: Rejection,
+    selected: SelectedAccount,
+) -> Response<ResponseBody<RB>> {
+    let mut response = reject(on_rejection, rejection);
+    response.extensions_mut().insert(selected);
+    response
 }
 
 fn describe<RB, E>(answer: &Answer<RB, E>, outcome: Outcome) -> Cow<'static, str> {
@@ -331,7 +340,7 @@ where
                         // Not reached: a body that can be sent only once is never sent again.
                         return Ok(reject(on_rejection, Rejection::BodyAlreadySent));
                     };
-                    let request = match request_for(&parts, body, &lease, calls) {
+                    let request = match request_for(&parts, body, &lease, &selected) {
                         Ok(request) => request,
                         Err(e) => {
                             tracing::warn!(account = %lease.id(), error = %e, "credential could not be applied");
@@ -472,9 +481,11 @@ where
                             // The upstream rejected the pool's credential, not the client's request:
                             // its 401 or 403 would tell the client its own key is bad.
                             drop(answer);
-                            let mut response = reject(on_rejection, Rejection::CredentialRejected);
-                            response.extensions_mut().insert(selected);
-                            return Ok(response);
+                            return Ok(reject_after(
+                                on_rejection,
+                                Rejection::CredentialRejected,
+                                selected,
+                            ));
                         }
                         return hand_out(answer, None, selected, on_rejection);
                     }
