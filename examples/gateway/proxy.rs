@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderName, HeaderValue};
 use http::StatusCode;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -769,10 +769,23 @@ fn is_json(headers: &http::HeaderMap) -> bool {
 /// [`dropped_request_header`]s and the headers the client named in `Connection`, which are
 /// hop-by-hop too (RFC 9110 §7.6.1). A `Content-Length` that is exactly `keep_length` (the
 /// body as read, forwarded unchanged) is kept, so the client does not format it again;
-/// any other is dropped and the client sets the length of what it sends.
-fn strip_request_headers(headers: &mut http::HeaderMap, keep_length: Option<usize>) {
+/// any other is dropped and the client sets the length of what it sends. The client's `Host`
+/// is replaced by `host` (the upstream's, made once at start) or, without one, dropped and
+/// left to the client.
+fn strip_request_headers(
+    headers: &mut http::HeaderMap,
+    keep_length: Option<usize>,
+    host: Option<&HeaderValue>,
+) {
     // The two that every request has, by name; then one scan for the others, which are rare.
-    headers.remove(header::HOST);
+    match host {
+        Some(host) => {
+            headers.insert(header::HOST, host.clone());
+        }
+        None => {
+            headers.remove(header::HOST);
+        }
+    }
     let keep = keep_length.is_some_and(|len| {
         let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
         let first = values.next();
@@ -792,10 +805,12 @@ fn strip_request_headers(headers: &mut http::HeaderMap, keep_length: Option<usiz
     // Few headers, few to drop: scan again after each removal rather than collect the names.
     while let Some(name) = headers
         .keys()
-        // `Content-Length` is settled above: kept, or already removed.
+        // `Host` and `Content-Length` are settled above: the upstream's `Host` stays even if
+        // the client names it in `Connection`.
         .find(|name| {
-            (dropped_request_header(name) && *name != header::CONTENT_LENGTH)
-                || named.contains(name)
+            *name != header::HOST
+                && ((dropped_request_header(name) && *name != header::CONTENT_LENGTH)
+                    || named.contains(name))
         })
         .cloned()
     {
@@ -911,12 +926,12 @@ where
     }
     // A new request (HTTP/1.1, no extensions) with the client's method and headers, less those
     // that must not be forwarded.
-    let passthrough = matches!(proxy.inner, Inner::Passthrough { .. });
-    strip_request_headers(&mut parts.headers, passthrough.then_some(bytes.len()));
-    if let Inner::Passthrough { upstream, .. } = &proxy.inner {
-        // The upstream's own `Host`, made once at start (the client would format it).
-        parts.headers.insert(header::HOST, upstream.host().clone());
-    }
+    let (keep_length, host) = match &proxy.inner {
+        Inner::Passthrough { upstream, .. } => (Some(bytes.len()), Some(upstream.host())),
+        // The body is rewritten, and each Kiro endpoint's `Host` is set by the client.
+        Inner::Anthropic(_) => (None, None),
+    };
+    strip_request_headers(&mut parts.headers, keep_length, host);
     let mut upstream = http::Request::new(Full::new(bytes));
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
