@@ -11,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-instructions=target/criterion/layer-instructions.txt
+# Where the instruction counts go, for the report below.
+export INSTRUCTIONS=target/criterion/layer-instructions.txt
 if [ "${1:-}" != "--no-run" ]; then
     cargo bench --bench selection -- --warm-up-time 0.5 --measurement-time 2 \
         'select/(floor|round_robin|round_robin_half_unhealthy|tower_p2c)/(10|10000)$' >/dev/null 2>&1
@@ -19,7 +20,7 @@ if [ "${1:-}" != "--no-run" ]; then
         'layer/(bare|pool/1000|p2c_buffer/1000)$' >/dev/null 2>&1
     # Instructions per request, by callgrind: the difference between 11,000 and 1,000
     # requests, so the set-up is not counted. Unlike time, it does not move with the load.
-    rm -f "$instructions"
+    rm -f "$INSTRUCTIONS"
     if command -v valgrind >/dev/null; then
         bin=$(cargo bench --bench layer --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, sys
@@ -32,13 +33,14 @@ for line in sys.stdin:
                 --service "$2" 2>&1 | sed -n 's/.*I *refs: *//p' | tr -d ,
         }
         for service in bare pool; do
-            echo "$service $(( ($(refs 11000 $service) - $(refs 1000 $service)) / 10000 ))" >>"$instructions"
+            echo "$service $(( ($(refs 11000 $service) - $(refs 1000 $service)) / 10000 ))" >>"$INSTRUCTIONS"
         done
     fi
 fi
 
 python3 - <<'EOF'
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -78,7 +80,7 @@ target("layer: pool/1000 - bare (the layer's own cost)", (layer - bare) / 1000, 
        f"{layer:.0f} - {bare:.0f} ns")
 target("layer: pool/1000 / p2c_buffer/1000", layer / balanced, 1, "x",
        f"{layer:.0f} / {balanced:.0f} ns")
-counted = Path("target/criterion/layer-instructions.txt")
+counted = Path(os.environ["INSTRUCTIONS"])
 if counted.exists():
     per_request = dict(line.split() for line in counted.read_text().splitlines())
     bare_ir, pool_ir = int(per_request["bare"]), int(per_request["pool"])
